@@ -1,0 +1,274 @@
+"""The onic model: a mean-scale hyperprior with gain units for variable rate.
+
+Transforms (CompressAI names):
+
+    x ──g_a──▶ y ·gain ──▶ y' ──h_a──▶ z ──Q──▶ ẑ ──h_s──▶ (μ, σ)
+                            │                               │
+                            └──Q(y' − μ) + μ = ŷ' ◀─────────┘
+    x̂ ◀──g_s── ŷ' · inv_gain
+
+- g_a/g_s: Ballé, Laparra, Simoncelli, "End-to-end optimized image compression"
+  (ICLR 2017), with GDN; h_a/h_s and the factorized prior on z: Ballé et al.,
+  "Variational image compression with a scale hyperprior" (ICLR 2018); the
+  Gaussian conditional with a mean: Minnen, Ballé, Toderici, "Joint
+  autoregressive and hierarchical priors" (NeurIPS 2018), without the
+  autoregressive part so that decoding stays parallel.
+- Gain units: Cui et al., "Asymmetric gained deep image compression with
+  continuous rate adaptation" (CVPR 2021). A ladder of λ values each owns a
+  per-channel gain and inverse gain on y; positions between rungs interpolate
+  both exponentially, so one model serves every quality.
+- Quantization in training: additive uniform noise for the rate terms and
+  straight-through rounding of y − μ for the synthesis input (Minnen & Singh,
+  "Channel-wise autoregressive entropy models", ICIP 2020).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# CompressAI's default λ ladder for MSE models (compressai/zoo/image.py, quality 1..6),
+# which spans roughly 0.1–1.5 bpp on Kodak for a hyperprior model.
+DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483)
+
+
+@dataclass
+class ModelConfig:
+    N: int = 128  # channels of the transforms and of z
+    M: int = 192  # channels of y
+    lambdas: tuple[float, ...] = field(default_factory=lambda: DEFAULT_LAMBDAS)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lambdas"] = list(self.lambdas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(v) for v in d["lambdas"]))
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Ballé, Laparra, Simoncelli, ICLR 2016).
+
+    y_i = x_i / sqrt(β_i + Σ_j γ_ij x_j²); with ``inverse=True`` (IGDN) the
+    square root multiplies instead. β and γ are kept non-negative by a squared
+    reparametrization with a small pedestal, as in CompressAI's ``layers/gdn.py``.
+    """
+
+    pedestal = 2.0**-36  # from Ballé's tensorflow_compression
+
+    def __init__(self, channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1):
+        super().__init__()
+        self.inverse = inverse
+        self.beta_bound = (beta_min + self.pedestal) ** 0.5
+        self.beta = nn.Parameter(torch.sqrt(torch.ones(channels) + self.pedestal))
+        self.gamma = nn.Parameter(torch.sqrt(gamma_init * torch.eye(channels) + self.pedestal))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        beta = _lower_bound(self.beta, self.beta_bound) ** 2 - self.pedestal
+        gamma = _lower_bound(self.gamma, self.pedestal**0.5) ** 2 - self.pedestal
+        norm = F.conv2d(x * x, gamma.view(c, c, 1, 1), beta)
+        norm = torch.sqrt(norm)
+        return x * norm if self.inverse else x / norm
+
+
+def _lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """max(x, bound) whose gradient still flows below the bound (so it can recover)."""
+    return x + (torch.clamp(x, min=bound) - x).detach()
+
+
+def conv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=s, padding=k // 2)
+
+
+def deconv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=s, padding=k // 2, output_padding=s - 1)
+
+
+class EntropyBottleneck(nn.Module):
+    """Factorized (non-parametric) density for z, one per channel.
+
+    Ballé et al. 2018, appendix 6.1: the cumulative c(x) of each channel is a
+    small monotone network (filters 3-3-3), so p(ẑ) = c(ẑ + ½) − c(ẑ − ½).
+    Tables of integer probabilities are frozen from it at export time.
+    """
+
+    def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0):
+        super().__init__()
+        dims = (1, *filters, 1)
+        scale = init_scale ** (1 / (len(filters) + 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(filters) + 1):
+            init = math.log(math.expm1(1 / scale / dims[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(channels, dims[i + 1], 1) - 0.5))
+            if i < len(filters):
+                self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
+
+    def _logits_cumulative(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (C, 1, n) → (C, 1, n)
+        for i, matrix in enumerate(self.matrices):
+            x = torch.matmul(F.softplus(matrix), x) + self.biases[i]
+            if i < len(self.factors):
+                x = x + torch.tanh(self.factors[i]) * torch.tanh(x)
+        return x
+
+    def likelihood(self, z: torch.Tensor) -> torch.Tensor:
+        """p(z) of shape z.shape for z of shape (B, C, H, W) (already noisy or rounded)."""
+        b, c, h, w = z.shape
+        v = z.permute(1, 0, 2, 3).reshape(c, 1, -1)
+        lower = self._logits_cumulative(v - 0.5)
+        upper = self._logits_cumulative(v + 0.5)
+        # Flip to the side of the median so that differences of sigmoids stay precise.
+        sign = -torch.sign(lower + upper).detach()
+        p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+        return p.reshape(c, b, h, w).permute(1, 0, 2, 3)
+
+    @torch.no_grad()
+    def pmf_table(self, support: int) -> torch.Tensor:
+        """p(k) for integers k in [-support, support], shape (C, 2·support + 1)."""
+        c = self.matrices[0].shape[0]
+        k = torch.arange(-support, support + 1, dtype=torch.float32)
+        z = k.view(1, 1, 1, -1).expand(1, c, 1, -1)
+        return self.likelihood(z).reshape(c, -1)
+
+
+def gaussian_likelihood(y: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """P(y) under N(μ, σ²) integrated over [y − ½, y + ½]."""
+    v = torch.abs(y - mu)
+    upper = _std_cdf((0.5 - v) / sigma)
+    lower = _std_cdf((-0.5 - v) / sigma)
+    return upper - lower
+
+
+def _std_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.erfc(-x * (2**-0.5))
+
+
+SCALE_MIN = 0.11  # lower bound on σ, as CompressAI's GaussianConditional
+LIKELIHOOD_MIN = 1e-9
+
+
+class Analysis(nn.Sequential):
+    """g_a: four stride-2 5×5 convolutions with GDN (x → y, 16× smaller)."""
+
+    def __init__(self, N: int, M: int):
+        super().__init__(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+
+
+class Synthesis(nn.Sequential):
+    """g_s: the mirror of g_a with inverse GDN (ŷ → x̂)."""
+
+    def __init__(self, N: int, M: int):
+        super().__init__(
+            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+        )
+
+
+class HyperAnalysis(nn.Sequential):
+    """h_a of the mean-scale hyperprior (Minnen et al. 2018): y → z, 4× smaller."""
+
+    def __init__(self, N: int, M: int):
+        super().__init__(
+            conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N),
+        )
+
+
+class HyperSynthesis(nn.Sequential):
+    """h_s of the mean-scale hyperprior: ẑ → (μ, σ) stacked as 2M channels."""
+
+    def __init__(self, N: int, M: int):
+        super().__init__(
+            deconv(N, M), nn.LeakyReLU(inplace=True), deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
+            conv(M * 3 // 2, M * 2, 3, 1),
+        )
+
+
+class Onic(nn.Module):
+    """Variable-rate mean-scale hyperprior (see the module docstring)."""
+
+    stride = 64  # g_a halves four times, h_a twice more
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        N, M, L = cfg.N, cfg.M, len(cfg.lambdas)
+        self.g_a = Analysis(N, M)
+        self.g_s = Synthesis(N, M)
+        self.h_a = HyperAnalysis(N, M)
+        self.h_s = HyperSynthesis(N, M)
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        # Start each rung's gain near sqrt(λ / λ_mid): the step size that balances MSE ∝ 1/λ.
+        lam = torch.tensor(cfg.lambdas)
+        g0 = torch.log(torch.sqrt(lam / lam[L // 2]))
+        self.log_gain = nn.Parameter(g0.view(L, 1).repeat(1, M))
+        self.log_inv_gain = nn.Parameter(-g0.view(L, 1).repeat(1, M))
+        self.register_buffer("lambdas", lam)
+
+    def gains(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gain, inverse gain (B, M, 1, 1) and λ (B,) at ladder positions t ∈ [0, L−1]."""
+        return interpolate_ladder(self.log_gain, self.log_inv_gain, torch.log(self.lambdas), t)
+
+    def hyper(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, sigma = self.h_s(z_hat).chunk(2, dim=1)
+        return mu, _lower_bound(sigma, SCALE_MIN)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        gain, inv_gain, lam = self.gains(t)
+        y = self.g_a(x) * gain
+        z = self.h_a(y)
+        z_hat = z + (torch.round(z) - z).detach()
+        mu, sigma = self.hyper(z_hat)
+        y_hat = mu + (y - mu) + (torch.round(y - mu) - (y - mu)).detach()
+        # Noise stands in for rounding in the rate terms while training; evaluation rounds.
+        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else z_hat
+        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else y_hat
+        x_hat = self.g_s(y_hat * inv_gain)
+        return {
+            "x_hat": x_hat,
+            "y_likelihood": gaussian_likelihood(y_noisy, mu, sigma).clamp_min(LIKELIHOOD_MIN),
+            "z_likelihood": self.entropy_bottleneck.likelihood(z_noisy).clamp_min(LIKELIHOOD_MIN),
+            "lambda": lam,
+        }
+
+
+def interpolate_ladder(log_gain: torch.Tensor, log_inv_gain: torch.Tensor, log_lam: torch.Tensor, t: torch.Tensor):
+    """Exponential interpolation between neighbouring rungs (Cui et al. 2021, eq. 6)."""
+    L = log_gain.shape[0]
+    t = t.clamp(0, L - 1)
+    i = torch.clamp(torch.floor(t).long(), max=L - 2)
+    w = (t - i.to(t.dtype)).unsqueeze(1)
+
+    def mix(table: torch.Tensor) -> torch.Tensor:
+        return table[i] * (1 - w) + table[i + 1] * w
+
+    gain = torch.exp(mix(log_gain))[..., None, None]
+    inv_gain = torch.exp(mix(log_inv_gain))[..., None, None]
+    lam = torch.exp(log_lam[i] * (1 - w[:, 0]) + log_lam[i + 1] * w[:, 0])
+    return gain, inv_gain, lam
+
+
+def quality_to_position(quality: float, rungs: int) -> float:
+    """Map quality 0–100 linearly onto the ladder position 0 … rungs − 1."""
+    return max(0.0, min(100.0, float(quality))) / 100.0 * (rungs - 1)
+
+
+def rd_loss(out: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """bpp + λ·255²·MSE per example, averaged over the batch."""
+    b, _, h, w = x.shape
+    pixels = h * w
+    bits_y = -torch.log2(out["y_likelihood"]).sum(dim=(1, 2, 3))
+    bits_z = -torch.log2(out["z_likelihood"]).sum(dim=(1, 2, 3))
+    bpp = (bits_y + bits_z) / pixels
+    mse = F.mse_loss(out["x_hat"], x, reduction="none").mean(dim=(1, 2, 3))
+    loss = bpp + out["lambda"] * 255**2 * mse
+    return {"loss": loss.mean(), "bpp": bpp.mean(), "mse": mse.mean()}
