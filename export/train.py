@@ -122,6 +122,11 @@ def save_checkpoint(path: Path, model: Onic, opt: torch.optim.Optimizer, step: i
     tmp.replace(path)
 
 
+def save_weights(path: Path, model: Onic, step: int) -> None:
+    """Weights only (what the repo keeps for later runs to resume from): no optimizer state."""
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict(), "step": step}, path)
+
+
 def load_model(path: str | Path) -> tuple[Onic, dict]:
     """Rebuild a model from a checkpoint (as written by save_checkpoint)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -168,7 +173,8 @@ def train(cfg: TrainConfig) -> Path:
     while step < cfg.max_steps:
         if kodak and step % cfg.eval_every == 0 and step > first_step:
             for t, bpp, psnr in evaluate(model, kodak):
-                print(f"eval step {step} rung {t:.1f}: {bpp:.3f} bpp {psnr:.2f} dB (Kodak, {len(kodak)} images, estimated)")
+                print(f"eval step {step} rung {t:.1f}: {bpp:.3f} bpp {psnr:.2f} dB "
+                      f"(Kodak, {len(kodak)} images, estimated)")
             save_checkpoint(ckpt_path, model, opt, step, cfg)
 
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps)

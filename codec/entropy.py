@@ -1,0 +1,125 @@
+"""Entropy coding of integer latents with constriction's range coder.
+
+Every symbol is coded against one of a set of integer probability tables
+(``TableSet``), chosen per symbol by a table id: the channel for z, the scale
+index for y. Symbols are grouped by table id (stable order), so each group is
+one vectorised ``encode`` call with a fixed categorical model.
+
+Each table covers [offset, offset + n − 1]. Its two end entries also stand for
+everything beyond them: a symbol that lands on an end entry is followed, after
+all groups, by an escape residual r ≥ 0 (its distance past the end), coded as
+a 5-bit length with Uniform(25) and then the bits below the leading one with
+Uniform(2^(length−1)). Only exact integer models are involved, so the same
+tables and ids always give the same symbols.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import constriction
+import numpy as np
+
+from codec.bitstream import OnicError
+
+MAX_ESCAPE_BITS = 24  # residuals must be below 2**24 (constriction's Uniform limit)
+
+
+class TableSet:
+    """Ragged integer pmfs: values[starts[k]:starts[k+1]] is table k, its first symbol offsets[k]."""
+
+    def __init__(self, values: np.ndarray, starts: np.ndarray, offsets: np.ndarray):
+        self.values = np.asarray(values, dtype=np.uint32)
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.lengths = np.diff(self.starts)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        if len(self.offsets) != len(self.lengths) or (self.lengths < 2).any():
+            raise ValueError("inconsistent entropy tables")
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @cached_property
+    def models(self) -> list:
+        return [
+            constriction.stream.model.Categorical(
+                self.values[a:b].astype(np.float64), perfect=False
+            )
+            for a, b in zip(self.starts[:-1], self.starts[1:], strict=True)
+        ]
+
+
+def _groups(ids: np.ndarray, n_tables: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(ids, kind="stable")
+    bounds = np.zeros(n_tables + 1, dtype=np.int64)
+    bounds[1:] = np.cumsum(np.bincount(ids, minlength=n_tables))
+    return order, bounds
+
+
+def encode(symbols: np.ndarray, ids: np.ndarray, tables: TableSet) -> bytes:
+    """Code integer ``symbols`` (any shape), each with table ``ids`` (same shape); returns bytes."""
+    ids = ids.ravel().astype(np.int64)
+    order, bounds = _groups(ids, len(tables))
+    s = symbols.ravel().astype(np.int64)[order]
+    t = ids[order]
+    lo, n = tables.offsets[t], tables.lengths[t]
+    idx = np.clip(s - lo, 0, n - 1)
+    enc = constriction.stream.queue.RangeEncoder()
+    for k in np.flatnonzero(np.diff(bounds)):
+        enc.encode(idx[bounds[k] : bounds[k + 1]].astype(np.int32), tables.models[k])
+
+    below, above = idx == 0, idx == n - 1
+    residual = np.where(below, lo - s, s - (lo + n - 1))[below | above]
+    if residual.size and residual.max() >= 2**MAX_ESCAPE_BITS:
+        raise OnicError("latent value out of the codable range")
+    _encode_residuals(enc, residual)
+    return enc.get_compressed().astype("<u4").tobytes()
+
+
+def decode(data: bytes, ids: np.ndarray, tables: TableSet) -> np.ndarray:
+    """Inverse of ``encode``: int64 symbols of the shape of ``ids``."""
+    shape = ids.shape
+    ids = ids.ravel().astype(np.int64)
+    order, bounds = _groups(ids, len(tables))
+    t = ids[order]
+    lo, n = tables.offsets[t], tables.lengths[t]
+    try:
+        dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        idx = np.empty(len(ids), dtype=np.int64)
+        for k in np.flatnonzero(np.diff(bounds)):
+            idx[bounds[k] : bounds[k + 1]] = dec.decode(tables.models[k], int(bounds[k + 1] - bounds[k]))
+        below, above = idx == 0, idx == n - 1
+        residual = _decode_residuals(dec, int(np.count_nonzero(below | above)))
+    except (ValueError, RuntimeError, OverflowError) as e:
+        raise OnicError(f"corrupt entropy-coded data ({e})") from None
+    s = lo + idx
+    esc = np.flatnonzero(below | above)
+    s[esc] += np.where(below[esc], -residual, residual)
+    out = np.empty(len(ids), dtype=np.int64)
+    out[order] = s
+    return out.reshape(shape)
+
+
+def _encode_residuals(enc, r: np.ndarray) -> None:
+    if not r.size:
+        return
+    _, nbits = np.frexp(r.astype(np.float64))  # bit length, 0 for r = 0
+    uniform = constriction.stream.model.Uniform()
+    enc.encode(nbits.astype(np.int32), uniform, np.full(r.size, MAX_ESCAPE_BITS + 1, dtype=np.int32))
+    long = nbits >= 2
+    if long.any():
+        size = np.left_shift(1, nbits[long] - 1).astype(np.int64)
+        enc.encode((r[long] - size).astype(np.int32), uniform, size.astype(np.int32))
+
+
+def _decode_residuals(dec, count: int) -> np.ndarray:
+    if not count:
+        return np.zeros(0, dtype=np.int64)
+    uniform = constriction.stream.model.Uniform()
+    nbits = dec.decode(uniform, np.full(count, MAX_ESCAPE_BITS + 1, dtype=np.int32)).astype(np.int64)
+    r = np.where(nbits >= 1, np.left_shift(1, np.maximum(nbits - 1, 0)), 0).astype(np.int64)
+    long = nbits >= 2
+    if long.any():
+        size = np.left_shift(1, nbits[long] - 1).astype(np.int32)
+        r[long] += dec.decode(uniform, size)
+    return r

@@ -1,0 +1,119 @@
+"""A model bundle on disk and the onnxruntime sessions that run it.
+
+A bundle is a folder holding encoder.onnx, hyper_decoder.onnx, decoder.onnx,
+tables.npz and manifest.json (written by ``python -m export.bundle``). Its
+model id, the first 16 hex digits of a hash over the files' SHA-256 sums, is
+stamped into every .onic file so that a file is never decoded with the wrong
+tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from codec.bitstream import OnicError
+from codec.entropy import TableSet
+
+DEFAULT_BUNDLE = Path(__file__).parent / "models" / "default"
+GRAPHS = ("encoder", "hyper_decoder", "decoder")
+
+
+class Bundle:
+    """Graphs, tables and manifest of one model; sessions are created on first use and reused."""
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_BUNDLE, threads: int = 0, verify: bool = True):
+        self.path = Path(path)
+        self.threads = threads
+        try:
+            self.manifest = json.loads((self.path / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            raise OnicError(f"cannot read model bundle at {self.path}: {e}") from None
+        if verify:
+            self._verify()
+        self.model_id: str = self.manifest["model_id"]
+        self.stride: int = int(self.manifest["stride"])
+        self._lock = threading.Lock()
+        self._sessions: dict = {}
+
+    def _verify(self) -> None:
+        files = self.manifest.get("files", {})
+        for name, digest in files.items():
+            if hashlib.sha256((self.path / name).read_bytes()).hexdigest() != digest:
+                raise OnicError(f"model bundle {self.path} is damaged: {name} does not match its hash")
+        model_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+        if model_id != self.manifest.get("model_id"):
+            raise OnicError(f"model bundle {self.path} is damaged: manifest model id does not match its files")
+
+    @cached_property
+    def _tables(self) -> dict[str, np.ndarray]:
+        with np.load(self.path / "tables.npz") as d:
+            return {k: d[k] for k in d.files}
+
+    @cached_property
+    def z_tables(self) -> TableSet:
+        t = self._tables
+        return TableSet(t["z_values"], t["z_starts"], t["z_offsets"])
+
+    @cached_property
+    def y_tables(self) -> TableSet:
+        t = self._tables
+        lengths = np.diff(t["y_starts"])
+        return TableSet(t["y_values"], t["y_starts"], -(lengths - 1) // 2)
+
+    @property
+    def scale_table(self) -> np.ndarray:
+        return self._tables["scale_table"]
+
+    def gains(self, quality: int) -> tuple[np.ndarray, np.ndarray]:
+        """Gain and inverse gain (1, M, 1, 1) for quality 0–100 (Cui et al. 2021, eq. 6)."""
+        lg, lig = self._tables["log_gain"], self._tables["log_inv_gain"]
+        rungs = lg.shape[0]
+        t = min(max(quality, 0), 100) / 100 * (rungs - 1)
+        i = min(int(np.floor(t)), rungs - 2)
+        w = t - i
+        gain = np.exp(lg[i] * (1 - w) + lg[i + 1] * w).astype(np.float32)
+        inv = np.exp(lig[i] * (1 - w) + lig[i + 1] * w).astype(np.float32)
+        return gain.reshape(1, -1, 1, 1), inv.reshape(1, -1, 1, 1)
+
+    def scale_indexes(self, sigma: np.ndarray) -> np.ndarray:
+        """Index of the smallest table scale ≥ σ (CompressAI's build_indexes)."""
+        idx = np.searchsorted(self.scale_table, sigma.astype(np.float32), side="left")
+        return np.minimum(idx, len(self.scale_table) - 1)
+
+    def session(self, graph: str):
+        with self._lock:
+            if graph not in self._sessions:
+                self._sessions[graph] = self._make_session(graph)
+            return self._sessions[graph]
+
+    def _make_session(self, graph: str):
+        import onnxruntime as ort  # imported here so that reading headers stays light
+
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        return ort.InferenceSession(str(self.path / f"{graph}.onnx"), opts, providers=["CPUExecutionProvider"])
+
+    def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
+        return self.session(graph).run(None, inputs)
+
+
+_default: Bundle | None = None
+_default_lock = threading.Lock()
+
+
+def default_bundle() -> Bundle:
+    """The shipped model, loaded once per process."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Bundle(DEFAULT_BUNDLE)
+        return _default

@@ -1,0 +1,158 @@
+"""The onic command as a user runs it: a subprocess, real files, exit codes and stderr."""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import zlib
+
+import pytest
+from PIL import Image
+
+import codec
+from codec import metrics
+from tests.conftest import ROOT, SAMPLE, run_onic
+
+
+def one_error_line(result) -> str:
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("onic: error: ")
+    return lines[0]
+
+
+def test_compress_decompress_info(tmp_path):
+    onic, png = tmp_path / "s.onic", tmp_path / "s.png"
+    r = run_onic("compress", str(SAMPLE), "-o", str(onic), "-q", "60")
+    assert r.returncode == 0 and r.stdout == b"" and r.stderr == b""
+    r = run_onic("decompress", str(onic), "-o", str(png))
+    assert r.returncode == 0, r.stderr
+    with Image.open(png) as out, Image.open(SAMPLE) as ref:
+        assert out.size == ref.size and metrics.psnr(ref.convert("RGB"), out) > 20
+    r = run_onic("info", str(onic))
+    assert r.returncode == 0
+    fields = dict(line.split(":", 1) for line in r.stdout.decode().splitlines())
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    assert int(fields["file bytes"]) == onic.stat().st_size
+    assert (fields["width"], fields["height"], fields["quality"], fields["format version"]) == ("256", "256", "60", "1")
+    assert fields["model id"] == codec.read_header(onic.read_bytes()).model_id
+    assert float(fields["bpp"]) == pytest.approx(8 * onic.stat().st_size / 256**2, abs=1e-4)
+
+
+def test_verbose_and_default_output_name(tmp_path):
+    src = tmp_path / "photo.png"
+    src.write_bytes(SAMPLE.read_bytes())
+    r = run_onic("compress", str(src), "-v")
+    assert r.returncode == 0 and (tmp_path / "photo.onic").exists()
+    assert b"bpp" in r.stderr and b"PSNR" in r.stderr and r.stdout == b""
+    r = run_onic("decompress", str(tmp_path / "photo.onic"), "-o", str(tmp_path / "photo.webp"))
+    assert r.returncode == 0
+    with Image.open(tmp_path / "photo.webp") as im:
+        assert im.format == "WEBP"
+
+
+def test_version_and_help():
+    r = run_onic("--version")
+    assert r.returncode == 0 and codec.__version__ in r.stdout.decode()
+    for cmd in ([], ["compress"], ["decompress"], ["info"], ["demo"]):
+        r = run_onic(*cmd, "--help")
+        assert r.returncode == 0 and b"Usage:" in r.stdout
+
+
+def test_demo():
+    r = run_onic("demo", "-q", "50")
+    assert r.returncode == 0, r.stderr
+    assert b"bpp" in r.stdout and b"PSNR" in r.stdout
+
+
+def with_header(data: bytes, offset: int, value: bytes) -> bytes:
+    b = bytearray(data)
+    b[offset : offset + len(value)] = value
+    body = bytes(b[:-4])
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def bad_files(good: bytes) -> dict[str, tuple[bytes, str]]:
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x01
+    return {
+        "not onic": (SAMPLE.read_bytes(), "not an .onic file"),
+        "empty": (b"", "not an .onic file"),
+        "truncated": (good[: len(good) - 10], "truncated file"),
+        "header only": (good[:20], "truncated file"),
+        "flipped byte": (bytes(flipped), "CRC32"),
+        "future version": (with_header(good, 4, b"\x07"), "unsupported format version 7"),
+        "other model": (with_header(good, 8, b"\xaa" * 8), "model id mismatch"),
+        "absurd size": (with_header(good, 16, struct.pack("<II", 100_000, 100_000)), "exceeds the limit"),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_files(b"ONIC" + bytes(40))))
+def test_bad_files_exit_2_without_output(case, tmp_path, sample_onic):
+    data, message = bad_files(sample_onic)[case]
+    src, out = tmp_path / "bad.onic", tmp_path / "out.png"
+    src.write_bytes(data)
+    line = one_error_line(run_onic("decompress", str(src), "-o", str(out)))
+    assert message in line
+    assert os.listdir(tmp_path) == ["bad.onic"]  # no output, no temporary left behind
+    assert src.read_bytes() == data
+
+
+def test_bad_image_input(tmp_path):
+    src = tmp_path / "x.png"
+    src.write_bytes(b"this is not a png")
+    assert "cannot read image" in one_error_line(run_onic("compress", str(src), "-o", str(tmp_path / "x.onic")))
+    assert "No such file" in one_error_line(run_onic("compress", str(tmp_path / "missing.png")))
+    Image.new("RGBA", (4, 4)).save(src)
+    assert "alpha" in one_error_line(run_onic("compress", str(src), "-o", str(tmp_path / "x.onic")))
+    assert sorted(os.listdir(tmp_path)) == ["x.png"]
+
+
+def test_existing_output_needs_force(tmp_path, sample_onic):
+    src, out = tmp_path / "s.onic", tmp_path / "s.png"
+    src.write_bytes(sample_onic)
+    out.write_bytes(b"precious")
+    assert "exists" in one_error_line(run_onic("decompress", str(src), "-o", str(out)))
+    assert out.read_bytes() == b"precious"
+    assert run_onic("decompress", str(src), "-o", str(out), "--force").returncode == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_unknown_output_extension(tmp_path, sample_onic):
+    src = tmp_path / "s.onic"
+    src.write_bytes(sample_onic)
+    assert "unknown image extension" in one_error_line(run_onic("decompress", str(src), "-o", str(tmp_path / "s.xyz")))
+
+
+def test_usage_errors_exit_2():
+    r = run_onic("compress", str(SAMPLE), "-q", "101")
+    assert r.returncode == 2 and b"Traceback" not in r.stderr
+
+
+BLOCK_TORCH = """
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+import codec
+from codec.cli import main
+sys.argv = ["onic", "decompress", sys.argv[1], "-o", sys.argv[2]]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules if sys.modules[m] is not None)
+print("decoded without torch")
+"""
+
+
+def test_decoder_runs_where_torch_cannot_be_imported(tmp_path, sample_onic):
+    import subprocess
+
+    src, out = tmp_path / "s.onic", tmp_path / "s.png"
+    src.write_bytes(sample_onic)
+    r = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(src), str(out)], capture_output=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"decoded without torch" in r.stdout and out.exists()

@@ -1,0 +1,55 @@
+"""Range coding with integer tables, escapes included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codec import entropy
+from codec.bitstream import OnicError
+from codec.entropy import TableSet
+
+
+def gaussian_tables(scales=(0.2, 1.0, 5.0, 40.0)) -> TableSet:
+    tables = []
+    for s in scales:
+        k = max(1, int(np.ceil(6 * s)))
+        v = np.arange(-k, k + 1)
+        p = np.exp(-0.5 * (v / s) ** 2)
+        tables.append((1 + np.floor(p / p.sum() * (2**16 - len(p)))).astype(np.uint32))
+    starts = np.concatenate([[0], np.cumsum([len(t) for t in tables])])
+    lengths = np.diff(starts)
+    return TableSet(np.concatenate(tables), starts, -(lengths - 1) // 2)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_round_trip_with_escapes(seed):
+    rng = np.random.default_rng(seed)
+    tables = gaussian_tables()
+    ids = rng.integers(0, len(tables), size=(6, 9, 11))
+    symbols = np.round(rng.normal(0, np.array([0.2, 1.0, 5.0, 40.0])[ids] * 2)).astype(np.int64)
+    symbols.flat[:4] = [10**6, -(10**6), 2**24 - 1 - 1000, 0]  # far past every table
+    data = entropy.encode(symbols, ids, tables)
+    assert np.array_equal(entropy.decode(data, ids, tables), symbols)
+
+
+def test_empty():
+    tables = gaussian_tables()
+    ids = np.zeros((0, 3), dtype=np.int64)
+    data = entropy.encode(np.zeros((0, 3)), ids, tables)
+    assert entropy.decode(data, ids, tables).shape == (0, 3)
+
+
+def test_values_beyond_the_escape_range_are_refused():
+    tables = gaussian_tables()
+    with pytest.raises(OnicError, match="codable range"):
+        entropy.encode(np.array([2**30]), np.array([0]), tables)
+
+
+def test_cost_matches_the_table():
+    tables = gaussian_tables()
+    ids = np.full(10_000, 1)
+    data = entropy.encode(np.zeros(10_000, dtype=np.int64), ids, tables)
+    table = tables.values[tables.starts[1] : tables.starts[2]].astype(np.float64)
+    ideal = -np.log2(table[len(table) // 2] / table.sum())  # about 1.38 bits for σ = 1
+    assert ideal * 10_000 <= len(data) * 8 <= ideal * 10_000 * 1.01 + 64

@@ -1,0 +1,124 @@
+"""PyTorch side: graphs match their modules, tables are sound, training runs and resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+import codec  # noqa: E402
+from codec.session import DEFAULT_BUNDLE, Bundle  # noqa: E402
+from export import bundle as export_bundle  # noqa: E402
+from export import tables  # noqa: E402
+from export.model import ModelConfig, Onic  # noqa: E402
+from export.train import TrainConfig, load_model, save_weights, train  # noqa: E402
+from tests.conftest import random_image  # noqa: E402
+
+SHIPPED_CHECKPOINT = Path(export_bundle.__file__).parent / "checkpoints" / "default.pt"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Onic, Path]:
+    torch.manual_seed(0)
+    model = Onic(ModelConfig(N=8, M=12)).eval()
+    folder = tmp_path_factory.mktemp("tiny")
+    save_weights(folder / "tiny.pt", model, step=0)
+    export_bundle.export_bundle(folder / "tiny.pt", folder / "bundle", name="tiny")
+    return model, folder / "bundle"
+
+
+def graph_errors(model: Onic, bundle_dir: Path, seed: int = 0) -> dict[str, float]:
+    """Max relative error of each ONNX graph against its module on random inputs of a new size."""
+    g = torch.Generator().manual_seed(seed)
+    errors = {}
+    N, M = model.cfg.N, model.cfg.M
+    inputs = {
+        "encoder": (torch.rand(1, 3, 192, 128, generator=g), torch.rand(1, M, 1, 1, generator=g) + 0.5),
+        "hyper_decoder": (torch.randn(1, N, 3, 2, generator=g) * 3,),
+        "decoder": (torch.randn(1, M, 12, 8, generator=g) * 3, torch.rand(1, M, 1, 1, generator=g) + 0.5),
+    }
+    for name, (module, _, in_names, _) in export_bundle.graphs(model).items():
+        args = inputs[name]
+        with torch.no_grad():
+            want = module(*args)
+        want = want if isinstance(want, tuple) else (want,)
+        sess = ort.InferenceSession(str(bundle_dir / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {n: a.numpy() for n, a in zip(in_names, args, strict=True)})
+        errors[name] = max(
+            float(np.abs(o - w.numpy()).max() / (np.abs(w.numpy()).max() + 1e-12))
+            for o, w in zip(got, want, strict=True)
+        )
+    return errors
+
+
+def test_graphs_match_modules(tiny):
+    model, folder = tiny
+    for name, err in graph_errors(model, folder).items():
+        assert err < 1e-4, (name, err)
+
+
+def test_shipped_bundle_matches_shipped_checkpoint():
+    model, _ = load_model(SHIPPED_CHECKPOINT)
+    for name, err in graph_errors(model.eval(), DEFAULT_BUNDLE, seed=1).items():
+        assert err < 1e-4, (name, err)
+
+
+def test_tiny_bundle_round_trip(tiny):
+    _, folder = tiny
+    b = Bundle(folder)
+    im = random_image(70, 45)
+    data = codec.compress(im, quality=30, bundle=b)
+    assert codec.read_header(data).model_id == b.model_id
+    assert codec.decompress(data, bundle=b).size == (70, 45)
+
+
+def test_gain_interpolation_matches_torch(tiny):
+    model, folder = tiny
+    b = Bundle(folder)
+    for q in (0, 33, 50, 99, 100):
+        t = torch.tensor([q / 100 * (len(model.cfg.lambdas) - 1)])
+        gain, inv, _ = model.gains(t)
+        g, i = b.gains(q)
+        np.testing.assert_allclose(g, gain.detach().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(i, inv.detach().numpy(), rtol=1e-5)
+
+
+def test_tables_are_positive_and_bounded():
+    for t in tables.gaussian_tables():
+        assert t.min() >= 1 and t.sum() <= 2**tables.PRECISION and len(t) % 2 == 1
+    values = tables.quantize_pmf(np.array([1.0, 0.0, 1e-12]))
+    assert values.min() == 1 and values.sum() <= 2**16
+
+
+def test_bundle_detects_damage(tiny, tmp_path):
+    import shutil
+
+    _, folder = tiny
+    copy = tmp_path / "b"
+    shutil.copytree(folder, copy)
+    with open(copy / "decoder.onnx", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(codec.OnicError, match="damaged"):
+        Bundle(copy)
+
+
+def test_train_runs_and_resumes(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        random_image(80, 72, seed=i).save(data / f"{i}.png")
+    cfg = TrainConfig(data=str(data), crop=64, batch_size=2, N=8, M=12, max_steps=3, out=str(tmp_path / "run"),
+                      log_every=1, warmup_steps=1)
+    ckpt = train(cfg)
+    assert torch.load(ckpt, weights_only=True)["step"] == 3
+    cfg.resume, cfg.max_steps = str(ckpt), 5
+    ckpt = train(cfg)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 5 and state["model_config"]["M"] == 12
