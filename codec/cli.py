@@ -140,6 +140,49 @@ def info(input: str) -> None:
     _guarded(body)
 
 
+def _int_list(ctx, param, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter("expected comma-separated integers, e.g. 10,50,90") from None
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--codecs", default="onic,jpeg,jpeg444,webp,avif,jxl", show_default=True,
+              help="Comma-separated: onic, jpeg (4:2:0), jpeg444, webp, avif, jxl.")
+@click.option("--qualities", callback=_int_list, help="Comma-separated qualities for every codec [default: per codec].")
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Folder for DIR_NAME.json, DIR_NAME.csv and DIR_NAME_rd.png.")
+@click.option("--anchors", multiple=True, type=click.Path(exists=True),
+              help="Published curves to overlay (CompressAI-style JSON file or folder); repeatable.")
+@click.option("--limit", type=click.IntRange(0), default=0, help="Use only the first N images (0 = all).")
+def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, anchors: tuple[str, ...],
+          limit: int) -> None:
+    """Rate-distortion and speed of onic against JPEG, WebP, AVIF and JPEG XL on FOLDER.
+
+    Needs the [bench] extra (matplotlib, scipy, tqdm, pillow-jxl-plugin).
+    """
+
+    def body() -> None:
+        try:
+            from codec import bench as b
+        except ImportError as e:
+            raise Failure(f"onic bench needs the [bench] extra: {e}") from None
+        names = [c.strip() for c in codecs.split(",") if c.strip()]
+        try:
+            report = b.run(folder, names, qualities, out, anchors, limit,
+                           warn=lambda m: click.echo(f"onic: warning: {m}", err=True))
+        except ValueError as e:
+            raise Failure(str(e)) from None
+        click.echo(b.format_table(report))
+        click.echo(f"\nwrote {Path(out) / report['dataset']}.json, .csv and _rd.png", err=True)
+
+    _guarded(body)
+
+
 @main.command()
 @click.option("-q", "--quality", type=click.IntRange(0, 100), default=75, show_default=True)
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep sample.onic and sample.png in this folder.")

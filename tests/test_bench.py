@@ -1,0 +1,80 @@
+"""onic bench end to end on a tiny folder: real codecs, real files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("scipy")
+
+from codec import bench  # noqa: E402
+from tests.conftest import ROOT, random_image  # noqa: E402
+
+ANCHORS = ROOT.parent / "shared" / "anchors" / "compressai-kodak"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs") / "tiny"
+    d.mkdir()
+    for i in range(2):
+        random_image(170, 180, seed=i).save(d / f"{i}.png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_bench_writes_json_csv_plot(folder, tmp_path):
+    report = bench.run(folder, ["onic", "jpeg", "webp"], [20, 80], tmp_path)
+    data = json.loads((tmp_path / "tiny.json").read_text())
+    assert set(data["codecs"]) == {"onic", "jpeg", "webp"}
+    for entry in data["codecs"].values():
+        r = entry["results"]
+        assert r["quality"] == [20, 80] and len(r["bpp"]) == 2 and r["bpp"][0] < r["bpp"][1]
+        assert len(entry["per_image"]) == 4 and all(0 < x["ms_ssim"] <= 1 for x in entry["per_image"])
+    onic_rows = data["codecs"]["onic"]["per_image"]
+    assert onic_rows[0]["bytes"] * 8 / (170 * 180) == pytest.approx(onic_rows[0]["bpp"])
+    assert set(data["bd_rate"]) == {"jpeg", "webp"}
+    assert bench.load_curves(tmp_path / "tiny.json")["webp"] == data["codecs"]["webp"]["results"]
+    with (tmp_path / "tiny.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * (2 + 4)
+    assert (tmp_path / "tiny_rd.png").read_bytes().startswith(b"\x89PNG")
+    assert "BD-rate" in bench.format_table(report)
+
+
+@pytest.mark.skipif(not ANCHORS.exists(), reason="CompressAI anchors not present")
+def test_compressai_files_load_with_the_same_code():
+    curves = bench.load_curves(ANCHORS / "webp.json")
+    assert set(curves["WebP"]) >= {"bpp", "psnr-rgb", "ms-ssim-rgb"}
+    rates = bench.bd_rates({"onic": curves["WebP"], "WebP": curves["WebP"]})
+    assert rates["WebP"]["psnr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_missing_plugin_is_skipped_with_a_warning(folder, tmp_path):
+    import subprocess
+
+    code = ("import sys; sys.modules['pillow_jxl'] = None\n"
+            "from codec.cli import main\n"
+            f"main(['bench', {str(folder)!r}, '--codecs', 'jpeg,jxl', '--qualities', '50', '--out', {str(tmp_path)!r}])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"skipping jxl" in r.stderr and b"jpeg" in r.stdout
+    assert set(json.loads((tmp_path / "tiny.json").read_text())["codecs"]) == {"jpeg"}
+
+
+def test_unknown_codec_is_a_usage_error(folder, tmp_path):
+    from tests.conftest import run_onic
+
+    r = run_onic("bench", str(folder), "--codecs", "gif", "--out", str(tmp_path))
+    assert r.returncode == 2 and b"unknown codec 'gif'" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_bd_rates_skip_non_overlapping():
+    a = {"bpp": [0.1, 0.2], "psnr-rgb": [20, 22], "ms-ssim-rgb": [0.8, 0.85]}
+    b = {"bpp": [0.5, 1.0], "psnr-rgb": [30, 33], "ms-ssim-rgb": [0.95, 0.97]}
+    assert math.isnan(bench.bd_rates({"onic": a, "x": b})["x"]["psnr"])
