@@ -60,7 +60,8 @@ def test_missing_plugin_is_skipped_with_a_warning(folder, tmp_path):
 
     code = ("import sys; sys.modules['pillow_jxl'] = None\n"
             "from codec.cli import main\n"
-            f"main(['bench', {str(folder)!r}, '--codecs', 'jpeg,jxl', '--qualities', '50', '--out', {str(tmp_path)!r}])")
+            f"main(['bench', {str(folder)!r}, '--codecs', 'jpeg,jxl', '--qualities', '50',"
+            f" '--out', {str(tmp_path)!r}])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr.decode()
     assert b"skipping jxl" in r.stderr and b"jpeg" in r.stdout
