@@ -77,11 +77,11 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     gain, _ = bundle.gains(quality)
     y, z = bundle.run("encoder", x=x, gain=gain)
     z_sym = np.round(z[0]).astype(np.int64)
-    mu, sigma = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
+    mu, _ = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
     y_sym = np.round(y[0] - mu[0]).astype(np.int64)
     z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
     z_bytes = entropy.encode(z_sym, z_ids, bundle.z_tables)
-    y_bytes = entropy.encode(y_sym, bundle.scale_indexes(sigma[0]), bundle.y_tables)
+    y_bytes = entropy.encode(y_sym, bundle.scale_indexes(z_sym), bundle.y_tables)
     header = Header(mode, quality, bundle.model_id, width, height, len(z_bytes), len(y_bytes))
     return bitstream.pack(header, z_bytes, y_bytes)
 
@@ -91,27 +91,40 @@ def read_header(data: bytes, max_pixels: int | None = bitstream.MAX_PIXELS) -> H
     return bitstream.parse_header(data, max_pixels)
 
 
-def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
-               max_pixels: int | None = bitstream.MAX_PIXELS) -> Image.Image:
-    """Decode .onic bytes (or a path to a file) into a PIL image ("RGB" or "L")."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        data = Path(data).read_bytes()
+def decode_latents(data: bytes, bundle: Bundle | None = None,
+                   max_pixels: int | None = bitstream.MAX_PIXELS) -> tuple[Header, np.ndarray, np.ndarray]:
+    """Validate .onic bytes and entropy-decode them: (header, ẑ symbols, y − μ symbols).
+
+    Only integer work happens here (the scale indexes come from the integer
+    path), so the symbols are the same on every machine and runtime.
+    """
     c = bitstream.unpack(bytes(data), max_pixels)
     h = c.header
     bundle = bundle or default_bundle()
     if h.model_id != bundle.model_id:
         raise OnicError(f"model id mismatch: the file needs model {h.model_id}, this onic has {bundle.model_id}")
     s = bundle.stride
-    hp, wp = h.height + (-h.height % s), h.width + (-h.width % s)
     n_z = len(bundle.z_tables)
-    z_shape = (n_z, hp // s, wp // s)
+    z_shape = (n_z, -(-h.height // s), -(-h.width // s))
     z_ids = np.broadcast_to(np.arange(n_z)[:, None, None], z_shape)
     z_sym = entropy.decode(c.z, z_ids, bundle.z_tables)
-    mu, sigma = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
-    y_sym = entropy.decode(c.y, bundle.scale_indexes(sigma[0]), bundle.y_tables)
+    y_sym = entropy.decode(c.y, bundle.scale_indexes(z_sym), bundle.y_tables)
+    return h, z_sym, y_sym
+
+
+def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
+               max_pixels: int | None = bitstream.MAX_PIXELS) -> Image.Image:
+    """Decode .onic bytes (or a path to a file) into a PIL image ("RGB" or "L")."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        data = Path(data).read_bytes()
+    bundle = bundle or default_bundle()
+    h, z_sym, y_sym = decode_latents(data, bundle, max_pixels)
+    mu, _ = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
     _, inv_gain = bundle.gains(h.quality)
-    y_hat = (y_sym[None].astype(np.float32) + mu)
+    y_hat = y_sym[None].astype(np.float32) + mu
     (x_hat,) = bundle.run("decoder", y_hat=y_hat, inv_gain=inv_gain)
-    rgb = np.clip(np.rint(x_hat[0, :, : h.height, : h.width] * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    with np.errstate(over="ignore", invalid="ignore"):  # a crafted file may drive the synthesis to inf
+        x_hat = np.nan_to_num(x_hat[0, :, : h.height, : h.width] * 255, nan=0.0, posinf=255.0, neginf=0.0)
+        rgb = np.clip(np.rint(x_hat), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
     return image.convert("L") if h.mode == "L" else image

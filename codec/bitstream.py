@@ -6,7 +6,7 @@ Byte layout (all integers little-endian; docs/FORMAT.md is the reference):
     4   1  version        FORMAT_VERSION
     5   1  mode           1 = grayscale (L), 3 = RGB
     6   1  quality        0..100
-    7   1  flags          0 (reserved)
+    7   1  index path     integer scale path version the file needs (INDEX_PATH_VERSION)
     8   8  model id       8 bytes; hex is the bundle's model_id
    16   4  width          ≥ 1
    20   4  height         ≥ 1
@@ -24,6 +24,8 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+
+from codec.intscale import INDEX_PATH_VERSION
 
 MAGIC = b"ONIC"
 FORMAT_VERSION = 1
@@ -47,6 +49,7 @@ class Header:
     z_length: int
     y_length: int
     version: int = FORMAT_VERSION
+    index_path: int = INDEX_PATH_VERSION
 
     @property
     def file_size(self) -> int:
@@ -63,7 +66,7 @@ class Container:
 def pack(header: Header, z: bytes, y: bytes) -> bytes:
     mode = {v: k for k, v in MODES.items()}[header.mode]
     head = HEADER.pack(
-        MAGIC, FORMAT_VERSION, mode, header.quality, 0, bytes.fromhex(header.model_id),
+        MAGIC, FORMAT_VERSION, mode, header.quality, header.index_path, bytes.fromhex(header.model_id),
         header.width, header.height, len(z), len(y),
     )
     body = head + z + y
@@ -81,22 +84,23 @@ def parse_header(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Header:
         raise OnicError("not an .onic file (bad magic)")
     if len(data) < HEADER.size:
         raise OnicError(f"truncated file: {len(data)} bytes, the header alone needs {HEADER.size}")
-    magic, version, mode, quality, flags, model_id, width, height, zlen, ylen = HEADER.unpack_from(data)
+    magic, version, mode, quality, index_path, model_id, width, height, zlen, ylen = HEADER.unpack_from(data)
     if version != FORMAT_VERSION:
         raise OnicError(f"unsupported format version {version} (this onic reads version {FORMAT_VERSION})")
     if mode not in MODES:
         raise OnicError(f"bad header: mode {mode} is not 1 (grayscale) or 3 (RGB)")
     if quality > 100:
         raise OnicError(f"bad header: quality {quality} is above 100")
-    if flags:
-        raise OnicError(f"bad header: reserved flags are {flags:#04x}, expected 0")
+    if index_path != INDEX_PATH_VERSION:
+        raise OnicError(f"unsupported integer scale path version {index_path} "
+                        f"(this onic runs version {INDEX_PATH_VERSION})")
     if width < 1 or height < 1:
         raise OnicError(f"bad header: image size {width}x{height}")
     if max_pixels is not None and width * height > max_pixels:
         raise OnicError(f"image of {width}x{height} exceeds the limit of {max_pixels} pixels")
     if zlen % 4 or ylen % 4:
         raise OnicError("bad header: section lengths must be multiples of 4")
-    return Header(MODES[mode], quality, model_id.hex(), width, height, zlen, ylen, version)
+    return Header(MODES[mode], quality, model_id.hex(), width, height, zlen, ylen, version, index_path)
 
 
 def unpack(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Container:

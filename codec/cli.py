@@ -100,7 +100,9 @@ def compress(input: str, output: str | None, quality: int, force: bool, verbose:
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Output image; the extension picks the format [default: INPUT with .png].")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
-def decompress(input: str, output: str | None, force: bool) -> None:
+@click.option("--max-pixels", type=click.IntRange(1), default=2**28, show_default=True,
+              help="Refuse files whose header describes more pixels (decompression-bomb guard).")
+def decompress(input: str, output: str | None, force: bool, max_pixels: int) -> None:
     """Decompress an .onic file to PNG (or any format Pillow writes, by extension)."""
 
     def body() -> None:
@@ -112,7 +114,7 @@ def decompress(input: str, output: str | None, force: bool) -> None:
         fmt = Image.registered_extensions().get(out.suffix.lower())
         if fmt is None or fmt not in Image.SAVE:
             raise Failure(f"cannot write {out}: unknown image extension {out.suffix!r}")
-        image = api.decompress(_read_input(input))
+        image = api.decompress(_read_input(input), max_pixels=max_pixels)
         write_atomic(out, lambda p: image.save(p, format=fmt), force)
 
     _guarded(body)

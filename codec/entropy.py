@@ -90,7 +90,11 @@ def decode(data: bytes, ids: np.ndarray, tables: TableSet) -> np.ndarray:
             idx[bounds[k] : bounds[k + 1]] = dec.decode(tables.models[k], int(bounds[k + 1] - bounds[k]))
         below, above = idx == 0, idx == n - 1
         residual = _decode_residuals(dec, int(np.count_nonzero(below | above)))
-    except (ValueError, RuntimeError, OverflowError) as e:
+    except BaseException as e:
+        # constriction reports invalid data as AssertionError or ValueError, and a Rust panic
+        # as pyo3's PanicException (a BaseException); only interrupts pass through.
+        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+            raise
         raise OnicError(f"corrupt entropy-coded data ({e})") from None
     s = lo + idx
     esc = np.flatnonzero(below | above)

@@ -1,7 +1,7 @@
 """A model bundle on disk and the onnxruntime sessions that run it.
 
 A bundle is a folder holding encoder.onnx, hyper_decoder.onnx, decoder.onnx,
-tables.npz and manifest.json (written by ``python -m export.bundle``). Its
+tables.npz, scale_path.npz and manifest.json (written by ``python -m export.bundle``). Its
 model id, the first 16 hex digits of a hash over the files' SHA-256 sums, is
 stamped into every .onic file so that a file is never decoded with the wrong
 tables.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from codec import intscale
 from codec.bitstream import OnicError
 from codec.entropy import TableSet
 
@@ -28,9 +29,11 @@ GRAPHS = ("encoder", "hyper_decoder", "decoder")
 class Bundle:
     """Graphs, tables and manifest of one model; sessions are created on first use and reused."""
 
-    def __init__(self, path: str | os.PathLike = DEFAULT_BUNDLE, threads: int = 0, verify: bool = True):
+    def __init__(self, path: str | os.PathLike = DEFAULT_BUNDLE, threads: int = 0, verify: bool = True,
+                 optimization: str = "all"):
         self.path = Path(path)
         self.threads = threads
+        self.optimization = optimization  # onnxruntime graph optimization: disable, basic, extended, all
         try:
             self.manifest = json.loads((self.path / "manifest.json").read_text())
         except (OSError, ValueError) as e:
@@ -67,9 +70,14 @@ class Bundle:
         lengths = np.diff(t["y_starts"])
         return TableSet(t["y_values"], t["y_starts"], -(lengths - 1) // 2)
 
-    @property
-    def scale_table(self) -> np.ndarray:
-        return self._tables["scale_table"]
+    @cached_property
+    def _scale_path(self) -> dict[str, np.ndarray]:
+        with np.load(self.path / "scale_path.npz") as d:
+            p = {k: d[k] for k in d.files}
+        if int(p["version"]) != intscale.INDEX_PATH_VERSION:
+            raise OnicError(f"model bundle {self.path} has integer scale path version {int(p['version'])}, "
+                            f"this onic runs version {intscale.INDEX_PATH_VERSION}")
+        return p
 
     def gains(self, quality: int) -> tuple[np.ndarray, np.ndarray]:
         """Gain and inverse gain (1, M, 1, 1) for quality 0–100 (Cui et al. 2021, eq. 6)."""
@@ -82,10 +90,14 @@ class Bundle:
         inv = np.exp(lig[i] * (1 - w) + lig[i + 1] * w).astype(np.float32)
         return gain.reshape(1, -1, 1, 1), inv.reshape(1, -1, 1, 1)
 
-    def scale_indexes(self, sigma: np.ndarray) -> np.ndarray:
-        """Index of the smallest table scale ≥ σ (CompressAI's build_indexes)."""
-        idx = np.searchsorted(self.scale_table, sigma.astype(np.float32), side="left")
-        return np.minimum(idx, len(self.scale_table) - 1)
+    def scale_indexes(self, z_sym: np.ndarray) -> np.ndarray:
+        """Scale-table index per element of y from the ẑ symbols (N, h, w), by the integer path.
+
+        The float hyper decoder's σ would pick the smallest table scale ≥ σ
+        (CompressAI's build_indexes); the integer path approximates that
+        choice and, unlike σ, is the same on every machine.
+        """
+        return intscale.indexes(z_sym, self._scale_path)
 
     def session(self, graph: str):
         with self._lock:
@@ -100,6 +112,12 @@ class Bundle:
         if self.threads:
             opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization]
         return ort.InferenceSession(str(self.path / f"{graph}.onnx"), opts, providers=["CPUExecutionProvider"])
 
     def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:

@@ -7,7 +7,8 @@ Graphs (dynamic height and width, checked with onnx.checker):
 - hyper_decoder.onnx  z_hat                                  → mu, sigma (1,M,H/16,W/16)
 - decoder.onnx        y_hat, inv_gain (1,M,1,1)              → x_hat (1,3,H,W)
 
-tables.npz holds the gain ladder and the integer entropy tables; manifest.json
+tables.npz holds the gain ladder and the integer entropy tables, scale_path.npz the
+integer σ branch of h_s (export/intscale.py); manifest.json
 lists every file with its SHA-256, and the model id is the hash of that list.
 """
 
@@ -25,9 +26,10 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+from PIL import Image
 
-from export import tables
-from export.model import SCALE_MIN, Onic
+from export import intscale, tables
+from export.model import GDN, SCALE_MIN, FrozenGDN, Onic
 from export.train import load_model
 
 OPSET = 17
@@ -37,7 +39,7 @@ BUNDLE_FORMAT = 1
 class Encoder(nn.Module):
     def __init__(self, m: Onic):
         super().__init__()
-        self.g_a, self.h_a = m.g_a, m.h_a
+        self.g_a, self.h_a = frozen(m.g_a), m.h_a
 
     def forward(self, x: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.g_a(x) * gain
@@ -57,10 +59,15 @@ class HyperDecoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, m: Onic):
         super().__init__()
-        self.g_s = m.g_s
+        self.g_s = frozen(m.g_s)
 
     def forward(self, y_hat: torch.Tensor, inv_gain: torch.Tensor) -> torch.Tensor:
         return self.g_s(y_hat * inv_gain)
+
+
+def frozen(seq: nn.Sequential) -> nn.Sequential:
+    """A copy of a transform with every GDN's reparametrization evaluated once."""
+    return nn.Sequential(*[FrozenGDN(m) if isinstance(m, GDN) else m for m in seq])
 
 
 def graphs(model: Onic) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], list[str], list[str]]]:
@@ -106,16 +113,52 @@ def write_tables(model: Onic, path: Path) -> None:
         )
 
 
-def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default") -> dict:
-    """Write a complete bundle folder; returns its manifest."""
+@torch.no_grad()
+def calibration_z(model: Onic, images: list[np.ndarray]) -> list[torch.Tensor]:
+    """ẑ of each calibration image at the ladder's ends and middle (what the scale path will see)."""
+    rungs = len(model.cfg.lambdas)
+    out = []
+    for a in images:
+        x = torch.from_numpy(np.ascontiguousarray(a[:512, :512])).permute(2, 0, 1)[None].float() / 255
+        h, w = x.shape[2:]
+        x = torch.nn.functional.pad(x, (0, -w % Onic.stride, 0, -h % Onic.stride), mode="replicate")
+        for t in (0.0, (rungs - 1) / 2, float(rungs - 1)):
+            gain, _, _ = model.gains(torch.tensor([t]))
+            out.append(torch.round(model.h_a(model.g_a(x) * gain)))
+    return out
+
+
+def calibration_images(folder: str | Path, count: int, seed: int = 0) -> list[np.ndarray]:
+    """A fixed random choice of ``count`` images from a folder, decoded to RGB arrays."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    picks = np.random.default_rng(seed).choice(len(paths), size=min(count, len(paths)), replace=False)
+    out = []
+    for i in sorted(picks):
+        with Image.open(paths[i]) as im:
+            out.append(np.asarray(im.convert("RGB")))
+    return out
+
+
+def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
+                  calibration: list[np.ndarray] | None = None) -> dict:
+    """Write a complete bundle folder; returns its manifest.
+
+    ``calibration``: RGB uint8 images (training images, never the test set) that
+    set the integer scale path's activation ranges; random noise if none.
+    """
     model, ck = load_model(ckpt)
     model.eval()
+    if not calibration:
+        rng = np.random.default_rng(0)
+        calibration = [rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)]
     out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for graph, (module, args, inputs, outputs) in graphs(model).items():
             export_graph(module, args, inputs, outputs, tmp / f"{graph}.onnx")
         write_tables(model, tmp / "tables.npz")
+        np.savez(tmp / "scale_path.npz",
+                 **intscale.quantize(model, calibration_z(model, calibration), tables.SCALE_TABLE))
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())}
         model_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         manifest = {
@@ -125,6 +168,7 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default") -> d
             "architecture": "mean-scale hyperprior with gain units (Minnen 2018, Cui 2021)",
             "config": model.cfg.to_dict(),
             "stride": Onic.stride,
+            "index_path_version": intscale.intscale.INDEX_PATH_VERSION,
             "trained_steps": int(ck["step"]),
             "files": files,
         }
@@ -142,8 +186,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("checkpoint")
     p.add_argument("out", help="bundle folder to (re)write, e.g. codec/models/default")
     p.add_argument("--name", default="default")
+    p.add_argument("--calibration", default="../shared/data/train",
+                   help="folder of training images for the integer scale path's ranges (never Kodak)")
+    p.add_argument("--calibration_images", type=int, default=32)
     a = p.parse_args(argv)
-    m = export_bundle(a.checkpoint, a.out, a.name)
+    m = export_bundle(a.checkpoint, a.out, a.name, calibration_images(a.calibration, a.calibration_images))
     print(f"wrote {a.out}: model id {m['model_id']}, N={m['config']['N']} M={m['config']['M']}")
 
 

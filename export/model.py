@@ -69,12 +69,31 @@ class GDN(nn.Module):
         self.beta = nn.Parameter(torch.sqrt(torch.ones(channels) + self.pedestal))
         self.gamma = nn.Parameter(torch.sqrt(gamma_init * torch.eye(channels) + self.pedestal))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
+    def effective(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(β, γ as a 1×1 conv weight) after the reparametrization."""
+        c = self.beta.shape[0]
         beta = _lower_bound(self.beta, self.beta_bound) ** 2 - self.pedestal
         gamma = _lower_bound(self.gamma, self.pedestal**0.5) ** 2 - self.pedestal
-        norm = F.conv2d(x * x, gamma.view(c, c, 1, 1), beta)
-        norm = torch.sqrt(norm)
+        return beta, gamma.view(c, c, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta, gamma = self.effective()
+        norm = torch.sqrt(F.conv2d(x * x, gamma, beta))
+        return x * norm if self.inverse else x / norm
+
+
+class FrozenGDN(nn.Module):
+    """GDN with β and γ computed once: what the ONNX graphs hold (plain Conv weights)."""
+
+    def __init__(self, gdn: GDN):
+        super().__init__()
+        self.inverse = gdn.inverse
+        beta, gamma = gdn.effective()
+        self.register_buffer("beta", beta.detach().clone())
+        self.register_buffer("gamma", gamma.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.sqrt(F.conv2d(x * x, self.gamma, self.beta))
         return x * norm if self.inverse else x / norm
 
 

@@ -13,12 +13,12 @@ from codec.bitstream import HEADER, Header, OnicError
 
 def make(**fields) -> bytes:
     """A container built field by field (like Pillow's chunk() helper), CRC fixed up."""
-    f = dict(magic=b"ONIC", version=1, mode=3, quality=75, flags=0, model_id=bytes(8), width=64, height=32,
+    f = dict(magic=b"ONIC", version=1, mode=3, quality=75, index=1, model_id=bytes(8), width=64, height=32,
              z=b"\0" * 8, y=b"\0" * 16)
     f.update(fields)
     zlen = f.pop("zlen", len(f["z"]))
     ylen = f.pop("ylen", len(f["y"]))
-    head = HEADER.pack(f["magic"], f["version"], f["mode"], f["quality"], f["flags"], f["model_id"],
+    head = HEADER.pack(f["magic"], f["version"], f["mode"], f["quality"], f["index"], f["model_id"],
                        f["width"], f["height"], zlen, ylen)
     body = head + f["z"] + f["y"]
     return body + struct.pack("<I", zlib.crc32(body))
@@ -40,7 +40,8 @@ def test_pack_unpack_round_trip():
         (dict(version=0), "unsupported format version 0"),
         (dict(mode=4), "mode 4"),
         (dict(quality=101), "quality 101"),
-        (dict(flags=1), "reserved flags"),
+        (dict(index=0), "integer scale path version 0"),
+        (dict(index=2), "integer scale path version 2"),
         (dict(width=0), "image size 0x32"),
         (dict(height=0), "image size 64x0"),
         (dict(width=100_000, height=100_000), "exceeds the limit"),

@@ -1,0 +1,68 @@
+"""Rate cost of the integer scale path against float σ indexes, on a folder of images.
+
+    python benchmarks/intscale_cost.py ../shared/data/kodak [--qualities 0 25 50 75 100]
+
+Distortion is identical by construction (ŷ = round(y − μ) + μ whatever table
+codes it), so the cost is the size difference; reported as BD-rate too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import codec
+from codec import entropy, metrics
+from codec.api import _pad
+from codec.bdrate import bd_rate
+from codec.session import default_bundle
+
+
+def float_index_bytes(im: Image.Image, quality: int) -> int:
+    """File size if y were coded with indexes from the float σ (what CompressAI does)."""
+    b = default_bundle()
+    x = _pad(np.asarray(im).transpose(2, 0, 1)[None].astype(np.float32) / 255, b.stride)
+    gain, _ = b.gains(quality)
+    y, z = b.run("encoder", x=x, gain=gain)
+    z_sym = np.round(z[0]).astype(np.int64)
+    mu, sigma = b.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
+    table = b._tables["scale_table"]
+    idx = np.minimum(np.searchsorted(table, sigma[0], side="left"), len(table) - 1)
+    z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
+    z_bytes = entropy.encode(z_sym, z_ids, b.z_tables)
+    y_bytes = entropy.encode(np.round(y[0] - mu[0]).astype(np.int64), idx, b.y_tables)
+    return 36 + len(z_bytes) + len(y_bytes)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder")
+    p.add_argument("--qualities", type=int, nargs="+", default=[0, 25, 50, 75, 100])
+    a = p.parse_args()
+    images = []
+    for f in sorted(Path(a.folder).glob("*.png")):
+        with Image.open(f) as im:
+            images.append(im.convert("RGB"))
+    rows = []
+    print(f"{'quality':>7} {'bpp float σ':>12} {'bpp integer':>12} {'change':>8} {'PSNR':>7}")
+    for q in a.qualities:
+        fb, ib, ps = [], [], []
+        for im in images:
+            data = codec.compress(im, quality=q)
+            pixels = im.width * im.height
+            ib.append(8 * len(data) / pixels)
+            fb.append(8 * float_index_bytes(im, q) / pixels)
+            ps.append(metrics.psnr(im, codec.decompress(data)))
+        rows.append((np.mean(fb), np.mean(ib), np.mean(ps)))
+        print(f"{q:>7} {rows[-1][0]:>12.4f} {rows[-1][1]:>12.4f} {100 * (rows[-1][1] / rows[-1][0] - 1):>+7.2f}% "
+              f"{rows[-1][2]:>7.2f}")
+    f, i, ps = (list(v) for v in zip(*rows, strict=True))
+    print(f"BD-rate of the integer path vs float σ indexes: {bd_rate(f, ps, i, ps):+.2f}% "
+          f"({len(images)} images)")
+
+
+if __name__ == "__main__":
+    main()

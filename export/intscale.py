@@ -1,0 +1,84 @@
+"""Quantize the σ branch of h_s into the integer scale path (codec/intscale.py).
+
+Post-training quantization with calibration (Ballé, Johnston & Minnen 2019
+train the integer network; at 12-bit weights and 16-bit activations the
+rounding is small enough that calibration alone keeps the rate cost well
+under 1%: ``python benchmarks/intscale_cost.py`` measures it on Kodak).
+
+- weights: per output channel, symmetric, WEIGHT_BITS bits;
+- activations: one scale per layer output, from the largest |value| seen on
+  calibration images times a 2× headroom;
+- requantization: per channel, an integer multiplier in [2**14, 2**15) and the
+  matching shift.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from codec import intscale
+from export.model import Onic
+
+HEADROOM = 2.0
+
+
+def _weight_scale(w: torch.Tensor, out_axis: int) -> np.ndarray:
+    dims = [d for d in range(w.dim()) if d != out_axis]
+    max_abs = w.abs().amax(dim=dims).double().numpy()
+    return np.maximum(max_abs, 1e-12) / (2 ** (intscale.WEIGHT_BITS - 1) - 1)
+
+
+def _multiplier(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ratio ≈ mult / 2**shift with mult in [2**14, 2**15)."""
+    shift = np.array([14 - math.floor(math.log2(r)) for r in ratio], dtype=np.int64)
+    mult = np.round(ratio * 2.0**shift).astype(np.int64)
+    return mult, shift
+
+
+@torch.no_grad()
+def calibrate(model: Onic, z_samples: list[torch.Tensor]) -> list[float]:
+    """Largest |activation| after each LeakyReLU of h_s over the calibration ẑ."""
+    seen = [0.0, 0.0]
+    layers = list(model.h_s)
+    for z in z_samples:
+        x = z
+        k = 0
+        for layer in layers[:-1]:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                seen[k] = max(seen[k], float(x.abs().max()))
+                k += 1
+    return seen
+
+
+@torch.no_grad()
+def quantize(model: Onic, z_samples: list[torch.Tensor], scale_table: np.ndarray) -> dict[str, np.ndarray]:
+    """Integer parameters of the σ branch, as codec.intscale.accumulate/indexes expect them."""
+    d0, _, d1, _, c2 = model.h_s
+    M = model.cfg.M
+    act = [max(m, 1e-6) * HEADROOM / intscale.ACT_MAX for m in calibrate(model, z_samples)]
+    s_in = [1.0, act[0], act[1]]  # ẑ enters as integers
+    p: dict[str, np.ndarray] = {}
+    for i, (w, b, out_axis) in enumerate([
+        (d0.weight, d0.bias, 1),
+        (d1.weight, d1.bias, 1),
+        (c2.weight[M:], c2.bias[M:], 0),  # only the σ half of the last conv
+    ]):
+        sw = _weight_scale(w, out_axis)
+        shape = [1] * w.dim()
+        shape[out_axis] = -1
+        wq = torch.round(w.double() / torch.from_numpy(sw).view(shape)).to(torch.int64).numpy()
+        p[f"w{i}"] = wq.astype(np.int16)
+        unit = s_in[i] * sw  # value of one accumulator step, per output channel
+        p[f"b{i}"] = np.round(b.double().numpy() / unit).astype(np.int64)
+        if i < 2:
+            p[f"m{i}"], p[f"s{i}"] = _multiplier(unit / act[i])
+        else:
+            # index = #(table < σ) and σ = acc·unit, so acc > floor(table/unit) ⇔ table < σ.
+            p["thresholds"] = np.floor(scale_table.astype(np.float64)[None, :] / unit[:, None]).astype(np.int64)
+    p["version"] = np.array(intscale.INDEX_PATH_VERSION)
+    return p

@@ -1,0 +1,120 @@
+"""Bit-exact decoding: the entropy-decoded symbols never depend on float arithmetic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import codec
+from codec import intscale, metrics
+from codec.api import decode_latents
+from codec.session import DEFAULT_BUNDLE, Bundle
+
+
+class Perturbed(Bundle):
+    """The shipped bundle with relative noise on every float graph output (μ, σ, x̂)."""
+
+    def __init__(self, noise: float, seed: int = 0, **kw):
+        super().__init__(**kw)
+        self.noise, self.rng = noise, np.random.default_rng(seed)
+
+    def run(self, graph, **inputs):
+        return [o * (1 + self.rng.uniform(-self.noise, self.noise, o.shape)).astype(o.dtype)
+                for o in super().run(graph, **inputs)]
+
+
+def bundle_with_decoder(tmp_path, convert) -> Bundle:
+    """A copy of the shipped bundle whose synthesis graph is converted (fp16, int8); same model id."""
+    d = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, d)
+    convert(d / "decoder.onnx")
+    assert json.loads((d / "manifest.json").read_text())["model_id"] == codec.session.default_bundle().model_id
+    return Bundle(d, verify=False)
+
+
+def to_fp16(path):
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
+
+
+def to_int8(path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_suffix(".int8.onnx")
+    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QUInt8, op_types_to_quantize=["Conv"])
+    tmp.replace(path)
+
+
+@pytest.fixture(scope="module")
+def reference(sample_onic):
+    return decode_latents(sample_onic)
+
+
+def assert_same_symbols(data, bundle, reference):
+    _, z, y = decode_latents(data, bundle)
+    assert np.array_equal(z, reference[1]) and np.array_equal(y, reference[2])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("opt", ["disable", "all"])
+def test_threads_and_graph_optimization(sample_onic, reference, threads, opt):
+    b = Bundle(threads=threads, optimization=opt)
+    assert_same_symbols(sample_onic, b, reference)
+    codec.decompress(sample_onic, bundle=b)
+
+
+def test_noise_on_float_outputs(sample_onic, reference, sample):
+    b = Perturbed(1e-3)
+    assert_same_symbols(sample_onic, b, reference)
+    assert metrics.psnr(sample, codec.decompress(sample_onic, bundle=b)) > 20
+
+
+@pytest.mark.parametrize("convert", [to_fp16, to_int8], ids=["fp16", "int8"])
+def test_reduced_precision_synthesis(sample_onic, reference, sample, tmp_path, convert):
+    pytest.importorskip("onnx")
+    b = bundle_with_decoder(tmp_path, convert)
+    assert_same_symbols(sample_onic, b, reference)
+    exact = metrics.psnr(sample, codec.decompress(sample_onic))
+    assert metrics.psnr(sample, codec.decompress(sample_onic, bundle=b)) > exact - 1.5
+
+
+def test_integer_path_tracks_the_float_scales(sample, bundle):
+    """The integer indexes pick the same table as the float σ for nearly every element."""
+    from codec.api import _pad
+
+    x = _pad(np.asarray(sample).transpose(2, 0, 1)[None].astype(np.float32) / 255, bundle.stride)
+    for q in (0, 50, 100):
+        gain, _ = bundle.gains(q)
+        _, z = bundle.run("encoder", x=x, gain=gain)
+        z_sym = np.round(z[0]).astype(np.int64)
+        _, sigma = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
+        table = bundle._tables["scale_table"]
+        float_idx = np.minimum(np.searchsorted(table, sigma[0], side="left"), len(table) - 1)
+        int_idx = bundle.scale_indexes(z_sym)
+        assert np.mean(float_idx == int_idx) > 0.97 and np.abs(float_idx - int_idx).max() <= 1
+
+
+def test_integer_convolutions_are_exact():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.integers(-intscale.ACT_MAX, intscale.ACT_MAX + 1, size=(5, 7, 6))
+    w = rng.integers(-2047, 2048, size=(4, 5, 3, 3))
+    want = torch.nn.functional.conv2d(torch.from_numpy(x)[None].double(), torch.from_numpy(w).double(), padding=1)
+    assert np.array_equal(intscale.conv2d(x, w), want[0].numpy().astype(np.int64))
+    wt = rng.integers(-2047, 2048, size=(5, 3, 5, 5))
+    want = torch.nn.functional.conv_transpose2d(torch.from_numpy(x)[None].double(), torch.from_numpy(wt).double(),
+                                                stride=2, padding=2, output_padding=1)
+    assert np.array_equal(intscale.conv_transpose2d(x, wt), want[0].numpy().astype(np.int64))
+
+
+def test_integer_path_is_bounded_for_hostile_symbols(bundle):
+    """Escape-coded ẑ can be huge in a crafted file: the path clips, stays exact and in range."""
+    z = np.full((len(bundle.z_tables), 2, 3), 2**23, dtype=np.int64)
+    z[:, 0] = -(2**23)
+    idx = bundle.scale_indexes(z)
+    assert idx.min() >= 0 and idx.max() < len(bundle._tables["scale_table"])
