@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,21 +34,54 @@ def _to_image(image: ImageLike) -> Image.Image:
         with Image.open(image) as im:
             im.load()
             return im
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise OnicError(f"cannot read image {image}: {e}") from None
 
 
-def _pixels(image: Image.Image) -> tuple[np.ndarray, str]:
-    """uint8 (H, W, 3) pixels and the mode to restore ("RGB" or "L")."""
+class OnicWarning(UserWarning):
+    """A lossy conversion of the input before coding (16-bit to 8-bit, CMYK or palette to RGB)."""
+
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _pixels(image: Image.Image) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """uint8 (H, W, 3) colour, the mode to restore (L, LA, RGB, RGBA) and the alpha plane or None."""
     mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
-        raise OnicError(f"images with an alpha channel ({mode}) are not supported yet")
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        raise OnicError(f"{mode} images (16-bit or float) are not supported yet; convert to 8 bits first")
-    if mode in ("L", "1"):
+    if mode in _SIXTEEN_BIT:
+        warnings.warn(f"{mode} input reduced to 8 bits", OnicWarning, stacklevel=3)
+        a = np.asarray(image, dtype=np.int64)
+        image = Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), "L")
+        mode = "L"
+    elif mode == "F":
+        raise OnicError("floating-point (F) images are not supported; convert to 8 bits first")
+    if mode == "P":
+        has_alpha = "transparency" in image.info or image.palette.mode == "RGBA"
+        warnings.warn(f"palette image converted to {'RGBA' if has_alpha else 'RGB'}", OnicWarning, stacklevel=3)
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    elif mode in ("PA", "RGBa", "La"):
+        image = image.convert("RGBA" if mode != "La" else "LA")
+    elif mode not in ("1", "L", "LA", "RGB", "RGBA"):
+        warnings.warn(f"{mode} image converted to RGB", OnicWarning, stacklevel=3)
+        image = image.convert("RGB")
+    mode = image.mode
+    alpha = np.asarray(image.getchannel("A")) if mode in ("LA", "RGBA") else None
+    if mode in ("1", "L", "LA"):
         gray = np.asarray(image.convert("L"))
-        return np.repeat(gray[..., None], 3, axis=2), "L"
-    return np.asarray(image.convert("RGB")), "RGB"
+        return np.repeat(gray[..., None], 3, axis=2), "LA" if alpha is not None else "L", alpha
+    return np.asarray(image.convert("RGB")), "RGBA" if alpha is not None else "RGB", alpha
+
+
+def _metadata(image: Image.Image, alpha: np.ndarray | None) -> dict[bytes, bytes]:
+    chunks = {}
+    if alpha is not None:
+        chunks[b"ALPH"] = zlib.compress(alpha.tobytes(), 9)
+    if image.info.get("icc_profile"):
+        chunks[b"iccp"] = bytes(image.info["icc_profile"])
+    exif = image.info.get("exif")
+    if exif:
+        chunks[b"exif"] = bytes(exif)
+    return chunks
 
 
 def _pad(x: np.ndarray, stride: int) -> np.ndarray:
@@ -65,11 +100,14 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     """Encode an image (PIL image, uint8 array or path) as .onic bytes.
 
     ``quality`` runs from 0 (smallest) to 100 (best); a higher quality never
-    gives a smaller file for the same image. RGB and grayscale are supported.
+    gives a smaller file for the same image. L, LA, RGB and RGBA are coded as
+    such (alpha losslessly); ICC profile and EXIF are kept. 16-bit, palette
+    and CMYK input is converted with an ``OnicWarning``.
     """
     quality = _check_quality(quality)
     bundle = bundle or default_bundle()
-    rgb, mode = _pixels(_to_image(image))
+    image = _to_image(image)
+    rgb, mode, alpha = _pixels(image)
     height, width = rgb.shape[:2]
     if width * height > bitstream.MAX_PIXELS:
         raise OnicError(f"image of {width}x{height} exceeds the limit of {bitstream.MAX_PIXELS} pixels")
@@ -83,7 +121,7 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     z_bytes = entropy.encode(z_sym, z_ids, bundle.z_tables)
     y_bytes = entropy.encode(y_sym, bundle.scale_indexes(z_sym), bundle.y_tables)
     header = Header(mode, quality, bundle.model_id, width, height, len(z_bytes), len(y_bytes))
-    return bitstream.pack(header, z_bytes, y_bytes)
+    return bitstream.pack(header, z_bytes, y_bytes, _metadata(image, alpha))
 
 
 def read_header(data: bytes, max_pixels: int | None = bitstream.MAX_PIXELS) -> Header:
@@ -91,14 +129,14 @@ def read_header(data: bytes, max_pixels: int | None = bitstream.MAX_PIXELS) -> H
     return bitstream.parse_header(data, max_pixels)
 
 
-def decode_latents(data: bytes, bundle: Bundle | None = None,
+def decode_latents(data: bytes | bitstream.Container, bundle: Bundle | None = None,
                    max_pixels: int | None = bitstream.MAX_PIXELS) -> tuple[Header, np.ndarray, np.ndarray]:
     """Validate .onic bytes and entropy-decode them: (header, ẑ symbols, y − μ symbols).
 
     Only integer work happens here (the scale indexes come from the integer
     path), so the symbols are the same on every machine and runtime.
     """
-    c = bitstream.unpack(bytes(data), max_pixels)
+    c = data if isinstance(data, bitstream.Container) else bitstream.unpack(bytes(data), max_pixels)
     h = c.header
     bundle = bundle or default_bundle()
     if h.model_id != bundle.model_id:
@@ -114,11 +152,17 @@ def decode_latents(data: bytes, bundle: Bundle | None = None,
 
 def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
                max_pixels: int | None = bitstream.MAX_PIXELS) -> Image.Image:
-    """Decode .onic bytes (or a path to a file) into a PIL image ("RGB" or "L")."""
+    """Decode .onic bytes (or a path to a file) into a PIL image (L, LA, RGB or RGBA).
+
+    ICC profile and EXIF come back in ``image.info``; EXIF orientation is kept
+    as metadata, never applied to the pixels.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         data = Path(data).read_bytes()
     bundle = bundle or default_bundle()
-    h, z_sym, y_sym = decode_latents(data, bundle, max_pixels)
+    c = bitstream.unpack(bytes(data), max_pixels)
+    h, z_sym, y_sym = decode_latents(c, bundle)
+    alpha = bitstream.inflate_alpha(c.chunks[b"ALPH"], h.width, h.height) if b"ALPH" in c.chunks else None
     mu, _ = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
     _, inv_gain = bundle.gains(h.quality)
     y_hat = y_sym[None].astype(np.float32) + mu
@@ -127,4 +171,60 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
         x_hat = np.nan_to_num(x_hat[0, :, : h.height, : h.width] * 255, nan=0.0, posinf=255.0, neginf=0.0)
         rgb = np.clip(np.rint(x_hat), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
-    return image.convert("L") if h.mode == "L" else image
+    if h.mode in ("L", "LA"):
+        image = image.convert("L")
+    if alpha is not None:
+        image.putalpha(Image.frombytes("L", image.size, alpha))
+    if b"iccp" in c.chunks:
+        image.info["icc_profile"] = c.chunks[b"iccp"]
+    if b"exif" in c.chunks:
+        image.info["exif"] = c.chunks[b"exif"]
+    return image
+
+
+def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float | None = None,
+                       bundle: Bundle | None = None) -> tuple[bytes, int]:
+    """Search the quality for a target: the largest whose bpp ≤ ``bpp``, or the smallest whose PSNR ≥ ``psnr``.
+
+    Binary search over 0–100 (file size and PSNR grow with quality), about
+    seven encodes. Returns the bytes and the quality chosen; if no quality
+    meets the target, the closest end (0 or 100) with an ``OnicWarning``.
+    """
+    from codec import metrics
+
+    if (bpp is None) == (psnr is None):
+        raise OnicError("give exactly one of a target bpp and a target PSNR")
+    image = _to_image(image)
+    bundle = bundle or default_bundle()
+    pixels = image.width * image.height
+    cache: dict[int, bytes] = {}
+
+    def encode(q: int) -> bytes:
+        if q not in cache:
+            cache[q] = compress(image, q, bundle)
+        return cache[q]
+
+    def meets(q: int) -> bool:
+        data = encode(q)
+        if bpp is not None:
+            return 8 * len(data) / pixels <= bpp
+        decoded = decompress(data, bundle)
+        return metrics.psnr(image.convert(decoded.mode), decoded) >= psnr
+
+    # bpp: meets() is true for low q; PSNR: true for high q. Find the boundary.
+    lo, hi = 0, 100
+    if bpp is not None:
+        if not meets(0):
+            warnings.warn(f"no quality reaches {bpp} bpp; using quality 0", OnicWarning, stacklevel=2)
+            return encode(0), 0
+        while lo < hi:  # largest q with meets(q)
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if meets(mid) else (lo, mid - 1)
+        return encode(lo), lo
+    if not meets(100):
+        warnings.warn(f"no quality reaches {psnr} dB; using quality 100", OnicWarning, stacklevel=2)
+        return encode(100), 100
+    while lo < hi:  # smallest q with meets(q)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if meets(mid) else (mid + 1, hi)
+    return encode(lo), lo

@@ -1,10 +1,10 @@
-"""The .onic container: a fixed 32-byte header, two entropy-coded sections, a CRC32.
+"""The .onic container: a fixed 32-byte header, two entropy-coded sections, chunks, a CRC32.
 
 Byte layout (all integers little-endian; docs/FORMAT.md is the reference):
 
     0   4  magic          b"ONIC"
     4   1  version        FORMAT_VERSION
-    5   1  mode           1 = grayscale (L), 3 = RGB
+    5   1  mode           1 = L, 2 = LA, 3 = RGB, 4 = RGBA
     6   1  quality        0..100
     7   1  index path     integer scale path version the file needs (INDEX_PATH_VERSION)
     8   8  model id       8 bytes; hex is the bundle's model_id
@@ -13,7 +13,12 @@ Byte layout (all integers little-endian; docs/FORMAT.md is the reference):
    24   4  z length       bytes of the hyperprior section, a multiple of 4
    28   4  y length       bytes of the latent section, a multiple of 4
    32   …  z section, y section
+   …    …  chunks: 4-byte type, u32 length, data (PNG's rule: an upper-case
+           first letter means critical, a lower-case one means safe to skip)
   end−4 4  crc32          zlib.crc32 of every byte before it
+
+Known chunks: ALPH (critical; the alpha plane, zlib-deflated, exactly width ×
+height bytes once inflated), iccp (ICC profile), exif (EXIF block).
 
 Everything is validated before any pixel buffer or graph run: a parser that
 reads an honest header never allocates more than that header describes.
@@ -23,15 +28,17 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from codec.intscale import INDEX_PATH_VERSION
 
 MAGIC = b"ONIC"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<4sBBBB8sIIII")
+CHUNK = struct.Struct("<4sI")
 CRC = struct.Struct("<I")
-MODES = {1: "L", 3: "RGB"}
+MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+KNOWN_CHUNKS = {b"ALPH", b"iccp", b"exif"}
 MAX_PIXELS = 2**28  # default limit (about 268 megapixels), like Pillow's decompression-bomb guard
 
 
@@ -52,7 +59,8 @@ class Header:
     index_path: int = INDEX_PATH_VERSION
 
     @property
-    def file_size(self) -> int:
+    def min_file_size(self) -> int:
+        """Size of a file with these sections and no chunks."""
         return HEADER.size + self.z_length + self.y_length + CRC.size
 
 
@@ -61,15 +69,20 @@ class Container:
     header: Header
     z: bytes
     y: bytes
+    chunks: dict[bytes, bytes] = field(default_factory=dict)
 
 
-def pack(header: Header, z: bytes, y: bytes) -> bytes:
+def pack(header: Header, z: bytes, y: bytes, chunks: dict[bytes, bytes] | None = None) -> bytes:
     mode = {v: k for k, v in MODES.items()}[header.mode]
-    head = HEADER.pack(
-        MAGIC, FORMAT_VERSION, mode, header.quality, header.index_path, bytes.fromhex(header.model_id),
-        header.width, header.height, len(z), len(y),
-    )
-    body = head + z + y
+    parts = [
+        HEADER.pack(MAGIC, FORMAT_VERSION, mode, header.quality, header.index_path, bytes.fromhex(header.model_id),
+                    header.width, header.height, len(z), len(y)),
+        z,
+        y,
+    ]
+    for kind, data in (chunks or {}).items():
+        parts += [CHUNK.pack(kind, len(data)), data]
+    body = b"".join(parts)
     return body + CRC.pack(zlib.crc32(body))
 
 
@@ -88,7 +101,7 @@ def parse_header(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Header:
     if version != FORMAT_VERSION:
         raise OnicError(f"unsupported format version {version} (this onic reads version {FORMAT_VERSION})")
     if mode not in MODES:
-        raise OnicError(f"bad header: mode {mode} is not 1 (grayscale) or 3 (RGB)")
+        raise OnicError(f"bad header: mode {mode} is not 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA)")
     if quality > 100:
         raise OnicError(f"bad header: quality {quality} is above 100")
     if index_path != INDEX_PATH_VERSION:
@@ -103,14 +116,50 @@ def parse_header(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Header:
     return Header(MODES[mode], quality, model_id.hex(), width, height, zlen, ylen, version, index_path)
 
 
+def _parse_chunks(region: bytes) -> dict[bytes, bytes]:
+    chunks: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(region):
+        if len(region) - pos < CHUNK.size:
+            raise OnicError(f"bad chunk: {len(region) - pos} stray bytes after the sections")
+        kind, length = CHUNK.unpack_from(region, pos)
+        if not kind.isalpha() or not kind.isascii():
+            raise OnicError(f"bad chunk: type {kind!r} is not four ASCII letters")
+        if length > len(region) - pos - CHUNK.size:
+            raise OnicError(f"bad chunk: {kind.decode()} claims {length} bytes, the file has fewer")
+        if kind in chunks:
+            raise OnicError(f"bad chunk: {kind.decode()} appears twice")
+        if kind not in KNOWN_CHUNKS and kind[:1].isupper():
+            raise OnicError(f"unknown critical chunk {kind.decode()} (needs a newer onic)")
+        if kind in KNOWN_CHUNKS:
+            chunks[kind] = region[pos + CHUNK.size : pos + CHUNK.size + length]
+        pos += CHUNK.size + length
+    return chunks
+
+
 def unpack(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Container:
-    """Validate the whole file (header, lengths, CRC) and split it into sections."""
+    """Validate the whole file (header, lengths, CRC, chunks) and split it into parts."""
     header = parse_header(data, max_pixels)
-    if len(data) != header.file_size:
-        what = "truncated file" if len(data) < header.file_size else "trailing data"
-        raise OnicError(f"{what}: {len(data)} bytes, the header describes {header.file_size}")
+    if len(data) < header.min_file_size:
+        raise OnicError(f"truncated file: {len(data)} bytes, the header describes at least {header.min_file_size}")
     (crc,) = CRC.unpack_from(data, len(data) - CRC.size)
     if zlib.crc32(data[: -CRC.size]) != crc:
         raise OnicError("corrupt file: CRC32 mismatch")
     z_end = HEADER.size + header.z_length
-    return Container(header, data[HEADER.size : z_end], data[z_end : z_end + header.y_length])
+    y_end = z_end + header.y_length
+    chunks = _parse_chunks(data[y_end : -CRC.size])
+    if (b"ALPH" in chunks) != (header.mode in ("LA", "RGBA")):
+        raise OnicError(f"bad file: mode {header.mode} {'needs' if 'A' in header.mode else 'forbids'} an ALPH chunk")
+    return Container(header, data[HEADER.size : z_end], data[z_end:y_end], chunks)
+
+
+def inflate_alpha(chunk: bytes, width: int, height: int) -> bytes:
+    """The alpha plane, refusing to inflate beyond the width × height the header states."""
+    d = zlib.decompressobj()
+    try:
+        plane = d.decompress(chunk, width * height + 1)
+    except zlib.error as e:
+        raise OnicError(f"bad ALPH chunk: {e}") from None
+    if len(plane) != width * height or not d.eof:
+        raise OnicError(f"bad ALPH chunk: inflates to {len(plane)}+ bytes, expected {width * height}")
+    return plane

@@ -1,13 +1,13 @@
 """The ``onic`` command line.
 
-Exit codes: 0 success; 2 bad usage or bad input (an unreadable image, a
-malformed .onic file, an output that exists without --force). Errors are one
-line on stderr; stdout carries only what a command is asked to print.
+Exit codes: 0 success; 1 some files of a batch failed (the rest were done);
+2 bad usage or bad input (an unreadable image, a malformed .onic file, an
+output that exists without --force). Errors are one line on stderr; stdout
+carries only data ('-' outputs) and what a command is asked to print.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -16,13 +16,10 @@ from pathlib import Path
 import click
 
 from codec import __version__
+from codec.batch import IMAGE_SUFFIXES, STDIO, Failure, Job, Result, compress_file, decompress_file, expand_inputs
 
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 SAMPLE = Path(__file__).parent / "samples" / "parrots.png"
-
-
-class Failure(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
 
 
 def _fail(message: str) -> None:
@@ -44,23 +41,78 @@ def _guarded(fn: Callable[[], None]) -> None:
         _fail("out of memory")
 
 
-def write_atomic(path: Path, write: Callable[[Path], None], force: bool) -> None:
-    """Write through a temporary file in the same folder, then rename: no partial outputs."""
-    if path.exists() and not force:
-        raise Failure(f"{path} exists (use --force to overwrite)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or Path("."))
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _read_input(path: str) -> bytes:
-    return Path(path).read_bytes()
+    return sys.stdin.buffer.read() if path == STDIO else Path(path).read_bytes()
+
+
+def _plan(inputs: tuple[str, ...], output: str | None, out_dir: str | None, suffix: str,
+          input_suffixes: set[str]) -> list[tuple[str, str]]:
+    """(source, destination) pairs, or a usage error."""
+    sources = expand_inputs(inputs, input_suffixes)
+    if not sources:
+        raise click.UsageError("no input files")
+    if STDIO in sources and len(sources) > 1:
+        raise click.UsageError("'-' (stdin) must be the only input")
+    if output and out_dir:
+        raise click.UsageError("give -o/--output or --out-dir, not both")
+    if output and len(sources) > 1:
+        raise click.UsageError("-o/--output takes one input; use --out-dir for several")
+    if output:
+        return [(sources[0], output)]
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        stems = [Path(s).stem if s != STDIO else "stdin" for s in sources]
+        return [(s, str(Path(out_dir) / (stem + suffix))) for s, stem in zip(sources, stems, strict=True)]
+    return [(s, STDIO if s == STDIO else str(Path(s).with_suffix(suffix))) for s in sources]
+
+
+def _run_batch(worker: Callable[[Job], Result], jobs: list[Job], processes: int, quiet: bool) -> None:
+    """Run jobs (in processes when asked), report as they finish, exit 0 / 1 (some failed) / 2 (single failure)."""
+    failures = 0
+    single = len(jobs) == 1
+
+    def report(r: Result) -> None:
+        nonlocal failures
+        if not quiet:
+            for w in r.warnings:
+                click.echo(f"onic: warning: {r.src}: {w}", err=True)
+        if not r.ok:
+            failures += 1
+            click.echo(f"onic: error: {r.message}" if single else f"onic: error: {r.src}: {r.message}", err=True)
+        elif r.data is not None:
+            sys.stdout.buffer.write(r.data)
+            sys.stdout.buffer.flush()
+        elif r.message:
+            click.echo(r.message, err=True)
+
+    show_bar = not quiet and not single and sys.stderr.isatty()
+    with click.progressbar(length=len(jobs), file=sys.stderr, label="onic") if show_bar else _NoBar() as bar:
+        if processes > 1 and not single:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(max_workers=processes) as pool:
+                for r in pool.map(worker, jobs):
+                    report(r)
+                    bar.update(1)
+        else:
+            for job in jobs:
+                report(worker(job))
+                bar.update(1)
+    if failures:
+        if not single:
+            click.echo(f"onic: {failures} of {len(jobs)} files failed", err=True)
+        sys.exit(EXIT_BAD_INPUT if single else EXIT_SOME_FAILED)
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=__doc__.split("\n\n")[1])
@@ -69,55 +121,64 @@ def main() -> None:
     """onic: a learned image codec (PyTorch-trained, ONNX-run)."""
 
 
+_batch_options = [
+    click.option("-o", "--output", help="Output file for a single input ('-' = stdout)."),
+    click.option("--out-dir", type=click.Path(file_okay=False), help="Folder for the outputs of several inputs."),
+    click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True,
+                 help="Worker processes for several inputs."),
+    click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
+    click.option("-v", "--verbose", is_flag=True, help="One line per file on stderr."),
+    click.option("--quiet", is_flag=True, help="No warnings or progress bar."),
+]
+
+
+def batch_options(fn):
+    for option in reversed(_batch_options):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
-@click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output file [default: INPUT with .onic].")
+@click.argument("inputs", nargs=-1, required=True)
+@batch_options
 @click.option("-q", "--quality", type=click.IntRange(0, 100), default=75, show_default=True,
               help="0 (smallest) to 100 (best).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
-@click.option("-v", "--verbose", is_flag=True, help="Print size, bits per pixel and PSNR to stderr.")
-def compress(input: str, output: str | None, quality: int, force: bool, verbose: bool) -> None:
-    """Compress an image (PNG, JPEG, … anything Pillow reads) to .onic."""
+@click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True),
+              help="Search the highest quality whose size is at most this many bits per pixel.")
+@click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True),
+              help="Search the lowest quality whose RGB PSNR is at least this many dB.")
+def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, force: bool,
+             verbose: bool, quiet: bool, quality: int, target_bpp: float | None, target_psnr: float | None) -> None:
+    """Compress images (PNG, JPEG, … anything Pillow reads) to .onic.
 
-    def body() -> None:
-        from codec import api, metrics
-
-        out = Path(output) if output else Path(input).with_suffix(".onic")
-        image = api._to_image(input)
-        data = api.compress(image, quality)
-        write_atomic(out, lambda p: p.write_bytes(data), force)
-        if verbose:
-            h = api.read_header(data)
-            psnr = metrics.psnr(image, api.decompress(data))
-            click.echo(f"{out}: {len(data)} bytes, {8 * len(data) / (h.width * h.height):.4f} bpp, "
-                       f"PSNR {psnr:.2f} dB at quality {quality}", err=True)
-
-    _guarded(body)
+    INPUTS are files, folders (their images) or '-' for stdin. Outputs go next
+    to the inputs with the suffix .onic, to --out-dir, or to -o for one input.
+    """
+    if target_bpp is not None and target_psnr is not None:
+        raise click.UsageError("give --target-bpp or --target-psnr, not both")
+    plan = _plan(inputs, output, out_dir, ".onic", IMAGE_SUFFIXES)
+    work = [Job(src, dst, force, quality, target_bpp, target_psnr, verbose) for src, dst in plan]
+    _run_batch(compress_file, work, jobs, quiet)
 
 
 @main.command()
-@click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Output image; the extension picks the format [default: INPUT with .png].")
-@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
+@click.argument("inputs", nargs=-1, required=True)
+@batch_options
+@click.option("--format", "fmt", default="png", show_default=True,
+              help="Output extension when the name is not given (-o names it by its extension).")
 @click.option("--max-pixels", type=click.IntRange(1), default=2**28, show_default=True,
               help="Refuse files whose header describes more pixels (decompression-bomb guard).")
-def decompress(input: str, output: str | None, force: bool, max_pixels: int) -> None:
-    """Decompress an .onic file to PNG (or any format Pillow writes, by extension)."""
+def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, force: bool,
+               verbose: bool, quiet: bool, fmt: str, max_pixels: int) -> None:
+    """Decompress .onic files to PNG (or any format Pillow writes, by extension).
 
-    def body() -> None:
-        from PIL import Image
-
-        from codec import api
-
-        out = Path(output) if output else Path(input).with_suffix(".png")
-        fmt = Image.registered_extensions().get(out.suffix.lower())
-        if fmt is None or fmt not in Image.SAVE:
-            raise Failure(f"cannot write {out}: unknown image extension {out.suffix!r}")
-        image = api.decompress(_read_input(input), max_pixels=max_pixels)
-        write_atomic(out, lambda p: image.save(p, format=fmt), force)
-
-    _guarded(body)
+    INPUTS are files, folders (their .onic files) or '-' for stdin; '-o -'
+    writes PNG to stdout. ICC profiles and EXIF are written back where the
+    output format supports them.
+    """
+    plan = _plan(inputs, output, out_dir, "." + fmt.lstrip(".").lower(), {".onic"})
+    work = [Job(src, dst, force, verbose=verbose, max_pixels=max_pixels) for src, dst in plan]
+    _run_batch(decompress_file, work, jobs, quiet)
 
 
 @main.command()

@@ -107,9 +107,10 @@ def test_bad_image_input(tmp_path):
     src.write_bytes(b"this is not a png")
     assert "cannot read image" in one_error_line(run_onic("compress", str(src), "-o", str(tmp_path / "x.onic")))
     assert "No such file" in one_error_line(run_onic("compress", str(tmp_path / "missing.png")))
-    Image.new("RGBA", (4, 4)).save(src)
-    assert "alpha" in one_error_line(run_onic("compress", str(src), "-o", str(tmp_path / "x.onic")))
-    assert sorted(os.listdir(tmp_path)) == ["x.png"]
+    tif = tmp_path / "f.tif"
+    Image.new("F", (4, 4)).save(tif)
+    assert "floating-point" in one_error_line(run_onic("compress", str(tif), "-o", str(tmp_path / "x.onic")))
+    assert sorted(os.listdir(tmp_path)) == ["f.tif", "x.png"]
 
 
 def test_existing_output_needs_force(tmp_path, sample_onic):

@@ -63,11 +63,9 @@ def test_encode_is_deterministic(sample):
     assert codec.compress(sample, bundle=Bundle(threads=1)) == codec.compress(sample, bundle=Bundle(threads=2))
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "I;16", "I"])
-def test_unsupported_modes_are_refused(mode):
-    im = Image.new(mode, (8, 8))
+def test_float_images_are_refused():
     with pytest.raises(codec.OnicError, match="not supported"):
-        codec.compress(im)
+        codec.compress(Image.new("F", (8, 8)))
 
 
 @pytest.mark.parametrize("quality", [-1, 101, 50.5, True])

@@ -1,0 +1,139 @@
+"""Pillow plugin, Python API habits, CLI batches, stdin/stdout, targets, metadata and modes."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import codec
+from codec import metrics
+from codec.api import compress_to_target
+from tests.conftest import ROOT, SAMPLE, random_image, run_onic
+
+
+def test_pillow_open_is_lazy_and_save_takes_quality(tmp_path, sample):
+    path = tmp_path / "x.onic"
+    sample.save(path, quality=60)
+    assert codec.read_header(path.read_bytes()).quality == 60
+    assert Image.registered_extensions()[".onic"] == "ONIC" and Image.MIME["ONIC"] == "image/x-onic"
+    script = f"""
+import sys
+from PIL import Image
+import codec
+im = Image.open({str(path)!r})
+assert (im.format, im.size, im.mode) == ("ONIC", (256, 256), "RGB"), (im.format, im.size, im.mode)
+assert "onnxruntime" not in sys.modules, "opening must read the header only"
+im.load()
+assert "onnxruntime" in sys.modules
+print(im.getpixel((10, 10)))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr.decode()
+    with Image.open(path) as im:
+        assert metrics.psnr(sample, im.convert("RGB")) > 20
+
+
+def test_api_is_thread_safe(sample):
+    crops = [sample.crop((i * 16, 0, i * 16 + 128, 128)) for i in range(4)]
+    expected = [codec.compress(c, quality=50) for c in crops]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda c: codec.compress(c, quality=50), crops))
+        decoded = list(pool.map(codec.decompress, got))
+    assert got == expected
+    assert all(d.size == (128, 128) for d in decoded)
+
+
+def test_alpha_is_lossless(tmp_path):
+    rgba = random_image(50, 37, "RGBA", seed=3)
+    a = np.asarray(rgba).copy()
+    a[..., 3] = np.arange(50)[None, :] * 5
+    rgba = Image.fromarray(a, "RGBA")
+    out = codec.decompress(codec.compress(rgba))
+    assert out.mode == "RGBA" and np.array_equal(np.asarray(out)[..., 3], a[..., 3])
+    la = rgba.convert("LA")
+    out = codec.decompress(codec.compress(la))
+    assert out.mode == "LA" and np.array_equal(np.asarray(out)[..., 1], np.asarray(la)[..., 1])
+
+
+def test_icc_and_exif_survive_the_cli(tmp_path, sample):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° when displayed
+    exif[0x010F] = "onic test camera"
+    src = tmp_path / "meta.png"
+    sample.save(src, icc_profile=icc, exif=exif.tobytes())
+    assert run_onic("compress", str(src), "-o", str(tmp_path / "m.onic")).returncode == 0
+    assert run_onic("decompress", str(tmp_path / "m.onic"), "-o", str(tmp_path / "m.png")).returncode == 0
+    with Image.open(tmp_path / "m.png") as out:
+        assert out.info.get("icc_profile") == icc
+        assert out.getexif()[0x0112] == 6 and out.getexif()[0x010F] == "onic test camera"
+        assert out.size == sample.size  # orientation kept as metadata, not applied
+
+
+def test_conversions_warn(tmp_path):
+    sixteen = tmp_path / "16.png"
+    Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).save(sixteen)
+    cmyk = tmp_path / "c.jpg"
+    random_image(40, 40).convert("CMYK").save(cmyk)
+    for src, words in ((sixteen, b"reduced to 8 bits"), (cmyk, b"CMYK image converted to RGB")):
+        r = run_onic("compress", str(src), "-o", str(tmp_path / (src.stem + ".onic")))
+        assert r.returncode == 0 and words in r.stderr and r.stderr.startswith(b"onic: warning: ")
+        r = run_onic("compress", str(src), "-o", str(tmp_path / (src.stem + "2.onic")), "--quiet")
+        assert r.returncode == 0 and r.stderr == b""
+    with pytest.warns(codec.OnicWarning, match="palette"):
+        codec.compress(random_image(20, 20).convert("P"))
+
+
+def test_batch_with_a_bad_file_goes_on(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        random_image(40 + i, 30, seed=i).save(src / f"{i}.png")
+    (src / "broken.png").write_bytes(b"not a png")
+    (src / "readme.txt").write_text("ignored")
+    r = run_onic("compress", str(src), "--out-dir", str(tmp_path / "out"), "--jobs", "2")
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert "broken.png" in err and "1 of 4 files failed" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.onic", "1.onic", "2.onic"]
+    r = run_onic("decompress", str(tmp_path / "out"), "--out-dir", str(tmp_path / "dec"), "--format", "webp")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["0.webp", "1.webp", "2.webp"]
+
+
+def test_usage_errors(tmp_path):
+    assert run_onic("compress", str(SAMPLE), str(SAMPLE), "-o", str(tmp_path / "x.onic")).returncode == 2
+    assert run_onic("compress", str(SAMPLE), "--target-bpp", "1", "--target-psnr", "30").returncode == 2
+    assert run_onic("compress", "-", str(SAMPLE)).returncode == 2
+
+
+def test_stdin_stdout(tmp_path):
+    r = run_onic("compress", "-", "-o", "-", input=SAMPLE.read_bytes())
+    assert r.returncode == 0 and r.stdout.startswith(b"ONIC")
+    r2 = run_onic("decompress", "-", "-o", "-", input=r.stdout)
+    assert r2.returncode == 0
+    with Image.open(io.BytesIO(r2.stdout)) as im:
+        assert im.format == "PNG" and im.size == (256, 256)
+    r3 = run_onic("info", "-", input=r.stdout)
+    assert r3.returncode == 0 and b"256" in r3.stdout
+
+
+def test_targets(sample):
+    data, q = compress_to_target(sample, bpp=0.4)
+    assert 8 * len(data) / 256**2 <= 0.4
+    if q < 100:
+        assert 8 * len(codec.compress(sample, quality=q + 1)) / 256**2 > 0.4
+    data, q = compress_to_target(sample, psnr=24.0)
+    assert metrics.psnr(sample, codec.decompress(data)) >= 24.0
+    if q > 0:
+        assert metrics.psnr(sample, codec.decompress(codec.compress(sample, quality=q - 1))) < 24.0
+    with pytest.warns(codec.OnicWarning, match="no quality reaches"):
+        assert compress_to_target(sample, psnr=99.0)[1] == 100
