@@ -16,24 +16,23 @@ from PIL import Image
 
 import codec
 from codec import entropy, metrics
-from codec.api import _pad
 from codec.bdrate import bd_rate
 from codec.session import default_bundle
+from codec.tiling import analyse
 
 
 def float_index_bytes(im: Image.Image, quality: int) -> int:
     """File size if y were coded with indexes from the float σ (what CompressAI does)."""
     b = default_bundle()
-    x = _pad(np.asarray(im).transpose(2, 0, 1)[None].astype(np.float32) / 255, b.stride)
     gain, _ = b.gains(quality)
-    y, z = b.run("encoder", x=x, gain=gain)
-    z_sym = np.round(z[0]).astype(np.int64)
+    y, z = analyse(b, np.asarray(im), gain)
+    z_sym = np.round(z).astype(np.int64)
     mu, sigma = b.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
     table = b._tables["scale_table"]
     idx = np.minimum(np.searchsorted(table, sigma[0], side="left"), len(table) - 1)
     z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
     z_bytes = entropy.encode(z_sym, z_ids, b.z_tables)
-    y_bytes = entropy.encode(np.round(y[0] - mu[0]).astype(np.int64), idx, b.y_tables)
+    y_bytes = entropy.encode(np.round(y - mu[0]).astype(np.int64), idx, b.y_tables)
     return 36 + len(z_bytes) + len(y_bytes)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from codec import bitstream, entropy
+from codec import bitstream, entropy, tiling
 from codec.bitstream import Header, OnicError
 from codec.session import Bundle, default_bundle
 
@@ -84,12 +84,6 @@ def _metadata(image: Image.Image, alpha: np.ndarray | None) -> dict[bytes, bytes
     return chunks
 
 
-def _pad(x: np.ndarray, stride: int) -> np.ndarray:
-    """(1, 3, H, W) → padded by edge replication to multiples of stride."""
-    h, w = x.shape[2:]
-    return np.pad(x, ((0, 0), (0, 0), (0, -h % stride), (0, -w % stride)), mode="edge")
-
-
 def _check_quality(quality: int) -> int:
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 0 <= quality <= 100:
         raise OnicError(f"quality must be an integer from 0 to 100, got {quality!r}")
@@ -111,12 +105,14 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     height, width = rgb.shape[:2]
     if width * height > bitstream.MAX_PIXELS:
         raise OnicError(f"image of {width}x{height} exceeds the limit of {bitstream.MAX_PIXELS} pixels")
-    x = _pad(rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255, bundle.stride)
     gain, _ = bundle.gains(quality)
-    y, z = bundle.run("encoder", x=x, gain=gain)
-    z_sym = np.round(z[0]).astype(np.int64)
+    y, z = tiling.analyse(bundle, rgb, gain)
+    z_sym = np.round(np.clip(z, -(2**30), 2**30)).astype(np.int32)
     mu, _ = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
-    y_sym = np.round(y[0] - mu[0]).astype(np.int64)
+    y -= mu[0]
+    del mu
+    y_sym = np.round(np.clip(y, -(2**30), 2**30)).astype(np.int32)  # escapes refuse beyond 2**24
+    del y
     z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
     z_bytes = entropy.encode(z_sym, z_ids, bundle.z_tables)
     y_bytes = entropy.encode(y_sym, bundle.scale_indexes(z_sym), bundle.y_tables)
@@ -163,14 +159,13 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
     c = bitstream.unpack(bytes(data), max_pixels)
     h, z_sym, y_sym = decode_latents(c, bundle)
     alpha = bitstream.inflate_alpha(c.chunks[b"ALPH"], h.width, h.height) if b"ALPH" in c.chunks else None
-    mu, _ = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
+    (mu, _) = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
     _, inv_gain = bundle.gains(h.quality)
-    y_hat = y_sym[None].astype(np.float32) + mu
-    (x_hat,) = bundle.run("decoder", y_hat=y_hat, inv_gain=inv_gain)
-    with np.errstate(over="ignore", invalid="ignore"):  # a crafted file may drive the synthesis to inf
-        x_hat = np.nan_to_num(x_hat[0, :, : h.height, : h.width] * 255, nan=0.0, posinf=255.0, neginf=0.0)
-        rgb = np.clip(np.rint(x_hat), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-    image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    y_hat = mu[0]
+    y_hat += y_sym
+    del y_sym
+    rgb = tiling.synthesize(bundle, y_hat, inv_gain, h.height, h.width, workers=bundle.tile_workers)
+    image = Image.fromarray(rgb, "RGB")
     if h.mode in ("L", "LA"):
         image = image.convert("L")
     if alpha is not None:

@@ -50,26 +50,34 @@ class TableSet:
 
 
 def _groups(ids: np.ndarray, n_tables: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable order that groups elements by table id, and each group's [start, stop) in it."""
     order = np.argsort(ids, kind="stable")
     bounds = np.zeros(n_tables + 1, dtype=np.int64)
     bounds[1:] = np.cumsum(np.bincount(ids, minlength=n_tables))
     return order, bounds
 
 
+def _check_ids(ids: np.ndarray, tables: TableSet) -> np.ndarray:
+    ids = ids.ravel()
+    if ids.size and (ids.min() < 0 or ids.max() >= len(tables)):
+        raise ValueError("table id out of range")
+    return ids
+
+
 def encode(symbols: np.ndarray, ids: np.ndarray, tables: TableSet) -> bytes:
     """Code integer ``symbols`` (any shape), each with table ``ids`` (same shape); returns bytes."""
-    ids = ids.ravel().astype(np.int64)
-    order, bounds = _groups(ids, len(tables))
-    s = symbols.ravel().astype(np.int64)[order]
-    t = ids[order]
-    lo, n = tables.offsets[t], tables.lengths[t]
-    idx = np.clip(s - lo, 0, n - 1)
+    order, bounds = _groups(_check_ids(ids, tables), len(tables))
+    s = symbols.ravel()[order].astype(np.int64)
+    del order
     enc = constriction.stream.queue.RangeEncoder()
+    residuals = []
     for k in np.flatnonzero(np.diff(bounds)):
-        enc.encode(idx[bounds[k] : bounds[k + 1]].astype(np.int32), tables.models[k])
-
-    below, above = idx == 0, idx == n - 1
-    residual = np.where(below, lo - s, s - (lo + n - 1))[below | above]
+        seg = s[bounds[k] : bounds[k + 1]]
+        lo, hi = int(tables.offsets[k]), int(tables.offsets[k] + tables.lengths[k] - 1)
+        enc.encode((np.clip(seg, lo, hi) - lo).astype(np.int32), tables.models[k])
+        esc = seg[(seg <= lo) | (seg >= hi)]
+        residuals.append(np.where(esc <= lo, lo - esc, esc - hi))
+    residual = np.concatenate(residuals) if residuals else np.zeros(0, dtype=np.int64)
     if residual.size and residual.max() >= 2**MAX_ESCAPE_BITS:
         raise OnicError("latent value out of the codable range")
     _encode_residuals(enc, residual)
@@ -77,29 +85,29 @@ def encode(symbols: np.ndarray, ids: np.ndarray, tables: TableSet) -> bytes:
 
 
 def decode(data: bytes, ids: np.ndarray, tables: TableSet) -> np.ndarray:
-    """Inverse of ``encode``: int64 symbols of the shape of ``ids``."""
+    """Inverse of ``encode``: int32 symbols of the shape of ``ids``."""
     shape = ids.shape
-    ids = ids.ravel().astype(np.int64)
-    order, bounds = _groups(ids, len(tables))
-    t = ids[order]
-    lo, n = tables.offsets[t], tables.lengths[t]
+    order, bounds = _groups(_check_ids(ids, tables), len(tables))
+    s = np.empty(bounds[-1], dtype=np.int32)
+    below = np.zeros(bounds[-1], dtype=bool)
+    above = np.zeros(bounds[-1], dtype=bool)
     try:
         dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-        idx = np.empty(len(ids), dtype=np.int64)
         for k in np.flatnonzero(np.diff(bounds)):
-            idx[bounds[k] : bounds[k + 1]] = dec.decode(tables.models[k], int(bounds[k + 1] - bounds[k]))
-        below, above = idx == 0, idx == n - 1
-        residual = _decode_residuals(dec, int(np.count_nonzero(below | above)))
+            a, b = bounds[k], bounds[k + 1]
+            idx = dec.decode(tables.models[k], int(b - a))
+            below[a:b], above[a:b] = idx == 0, idx == tables.lengths[k] - 1
+            s[a:b] = idx + tables.offsets[k]
+        esc = np.flatnonzero(below | above)
+        residual = _decode_residuals(dec, len(esc))
     except BaseException as e:
         # constriction reports invalid data as AssertionError or ValueError, and a Rust panic
         # as pyo3's PanicException (a BaseException); only interrupts pass through.
         if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
             raise
         raise OnicError(f"corrupt entropy-coded data ({e})") from None
-    s = lo + idx
-    esc = np.flatnonzero(below | above)
-    s[esc] += np.where(below[esc], -residual, residual)
-    out = np.empty(len(ids), dtype=np.int64)
+    s[esc] += np.where(below[esc], -residual, residual).astype(np.int32)
+    out = np.empty_like(s)
     out[order] = s
     return out.reshape(shape)
 

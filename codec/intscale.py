@@ -28,7 +28,7 @@ INDEX_PATH_VERSION = 1
 WEIGHT_BITS = 12
 ACT_MAX = 2**15 - 1
 LEAKY_NUM, LEAKY_SHIFT = 41, 12  # 41/4096 ≈ 0.0100, torch's LeakyReLU default slope
-ROWS_PER_CHUNK = 64  # output rows per im2col block: bounds memory on large images
+CHUNK_ELEMENTS = 2**22  # im2col block size (32 MiB of float64): bounds memory on large images
 
 
 def _im2col_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -38,8 +38,9 @@ def _im2col_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     h_out, w_out = x.shape[1] - k + 1, x.shape[2] - k + 1
     out = np.empty((o, h_out, w_out), dtype=np.int64)
     xf = x.astype(np.float64)
-    for r in range(0, h_out, ROWS_PER_CHUNK):
-        rows = min(ROWS_PER_CHUNK, h_out - r)
+    step = max(1, CHUNK_ELEMENTS // (w_out * c * k * k))
+    for r in range(0, h_out, step):
+        rows = min(step, h_out - r)
         win = np.lib.stride_tricks.sliding_window_view(xf[:, r : r + rows + k - 1], (k, k), axis=(1, 2))
         cols = win.transpose(1, 2, 0, 3, 4).reshape(rows * w_out, c * k * k)  # (positions, C·k·k)
         out[:, r : r + rows] = (cols @ wm).T.reshape(o, rows, w_out).astype(np.int64)
@@ -90,7 +91,7 @@ def indexes(z: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
     """Scale-table index per y element: the count of the channel's thresholds below its accumulator."""
     acc = accumulate(z, p)
     thresholds = p["thresholds"]  # (M, T) int64, ascending per row
-    out = np.empty(acc.shape, dtype=np.int64)
+    out = np.empty(acc.shape, dtype=np.int16)
     for c in range(acc.shape[0]):
-        out[c] = np.searchsorted(thresholds[c], acc[c], side="left")
-    return np.minimum(out, thresholds.shape[1] - 1)
+        out[c] = np.minimum(np.searchsorted(thresholds[c], acc[c], side="left"), thresholds.shape[1] - 1)
+    return out

@@ -1,10 +1,10 @@
 """A model bundle on disk and the onnxruntime sessions that run it.
 
-A bundle is a folder holding encoder.onnx, hyper_decoder.onnx, decoder.onnx,
-tables.npz, scale_path.npz and manifest.json (written by ``python -m export.bundle``). Its
-model id, the first 16 hex digits of a hash over the files' SHA-256 sums, is
-stamped into every .onic file so that a file is never decoded with the wrong
-tables.
+A bundle is a folder holding analysis.onnx, hyper_encoder.onnx,
+hyper_decoder.onnx, decoder.onnx, tables.npz, scale_path.npz and
+manifest.json (written by ``python -m export.bundle``). Its model id, the
+first 16 hex digits of a hash over the files' SHA-256 sums, is stamped into
+every .onic file so that a file is never decoded with the wrong tables.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ from codec.bitstream import OnicError
 from codec.entropy import TableSet
 
 DEFAULT_BUNDLE = Path(__file__).parent / "models" / "default"
-GRAPHS = ("encoder", "hyper_decoder", "decoder")
+GRAPHS = ("analysis", "hyper_encoder", "hyper_decoder", "decoder")
 
 
 class Bundle:
     """Graphs, tables and manifest of one model; sessions are created on first use and reused."""
 
     def __init__(self, path: str | os.PathLike = DEFAULT_BUNDLE, threads: int = 0, verify: bool = True,
-                 optimization: str = "all"):
+                 optimization: str = "all", tile_workers: int = 1):
         self.path = Path(path)
+        self.tile_workers = tile_workers  # threads for synthesis tiles of large images
         self.threads = threads
         self.optimization = optimization  # onnxruntime graph optimization: disable, basic, extended, all
         try:

