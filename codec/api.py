@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from codec import bitstream, entropy, tiling
+from codec import bitstream, entropy, profile, tiling
 from codec.bitstream import Header, OnicError
 from codec.session import Bundle, default_bundle
 
@@ -114,10 +114,13 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     y_sym = np.round(np.clip(y, -(2**30), 2**30)).astype(np.int32)  # escapes refuse beyond 2**24
     del y
     z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
-    z_bytes = entropy.encode(z_sym, z_ids, bundle.z_tables)
-    y_bytes = entropy.encode(y_sym, bundle.scale_indexes(z_sym), bundle.y_tables)
+    y_ids = bundle.scale_indexes(z_sym)
+    with profile.stage("entropy coding"):
+        z_bytes = entropy.encode(z_sym, z_ids, bundle.z_tables)
+        y_bytes = entropy.encode(y_sym, y_ids, bundle.y_tables)
     header = Header(mode, quality, bundle.model_id, width, height, len(z_bytes), len(y_bytes))
-    return bitstream.pack(header, z_bytes, y_bytes, _metadata(image, alpha))
+    with profile.stage("container"):
+        return bitstream.pack(header, z_bytes, y_bytes, _metadata(image, alpha))
 
 
 def read_header(data: bytes, max_pixels: int | None = bitstream.MAX_PIXELS) -> Header:
@@ -141,8 +144,11 @@ def decode_latents(data: bytes | bitstream.Container, bundle: Bundle | None = No
     n_z = len(bundle.z_tables)
     z_shape = (n_z, -(-h.height // s), -(-h.width // s))
     z_ids = np.broadcast_to(np.arange(n_z)[:, None, None], z_shape)
-    z_sym = entropy.decode(c.z, z_ids, bundle.z_tables)
-    y_sym = entropy.decode(c.y, bundle.scale_indexes(z_sym), bundle.y_tables)
+    with profile.stage("entropy coding"):
+        z_sym = entropy.decode(c.z, z_ids, bundle.z_tables)
+    y_ids = bundle.scale_indexes(z_sym)
+    with profile.stage("entropy coding"):
+        y_sym = entropy.decode(c.y, y_ids, bundle.y_tables)
     return h, z_sym, y_sym
 
 
@@ -156,7 +162,8 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
     if not isinstance(data, (bytes, bytearray, memoryview)):
         data = Path(data).read_bytes()
     bundle = bundle or default_bundle()
-    c = bitstream.unpack(bytes(data), max_pixels)
+    with profile.stage("container"):
+        c = bitstream.unpack(bytes(data), max_pixels)
     h, z_sym, y_sym = decode_latents(c, bundle)
     alpha = bitstream.inflate_alpha(c.chunks[b"ALPH"], h.width, h.height) if b"ALPH" in c.chunks else None
     (mu, _) = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))

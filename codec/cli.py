@@ -222,12 +222,26 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--anchors", multiple=True, type=click.Path(exists=True),
               help="Published curves to overlay (CompressAI-style JSON file or folder); repeatable.")
 @click.option("--limit", type=click.IntRange(0), default=0, help="Use only the first N images (0 = all).")
+@click.option("--speed", is_flag=True,
+              help="Instead: time onic's stages, start-up and memory on FOLDER's first image and a 12 MP "
+                   "upscale of it, beside Pillow's decoders.")
+@click.option("--compressai-python", type=click.Path(exists=True, dir_okay=False),
+              help="With --speed: a Python that has compressai, to time its model of the same size.")
 def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, anchors: tuple[str, ...],
-          limit: int) -> None:
+          limit: int, speed: bool, compressai_python: str | None) -> None:
     """Rate-distortion and speed of onic against JPEG, WebP, AVIF and JPEG XL on FOLDER.
 
     Needs the [bench] extra (matplotlib, scipy, tqdm, pillow-jxl-plugin).
     """
+    if speed:
+        from codec import speed as sp
+        from codec.batch import expand_inputs
+
+        images = expand_inputs((folder,), IMAGE_SUFFIXES)
+        if not images:
+            raise click.UsageError(f"no images in {folder}")
+        click.echo(sp.format_report(sp.run(images[0], compressai_python=compressai_python)))
+        return
 
     def body() -> None:
         try:

@@ -28,41 +28,54 @@ INDEX_PATH_VERSION = 1
 WEIGHT_BITS = 12
 ACT_MAX = 2**15 - 1
 LEAKY_NUM, LEAKY_SHIFT = 41, 12  # 41/4096 ≈ 0.0100, torch's LeakyReLU default slope
-CHUNK_ELEMENTS = 2**22  # im2col block size (32 MiB of float64): bounds memory on large images
 
 
-def _im2col_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Exact integer 'valid' convolution of x (C, H, W) with w (O, C, k, k) → int64 (O, H−k+1, W−k+1)."""
-    o, c, k, _ = w.shape
-    wm = w.reshape(o, -1).astype(np.float64).T  # (C·k·k, O)
-    h_out, w_out = x.shape[1] - k + 1, x.shape[2] - k + 1
-    out = np.empty((o, h_out, w_out), dtype=np.int64)
-    xf = x.astype(np.float64)
-    step = max(1, CHUNK_ELEMENTS // (w_out * c * k * k))
-    for r in range(0, h_out, step):
-        rows = min(step, h_out - r)
-        win = np.lib.stride_tricks.sliding_window_view(xf[:, r : r + rows + k - 1], (k, k), axis=(1, 2))
-        cols = win.transpose(1, 2, 0, 3, 4).reshape(rows * w_out, c * k * k)  # (positions, C·k·k)
-        out[:, r : r + rows] = (cols @ wm).T.reshape(o, rows, w_out).astype(np.int64)
+CHUNK_ELEMENTS = 2**22  # column-buffer size per matrix product (32 MiB of float64): bounds memory
+
+
+def _row_chunks(rows: int, elements_per_row: int) -> list[tuple[int, int]]:
+    step = max(1, CHUNK_ELEMENTS // max(1, elements_per_row))
+    return [(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+
+def conv2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Exact integer Conv2d, stride 1, padding k//2: x (C, H, W), w (O, C, k, k) → int64 (O, H, W)."""
+    c, h, wd = x.shape
+    o, _, k, _ = w.shape
+    p = k // 2
+    xp = np.pad(x.astype(np.float64), ((0, 0), (p, p), (p, p)))
+    wm = w.transpose(0, 2, 3, 1).reshape(o, -1).astype(np.float64)  # (O, k·k·C), tap-major
+    out = np.empty((o, h, wd), dtype=np.int64)
+    for r0, r1 in _row_chunks(h, wd * k * k * c):
+        cols = np.concatenate([xp[:, r0 + ky : r1 + ky, kx : kx + wd].reshape(c, -1)
+                               for ky in range(k) for kx in range(k)])
+        out[:, r0:r1] = (wm @ cols).reshape(o, r1 - r0, wd).astype(np.int64)
     return out
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1) -> np.ndarray:
-    """Integer Conv2d with 'same' padding k//2 (stride 1 only, as h_s uses)."""
-    assert stride == 1
-    p = w.shape[-1] // 2
-    return _im2col_matmul(np.pad(x, ((0, 0), (p, p), (p, p))), w)
-
-
 def conv_transpose2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Integer ConvTranspose2d(k, stride 2, padding k//2, output_padding 1) for w (C_in, O, k, k)."""
+    """Exact integer ConvTranspose2d, stride 2, padding k//2, output padding 1: w (C, O, k, k) → (O, 2H, 2W).
+
+    Computed per output phase (polyphase): output (2j + r) receives tap kk from input
+    j + (r − kk + p)/2 whenever that is whole, so each of the four phases is one matrix
+    product on the low-resolution input and no work is spent on inserted zeros.
+    """
     c, h, wd = x.shape
-    k = w.shape[-1]
-    up = np.zeros((c, 2 * h - 1, 2 * wd - 1), dtype=x.dtype)
-    up[:, ::2, ::2] = x
-    lo = k - 1 - k // 2
-    up = np.pad(up, ((0, 0), (lo, lo + 1), (lo, lo + 1)))
-    return _im2col_matmul(up, np.flip(w, axis=(2, 3)).transpose(1, 0, 2, 3))
+    o, k = w.shape[1], w.shape[2]
+    p = k // 2
+    pad = k
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad)))
+    out = np.empty((o, 2 * h, 2 * wd), dtype=np.int64)
+    for ry in (0, 1):
+        ty = [(kk, (ry - kk + p) // 2) for kk in range(k) if (ry - kk + p) % 2 == 0]
+        for rx in (0, 1):
+            tx = [(kk, (rx - kk + p) // 2) for kk in range(k) if (rx - kk + p) % 2 == 0]
+            wm = np.concatenate([w[:, :, ky, kx].T for ky, _ in ty for kx, _ in tx], axis=1).astype(np.float64)
+            for r0, r1 in _row_chunks(h, wd * c * len(ty) * len(tx)):
+                cols = np.concatenate([xp[:, pad + dy + r0 : pad + dy + r1, pad + dx : pad + dx + wd].reshape(c, -1)
+                                       for _, dy in ty for _, dx in tx])
+                out[:, 2 * r0 + ry : 2 * r1 : 2, rx::2] = (wm @ cols).reshape(o, r1 - r0, wd).astype(np.int64)
+    return out
 
 
 def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codec import intscale
+from codec import intscale, profile
 from codec.bitstream import OnicError
 from codec.entropy import TableSet
 
@@ -98,7 +98,8 @@ class Bundle:
         (CompressAI's build_indexes); the integer path approximates that
         choice and, unlike σ, is the same on every machine.
         """
-        return intscale.indexes(z_sym, self._scale_path)
+        with profile.stage("integer scale path"):
+            return intscale.indexes(z_sym, self._scale_path)
 
     def session(self, graph: str):
         with self._lock:
@@ -122,7 +123,9 @@ class Bundle:
         return ort.InferenceSession(str(self.path / f"{graph}.onnx"), opts, providers=["CPUExecutionProvider"])
 
     def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
-        return self.session(graph).run(None, inputs)
+        session = self.session(graph)
+        with profile.stage(f"onnx {graph}"):
+            return session.run(None, inputs)
 
 
 _default: Bundle | None = None

@@ -1,0 +1,37 @@
+"""Speed and memory benchmark (issue 5): prints a table, writes JSON.
+
+    python benchmarks/speed.py ../shared/data/kodak/kodim23.png \\
+        [--compressai-python /path/to/venv/bin/python] [--big-megapixels 50] [--json results/speed.json]
+
+CompressAI needs torch 2.14 and numpy<2, so it lives in a venv of its own:
+    python -m venv ../caivenv && ../caivenv/bin/pip install torch==2.14.1 compressai
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from codec import speed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image")
+    p.add_argument("--quality", type=int, default=75)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--megapixels", type=float, default=12.0, help="size of the upscaled photo-sized image")
+    p.add_argument("--big-megapixels", type=float, default=0.0, help="also a round trip of this size for peak RSS")
+    p.add_argument("--compressai-python")
+    p.add_argument("--json")
+    a = p.parse_args()
+    report = speed.run(a.image, a.quality, a.repeat, a.megapixels, a.compressai_python, a.big_megapixels)
+    print(speed.format_report(report))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
