@@ -252,10 +252,14 @@ class Onic(nn.Module):
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else z_hat
         y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else y_hat
         x_hat = self.g_s(y_hat * inv_gain)
+        # Likelihoods in fp32 even under bf16 autocast: differences of CDFs near 1 lose everything in bf16.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y_likelihood = gaussian_likelihood(y_noisy.float(), mu.float(), sigma.float())
+            z_likelihood = self.entropy_bottleneck.likelihood(z_noisy.float())
         return {
-            "x_hat": x_hat,
-            "y_likelihood": gaussian_likelihood(y_noisy, mu, sigma).clamp_min(LIKELIHOOD_MIN),
-            "z_likelihood": self.entropy_bottleneck.likelihood(z_noisy).clamp_min(LIKELIHOOD_MIN),
+            "x_hat": x_hat.float(),
+            "y_likelihood": y_likelihood.clamp_min(LIKELIHOOD_MIN),
+            "z_likelihood": z_likelihood.clamp_min(LIKELIHOOD_MIN),
             "lambda": lam,
         }
 

@@ -1,19 +1,24 @@
 """Train the onic model. One loop: evaluate/checkpoint, step, log.
 
     python -m export.train --data ../shared/data/train --out runs/cpu --kodak ../shared/data/kodak
-    python -m export.train --resume runs/cpu/ckpt.pt --max_minutes 30
+    python -m export.train --resume export/checkpoints/default.pt --max_minutes 30
+    python -m export.train --device cuda --crop 256 --batch_size 64 --lr 4e-4 --bf16 1 --compile 1 ...
 
-Every field of TrainConfig (and N, M of ModelConfig) is a flag of the same name.
-Defaults below are the small CPU configuration that trained the shipped bundle.
+Every field of TrainConfig is a flag of the same name (booleans as 0/1).
+Defaults are the small CPU configuration that trained the shipped bundle.
+Training images are decoded once and kept (as uint8) on the training device;
+crops and flips happen there too, so a GPU never waits for the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from export.model import ModelConfig, Onic, rd_loss
 class TrainConfig:
     # data
     data: str = "../shared/data/train"
-    crop: int = 128  # 256 on a GPU; 128 keeps CPU steps near 0.25 s
+    crop: int = 128  # 256 on a GPU; 128 keeps CPU steps near 0.2 s
     batch_size: int = 8
     max_images: int = 0  # 0 = every image in the folder
     # model (ModelConfig)
@@ -41,6 +46,11 @@ class TrainConfig:
     max_steps: int = 1_000_000
     max_minutes: float = 60.0  # wall-clock budget; the run checkpoints and stops at it
     decay_at: float = 0.85  # fraction of the budget after which lr drops tenfold
+    # speed (GPU): bf16 autocast for the transforms (likelihoods stay fp32), channels-last, torch.compile
+    device: str = "auto"  # auto = cuda when available
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
     # io
     out: str = "runs/cpu"
     resume: str = ""  # a checkpoint to continue from (weights, ladder, step)
@@ -68,41 +78,71 @@ def load_images(folder: str, max_images: int, min_side: int) -> list[np.ndarray]
     return images
 
 
-def random_batch(images: list[np.ndarray], batch: int, crop: int, rng: random.Random) -> torch.Tensor:
-    out = np.empty((batch, crop, crop, 3), dtype=np.uint8)
-    for i in range(batch):
+def random_batch(images: list[torch.Tensor], batch: int, crop: int, rng: random.Random) -> torch.Tensor:
+    """(batch, 3, crop, crop) floats in [0, 1] from random crops and flips of uint8 HWC tensors."""
+    crops = []
+    for _ in range(batch):
         a = images[rng.randrange(len(images))]
         top = rng.randrange(a.shape[0] - crop + 1)
         left = rng.randrange(a.shape[1] - crop + 1)
         c = a[top : top + crop, left : left + crop]
         if rng.random() < 0.5:
-            c = c[:, ::-1]
+            c = c.flip(1)
         if rng.random() < 0.5:
-            c = c[::-1]
-        out[i] = c
-    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255)
+            c = c.flip(0)
+        crops.append(c)
+    return torch.stack(crops).permute(0, 3, 1, 2).float().div_(255)
+
+
+def _pad(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[2:]
+    return torch.nn.functional.pad(x, (0, -w % Onic.stride, 0, -h % Onic.stride), mode="replicate")
+
+
+def _psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    mse = torch.mean((torch.round(x_hat.clamp(0, 1) * 255) - x * 255) ** 2).item()
+    return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
 @torch.no_grad()
-def evaluate(model: Onic, images: list[np.ndarray]) -> list[tuple[float, float, float]]:
-    """(ladder position, bpp, PSNR) estimated from likelihoods with rounding, at three rungs."""
+def evaluate(model: Onic, images: list[np.ndarray]) -> list[dict]:
+    """Per rung (ends and middle): bpp from likelihoods and from the real range coder, and PSNR.
+
+    The real bpp codes ẑ and y − μ with codec.entropy against tables frozen from
+    the current weights, as an export would (indexes from the float σ here).
+    """
+    from codec import entropy
+    from export import tables
+
     model.eval()
+    device = next(model.parameters()).device
+    offsets, z_pmfs = tables.z_tables(model)
+    z_tables = entropy.TableSet(*tables.pack_tables(z_pmfs), offsets)
+    y_values, y_starts = tables.pack_tables(tables.gaussian_tables())
+    y_tables = entropy.TableSet(y_values, y_starts, -(np.diff(y_starts) - 1) // 2)
     rungs = len(model.cfg.lambdas)
     rows = []
     for t in (0.0, (rungs - 1) / 2, float(rungs - 1)):
-        bpps, psnrs = [], []
+        est, real, psnr = [], [], []
         for a in images:
-            x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255
+            x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float().to(device) / 255
             h, w = x.shape[2:]
-            ph, pw = -h % Onic.stride, -w % Onic.stride
-            xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
-            out = model(xp, torch.tensor([t]))
+            out = model(_pad(x), torch.tensor([t], device=device))
             bits = -(torch.log2(out["y_likelihood"]).sum() + torch.log2(out["z_likelihood"]).sum())
-            x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
-            mse = torch.mean((torch.round(x_hat * 255) - x * 255) ** 2).item()
-            bpps.append(bits.item() / (h * w))
-            psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
-        rows.append((t, float(np.mean(bpps)), float(np.mean(psnrs))))
+            est.append(bits.item() / (h * w))
+            psnr.append(_psnr(out["x_hat"][..., :h, :w], x))
+            gain, _, _ = model.gains(torch.tensor([t], device=device))
+            y = model.g_a(_pad(x)) * gain
+            z_sym = torch.round(model.h_a(y))
+            mu, sigma = model.hyper(z_sym)
+            idx = np.minimum(np.searchsorted(tables.SCALE_TABLE, sigma[0].float().cpu().numpy()), 63)
+            z_np = z_sym[0].cpu().numpy().astype(np.int64)
+            z_ids = np.broadcast_to(np.arange(z_np.shape[0])[:, None, None], z_np.shape)
+            n_bytes = len(entropy.encode(z_np, z_ids, z_tables)) + len(
+                entropy.encode(torch.round(y - mu)[0].cpu().numpy().astype(np.int64), idx, y_tables))
+            real.append(8 * (n_bytes + 36) / (h * w))
+        rows.append({"rung": t, "bpp_estimated": float(np.mean(est)), "bpp_real": float(np.mean(real)),
+                     "psnr": float(np.mean(psnr))})
     model.train()
     return rows
 
@@ -128,7 +168,7 @@ def save_weights(path: Path, model: Onic, step: int) -> None:
 
 
 def load_model(path: str | Path) -> tuple[Onic, dict]:
-    """Rebuild a model from a checkpoint (as written by save_checkpoint)."""
+    """Rebuild a model from a checkpoint (as written by save_checkpoint or save_weights)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = Onic(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})
@@ -140,41 +180,50 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
 
-    step = 0
+    step, ckpt = 0, {}
     if cfg.resume:
         model, ckpt = load_model(cfg.resume)
         step = int(ckpt["step"])
     else:
         model = Onic(ModelConfig(N=cfg.N, M=cfg.M))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    if cfg.resume and "optimizer" in ckpt:
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    if "optimizer" in ckpt:
         try:
             opt.load_state_dict(ckpt["optimizer"])
         except ValueError:
             print("optimizer state does not match; starting it fresh with a warm-up")
+    forward = torch.compile(model) if cfg.compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     rungs = len(model.cfg.lambdas)
 
     t0 = time.time()
-    images = load_images(cfg.data, cfg.max_images, cfg.crop)
-    kodak = []
-    if cfg.kodak:
-        kodak = load_images(cfg.kodak, cfg.eval_images, 1)
-    print(f"{len(images)} training images loaded in {time.time() - t0:.1f}s; "
-          f"model N={model.cfg.N} M={model.cfg.M}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
+    images = [torch.from_numpy(a.copy()).to(device) for a in load_images(cfg.data, cfg.max_images, cfg.crop)]
+    kodak = load_images(cfg.kodak, cfg.eval_images, 1) if cfg.kodak else []
+    print(f"{len(images)} training images on {device} in {time.time() - t0:.1f}s; model N={model.cfg.N} "
+          f"M={model.cfg.M}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params; "
+          f"crop {cfg.crop} batch {cfg.batch_size} bf16 {cfg.bf16} compile {cfg.compile}")
 
     rng = random.Random(cfg.seed + step)
-    start, last = time.time(), time.time()
+    start = last = time.time()
     first_step = step
+    eval_log = out / "eval.jsonl"
     model.train()
     while step < cfg.max_steps:
         if kodak and step % cfg.eval_every == 0 and step > first_step:
-            for t, bpp, psnr in evaluate(model, kodak):
-                print(f"eval step {step} rung {t:.1f}: {bpp:.3f} bpp {psnr:.2f} dB "
-                      f"(Kodak, {len(kodak)} images, estimated)")
+            for row in evaluate(model, kodak):
+                print(f"eval step {step} rung {row['rung']:.1f}: {row['bpp_real']:.3f} bpp real "
+                      f"({row['bpp_estimated']:.3f} estimated) {row['psnr']:.2f} dB (Kodak, {len(kodak)} images)")
+                with eval_log.open("a") as f:
+                    f.write(json.dumps({"step": step, "minutes": (time.time() - start) / 60, **row}) + "\n")
             save_checkpoint(ckpt_path, model, opt, step, cfg)
 
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps)
@@ -183,8 +232,12 @@ def train(cfg: TrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr
         x = random_batch(images, cfg.batch_size, cfg.crop, rng)
-        t = torch.rand(cfg.batch_size) * (rungs - 1)  # λ sampled per example
-        losses = rd_loss(model(x, t), x)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t = torch.rand(cfg.batch_size, device=device) * (rungs - 1)  # λ sampled per example
+        with autocast:
+            result = forward(x, t)
+        losses = rd_loss(result, x)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
@@ -209,7 +262,8 @@ def train(cfg: TrainConfig) -> Path:
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+        kind = (lambda v: bool(int(v))) if isinstance(f.default, bool) else type(f.default)
+        parser.add_argument(f"--{f.name}", type=kind, default=f.default)
     return TrainConfig(**vars(parser.parse_args(argv)))
 
 

@@ -123,3 +123,18 @@ def test_train_runs_and_resumes(tmp_path):
     ckpt = train(cfg)
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 5 and state["model_config"]["M"] == 12
+
+
+def test_train_bf16_channels_last_and_real_coder_eval(tmp_path):
+    """The GPU settings run on the CPU too (slowly); the evaluation codes with the real range coder."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        random_image(80, 72, seed=i).save(data / f"{i}.png")
+    cfg = TrainConfig(data=str(data), crop=64, batch_size=2, N=8, M=12, max_steps=2, out=str(tmp_path / "run"),
+                      warmup_steps=1, bf16=True, channels_last=True, kodak=str(data), eval_images=1, eval_every=1)
+    train(cfg)
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["bpp_real"] > 0 and r["psnr"] > 0 for r in rows)
