@@ -280,13 +280,23 @@ def _pct(v: float) -> str:
 
 def run(folder: str | os.PathLike, codecs: list[str], qualities: list[int] | None = None,
         out: str | os.PathLike = "results", anchors: Iterable[str | os.PathLike] = (), limit: int = 0,
-        warn: Callable[[str], None] = print) -> dict:
-    """Run the benchmark and write DIR_NAME.json, .csv and _rd.png into ``out``; returns the report."""
+        warn: Callable[[str], None] = print, update: bool = False) -> dict:
+    """Run the benchmark and write DIR_NAME.json, .csv and _rd.png into ``out``; returns the report.
+
+    ``update`` keeps the other codecs of an earlier DIR_NAME.json in ``out`` (same
+    image count) and replaces only those run now: after retraining, rerun onic alone.
+    """
     folder = Path(folder)
     images = load_images(folder, limit)
     if not images:
         raise ValueError(f"no images in {folder}")
     report = {"dataset": folder.resolve().name, "images": len(images), "machine": machine(), "codecs": {}}
+    previous = Path(out) / f"{report['dataset']}.json"
+    if update and previous.exists():
+        old = json.loads(previous.read_text())
+        if old.get("images") != len(images):
+            raise ValueError(f"{previous} holds {old.get('images')} images, this run {len(images)}: cannot update")
+        report["codecs"] = {k: v for k, v in old["codecs"].items() if k not in codecs}
     for name in codecs:
         if name not in CODECS:
             raise ValueError(f"unknown codec {name!r} (choose from {', '.join(CODECS)})")
@@ -296,6 +306,7 @@ def run(folder: str | os.PathLike, codecs: list[str], qualities: list[int] | Non
             warn(f"skipping {name}: {e}")
             continue
         report["codecs"][name] = run_codec(c, images, qualities)
+        report["codecs"] = dict(sorted(report["codecs"].items(), key=lambda kv: kv[0] != "onic"))
     anchor_curves = {}
     for a in anchors:
         anchor_curves.update(load_curves(a))

@@ -222,13 +222,15 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--anchors", multiple=True, type=click.Path(exists=True),
               help="Published curves to overlay (CompressAI-style JSON file or folder); repeatable.")
 @click.option("--limit", type=click.IntRange(0), default=0, help="Use only the first N images (0 = all).")
+@click.option("--update", is_flag=True,
+              help="Keep the other codecs of an earlier result in --out; rerun only --codecs.")
 @click.option("--speed", is_flag=True,
               help="Instead: time onic's stages, start-up and memory on FOLDER's first image and a 12 MP "
                    "upscale of it, beside Pillow's decoders.")
 @click.option("--compressai-python", type=click.Path(exists=True, dir_okay=False),
               help="With --speed: a Python that has compressai, to time its model of the same size.")
 def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, anchors: tuple[str, ...],
-          limit: int, speed: bool, compressai_python: str | None) -> None:
+          limit: int, update: bool, speed: bool, compressai_python: str | None) -> None:
     """Rate-distortion and speed of onic against JPEG, WebP, AVIF and JPEG XL on FOLDER.
 
     Needs the [bench] extra (matplotlib, scipy, tqdm, pillow-jxl-plugin).
@@ -251,7 +253,7 @@ def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, ancho
         names = [c.strip() for c in codecs.split(",") if c.strip()]
         try:
             report = b.run(folder, names, qualities, out, anchors, limit,
-                           warn=lambda m: click.echo(f"onic: warning: {m}", err=True))
+                           warn=lambda m: click.echo(f"onic: warning: {m}", err=True), update=update)
         except ValueError as e:
             raise Failure(str(e)) from None
         click.echo(b.format_table(report))

@@ -47,6 +47,15 @@ def test_bench_writes_json_csv_plot(folder, tmp_path):
     assert "BD-rate" in bench.format_table(report)
 
 
+def test_update_reruns_only_the_named_codecs(folder, tmp_path):
+    bench.run(folder, ["onic", "jpeg"], [30, 70], tmp_path)
+    before = json.loads((tmp_path / "tiny.json").read_text())
+    report = bench.run(folder, ["webp"], [30, 70], tmp_path, update=True)
+    assert list(report["codecs"]) == ["onic", "jpeg", "webp"]
+    assert report["codecs"]["jpeg"] == before["codecs"]["jpeg"]
+    assert set(report["bd_rate"]) == {"jpeg", "webp"}
+
+
 @pytest.mark.skipif(not ANCHORS.exists(), reason="CompressAI anchors not present")
 def test_compressai_files_load_with_the_same_code():
     curves = bench.load_curves(ANCHORS / "webp.json")
