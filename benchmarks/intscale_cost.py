@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 import codec
-from codec import entropy, metrics
+from codec import entropy, intscale, metrics
 from codec.bdrate import bd_rate
 from codec.session import default_bundle
 from codec.tiling import analyse
@@ -28,8 +28,7 @@ def float_index_bytes(im: Image.Image, quality: int) -> int:
     y, z = analyse(b, np.asarray(im), gain)
     z_sym = np.round(z).astype(np.int64)
     mu, sigma = b.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
-    table = b._tables["scale_table"]
-    idx = np.minimum(np.searchsorted(table, sigma[0], side="left"), len(table) - 1)
+    idx = intscale.float_indexes(sigma[0], b._tables["scale_table"])
     z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
     z_bytes = entropy.encode(z_sym, z_ids, b.z_tables)
     y_bytes = entropy.encode(np.round(y - mu[0]).astype(np.int64), idx, b.y_tables)

@@ -100,6 +100,14 @@ def accumulate(z: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
     return conv2d(x, p["w2"]) + p["b2"].reshape(-1, 1, 1)
 
 
+def float_indexes(sigma: np.ndarray, scale_table: np.ndarray) -> np.ndarray:
+    """The float reference the integer path approximates: the smallest table scale ≥ σ.
+
+    (CompressAI's build_indexes.) Never used for coding, only to measure the integer path.
+    """
+    return np.minimum(np.searchsorted(scale_table, sigma, side="left"), len(scale_table) - 1)
+
+
 def indexes(z: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
     """Scale-table index per y element: the count of the channel's thresholds below its accumulator."""
     acc = accumulate(z, p)

@@ -111,7 +111,7 @@ def evaluate(model: Onic, images: list[np.ndarray]) -> list[dict]:
     The real bpp codes ẑ and y − μ with codec.entropy against tables frozen from
     the current weights, as an export would (indexes from the float σ here).
     """
-    from codec import entropy
+    from codec import entropy, intscale
     from export import tables
 
     model.eval()
@@ -135,7 +135,7 @@ def evaluate(model: Onic, images: list[np.ndarray]) -> list[dict]:
             y = model.g_a(_pad(x)) * gain
             z_sym = torch.round(model.h_a(y))
             mu, sigma = model.hyper(z_sym)
-            idx = np.minimum(np.searchsorted(tables.SCALE_TABLE, sigma[0].float().cpu().numpy()), 63)
+            idx = intscale.float_indexes(sigma[0].float().cpu().numpy(), tables.SCALE_TABLE)
             z_np = z_sym[0].cpu().numpy().astype(np.int64)
             z_ids = np.broadcast_to(np.arange(z_np.shape[0])[:, None, None], z_np.shape)
             n_bytes = len(entropy.encode(z_np, z_ids, z_tables)) + len(

@@ -92,8 +92,7 @@ def test_integer_path_tracks_the_float_scales(sample, bundle):
         _, z = analyse(bundle, np.asarray(sample), gain)
         z_sym = np.round(z).astype(np.int64)
         _, sigma = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
-        table = bundle._tables["scale_table"]
-        float_idx = np.minimum(np.searchsorted(table, sigma[0], side="left"), len(table) - 1)
+        float_idx = intscale.float_indexes(sigma[0], bundle._tables["scale_table"])
         int_idx = bundle.scale_indexes(z_sym)
         assert np.mean(float_idx == int_idx) > 0.97 and np.abs(float_idx - int_idx).max() <= 1
 

@@ -110,11 +110,16 @@ def test_bundle_detects_damage(tiny, tmp_path):
         Bundle(copy)
 
 
-def test_train_runs_and_resumes(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
+@pytest.fixture
+def data(tmp_path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
     for i in range(2):
-        random_image(80, 72, seed=i).save(data / f"{i}.png")
+        random_image(80, 72, seed=i).save(folder / f"{i}.png")
+    return folder
+
+
+def test_train_runs_and_resumes(tmp_path, data):
     cfg = TrainConfig(data=str(data), crop=64, batch_size=2, N=8, M=12, max_steps=3, out=str(tmp_path / "run"),
                       log_every=1, warmup_steps=1)
     ckpt = train(cfg)
@@ -125,12 +130,8 @@ def test_train_runs_and_resumes(tmp_path):
     assert state["step"] == 5 and state["model_config"]["M"] == 12
 
 
-def test_train_bf16_channels_last_and_real_coder_eval(tmp_path):
+def test_train_bf16_channels_last_and_real_coder_eval(tmp_path, data):
     """The GPU settings run on the CPU too (slowly); the evaluation codes with the real range coder."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(2):
-        random_image(80, 72, seed=i).save(data / f"{i}.png")
     cfg = TrainConfig(data=str(data), crop=64, batch_size=2, N=8, M=12, max_steps=2, out=str(tmp_path / "run"),
                       warmup_steps=1, bf16=True, channels_last=True, kodak=str(data), eval_images=1, eval_every=1)
     train(cfg)
