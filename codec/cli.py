@@ -184,18 +184,20 @@ def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None,
 @main.command()
 @click.argument("input", type=click.Path(dir_okay=False))
 def info(input: str) -> None:
-    """Print the header fields of an .onic file."""
+    """Print the header fields and chunks of an .onic file ('-' reads stdin)."""
 
     def body() -> None:
         from codec import bitstream
 
         data = _read_input(input)
-        h = bitstream.unpack(data).header
+        c = bitstream.unpack(data)
+        h = c.header
+        chunks = ", ".join(f"{k.decode()} ({len(v)} bytes)" for k, v in c.chunks.items()) or "none"
         rows = [
-            ("file", input), ("format version", h.version), ("model id", h.model_id),
+            ("file", input), ("format version", h.version), ("index path", h.index_path), ("model id", h.model_id),
             ("width", h.width), ("height", h.height), ("mode", h.mode), ("quality", h.quality),
-            ("hyperprior bytes", h.z_length), ("latent bytes", h.y_length), ("file bytes", len(data)),
-            ("bpp", f"{8 * len(data) / (h.width * h.height):.4f}"),
+            ("hyperprior bytes", h.z_length), ("latent bytes", h.y_length), ("chunks", chunks),
+            ("file bytes", len(data)), ("bpp", f"{8 * len(data) / (h.width * h.height):.4f}"),
         ]
         for k, v in rows:
             click.echo(f"{k + ':':<18}{v}")
