@@ -81,10 +81,14 @@ class Bundle:
         return p
 
     def gains(self, quality: int) -> tuple[np.ndarray, np.ndarray]:
-        """Gain and inverse gain (1, M, 1, 1) for quality 0–100 (Cui et al. 2021, eq. 6)."""
+        """Gain and inverse gain (1, M, 1, 1) for quality 0–100 (Cui et al. 2021, eq. 6).
+
+        Quality maps linearly onto ladder positions [position_floor, rungs − 1].
+        """
         lg, lig = self._tables["log_gain"], self._tables["log_inv_gain"]
         rungs = lg.shape[0]
-        t = min(max(quality, 0), 100) / 100 * (rungs - 1)
+        floor = float(self._tables.get("position_floor", 0.0))
+        t = floor + min(max(quality, 0), 100) / 100 * (rungs - 1 - floor)
         i = min(int(np.floor(t)), rungs - 2)
         w = t - i
         gain = np.exp(lg[i] * (1 - w) + lg[i + 1] * w).astype(np.float32)

@@ -106,7 +106,7 @@ def export_graph(module: nn.Module, args: tuple, inputs: list[str], outputs: lis
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def write_tables(model: Onic, path: Path) -> None:
+def write_tables(model: Onic, path: Path, position_floor: float = 0.0) -> None:
     z_offsets, z_pmfs = tables.z_tables(model)
     z_values, z_starts = tables.pack_tables(z_pmfs)
     y_values, y_starts = tables.pack_tables(tables.gaussian_tables())
@@ -116,6 +116,7 @@ def write_tables(model: Onic, path: Path) -> None:
             log_gain=model.log_gain.numpy().astype(np.float32),
             log_inv_gain=model.log_inv_gain.numpy().astype(np.float32),
             lambdas=model.lambdas.numpy().astype(np.float64),
+            position_floor=np.float64(position_floor),
             z_offsets=z_offsets,
             z_values=z_values,
             z_starts=z_starts,
@@ -152,11 +153,13 @@ def calibration_images(folder: str | Path, count: int, seed: int = 0) -> list[np
 
 
 def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
-                  calibration: list[np.ndarray] | None = None) -> dict:
+                  calibration: list[np.ndarray] | None = None, position_floor: float = 0.0) -> dict:
     """Write a complete bundle folder; returns its manifest.
 
     ``calibration``: RGB uint8 images (training images, never the test set) that
     set the integer scale path's activation ranges; random noise if none.
+    ``position_floor``: the ladder position quality 0 maps to; raise it when the
+    lowest rungs are not yet trained to give smaller files than the ones above.
     """
     model, ck = load_model(ckpt)
     model.eval()
@@ -168,7 +171,7 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
         tmp = Path(tmp)
         for graph, (module, args, inputs, outputs) in graphs(model).items():
             export_graph(module, args, inputs, outputs, tmp / f"{graph}.onnx")
-        write_tables(model, tmp / "tables.npz")
+        write_tables(model, tmp / "tables.npz", position_floor)
         np.savez(tmp / "scale_path.npz",
                  **intscale.quantize(model, calibration_z(model, calibration), tables.SCALE_TABLE))
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())}
@@ -201,8 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calibration", default="../shared/data/train",
                    help="folder of training images for the integer scale path's ranges (never Kodak)")
     p.add_argument("--calibration_images", type=int, default=32)
+    p.add_argument("--position_floor", type=float, default=0.0,
+                   help="ladder position of quality 0 (0 = the lowest rung)")
     a = p.parse_args(argv)
-    m = export_bundle(a.checkpoint, a.out, a.name, calibration_images(a.calibration, a.calibration_images))
+    m = export_bundle(a.checkpoint, a.out, a.name, calibration_images(a.calibration, a.calibration_images),
+                      a.position_floor)
     print(f"wrote {a.out}: model id {m['model_id']}, N={m['config']['N']} M={m['config']['M']}")
 
 

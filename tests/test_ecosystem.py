@@ -127,13 +127,19 @@ def test_stdin_stdout(tmp_path):
 
 
 def test_targets(sample):
-    data, q = compress_to_target(sample, bpp=0.4)
-    assert 8 * len(data) / 256**2 <= 0.4
-    if q < 100:
-        assert 8 * len(codec.compress(sample, quality=q + 1)) / 256**2 > 0.4
-    data, q = compress_to_target(sample, psnr=24.0)
-    assert metrics.psnr(sample, codec.decompress(data)) >= 24.0
-    if q > 0:
-        assert metrics.psnr(sample, codec.decompress(codec.compress(sample, quality=q - 1))) < 24.0
+    def bpp(data: bytes) -> float:
+        return 8 * len(data) / 256**2
+
+    def quality_psnr(data: bytes) -> float:
+        return metrics.psnr(sample, codec.decompress(data))
+
+    # 60 and 95: where the shipped model's sizes grow with quality on the sample (see test_roundtrip)
+    low, high = codec.compress(sample, quality=60), codec.compress(sample, quality=95)
+    target = (bpp(low) + bpp(high)) / 2  # reachable by some quality in between, whatever the model
+    data, q = compress_to_target(sample, bpp=target)
+    assert 60 <= q < 95 and bpp(data) <= target < bpp(codec.compress(sample, quality=q + 1))
+    target = (quality_psnr(low) + quality_psnr(high)) / 2
+    data, q = compress_to_target(sample, psnr=target)
+    assert 60 < q <= 95 and quality_psnr(data) >= target > quality_psnr(codec.compress(sample, quality=q - 1))
     with pytest.warns(codec.OnicWarning, match="no quality reaches"):
         assert compress_to_target(sample, psnr=99.0)[1] == 100

@@ -81,7 +81,8 @@ def test_gain_interpolation_matches_torch(tiny):
     model, folder = tiny
     b = Bundle(folder)
     for q in (0, 33, 50, 99, 100):
-        t = torch.tensor([q / 100 * (len(model.cfg.lambdas) - 1)])
+        floor = float(b._tables["position_floor"])
+        t = torch.tensor([floor + q / 100 * (len(model.cfg.lambdas) - 1 - floor)])
         gain, inv, _ = model.gains(t)
         g, i = b.gains(q)
         np.testing.assert_allclose(g, gain.detach().numpy(), rtol=1e-5)
