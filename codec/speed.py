@@ -99,35 +99,15 @@ def pillow_decode_times(image: Image.Image, repeat: int) -> dict[str, dict]:
     return out
 
 
-COMPRESSAI_SCRIPT = """
-import json, statistics, sys, time
-import torch
-from compressai.models import MeanScaleHyperprior
-N, M, w, h, repeat = (int(v) for v in sys.argv[1:6])
-torch.manual_seed(0)
-net = MeanScaleHyperprior(N, M).eval()
-net.update(force=True)
-x = torch.rand(1, 3, h, w)
-def med(fn):
-    fn()
-    t = []
-    for _ in range(repeat):
-        t0 = time.perf_counter(); fn(); t.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(t)
-with torch.no_grad():
-    out = net.compress(x)
-    enc = med(lambda: net.compress(x))
-    dec = med(lambda: net.decompress(out["strings"], out["shape"]))
-import compressai
-print(json.dumps({"encode_ms": enc, "decode_ms": dec, "torch": torch.__version__,
-                  "compressai": compressai.__version__, "threads": torch.get_num_threads()}))
-"""
+PEER_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compressai_peer.py"
 
 
 def compressai_times(python: str, width: int, height: int, repeat: int) -> dict:
     """CompressAI's mean-scale hyperprior of onic's size (random weights), run by another interpreter."""
     cfg = default_bundle().manifest["config"]
-    r = subprocess.run([python, "-c", COMPRESSAI_SCRIPT, str(cfg["N"]), str(cfg["M"]), str(width), str(height),
+    if not PEER_SCRIPT.exists():
+        raise RuntimeError(f"the CompressAI comparison needs the onic source tree ({PEER_SCRIPT} is missing)")
+    r = subprocess.run([python, str(PEER_SCRIPT), str(cfg["N"]), str(cfg["M"]), str(width), str(height),
                         str(repeat)], capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"CompressAI run failed: {r.stderr.strip().splitlines()[-1:]}")
