@@ -62,7 +62,8 @@ def write_atomic(path: Path, write: Callable[[Path], None], force: bool) -> None
         tmp.unlink(missing_ok=True)
 
 
-def _read(src: str) -> bytes:
+def read_input(src: str) -> bytes:
+    """Bytes of a file, or of stdin for '-'."""
     return sys.stdin.buffer.read() if src == STDIO else Path(src).read_bytes()
 
 
@@ -95,7 +96,7 @@ def decompress_file(job: Job) -> Result:
 def _compress(job: Job) -> tuple[bytes | None, str]:
     from codec import api, metrics
 
-    source = io.BytesIO(_read(job.src)) if job.src == STDIO else job.src
+    source = io.BytesIO(read_input(job.src)) if job.src == STDIO else job.src
     image = api._to_image(source)
     if job.target_bpp is not None or job.target_psnr is not None:
         data, quality = api.compress_to_target(image, bpp=job.target_bpp, psnr=job.target_psnr)
@@ -131,7 +132,7 @@ def _decompress(job: Job) -> tuple[bytes | None, str]:
     from codec import api
 
     fmt = output_format(job.dst)
-    image = api.decompress(_read(job.src), max_pixels=job.max_pixels)
+    image = api.decompress(read_input(job.src), max_pixels=job.max_pixels)
     kwargs = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
     if fmt == "JPEG" and image.mode in ("RGBA", "LA"):
         raise Failure(f"cannot write {job.dst}: JPEG has no alpha channel (use PNG or WebP)")

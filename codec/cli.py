@@ -16,7 +16,17 @@ from pathlib import Path
 import click
 
 from codec import __version__
-from codec.batch import IMAGE_SUFFIXES, STDIO, Failure, Job, Result, compress_file, decompress_file, expand_inputs
+from codec.batch import (
+    IMAGE_SUFFIXES,
+    STDIO,
+    Failure,
+    Job,
+    Result,
+    compress_file,
+    decompress_file,
+    expand_inputs,
+    read_input,
+)
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 SAMPLE = Path(__file__).parent / "samples" / "parrots.png"
@@ -39,10 +49,6 @@ def _guarded(fn: Callable[[], None]) -> None:
         _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
     except MemoryError:
         _fail("out of memory")
-
-
-def _read_input(path: str) -> bytes:
-    return sys.stdin.buffer.read() if path == STDIO else Path(path).read_bytes()
 
 
 def _plan(inputs: tuple[str, ...], output: str | None, out_dir: str | None, suffix: str,
@@ -189,7 +195,7 @@ def info(input: str) -> None:
     def body() -> None:
         from codec import bitstream
 
-        data = _read_input(input)
+        data = read_input(input)
         c = bitstream.unpack(data)
         h = c.header
         chunks = ", ".join(f"{k.decode()} ({len(v)} bytes)" for k, v in c.chunks.items()) or "none"

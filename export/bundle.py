@@ -33,7 +33,7 @@ from PIL import Image
 
 from export import intscale, tables
 from export.model import GDN, SCALE_MIN, FrozenGDN, Onic
-from export.train import load_model
+from export.train import load_model, pad_to_stride
 
 OPSET = 17
 BUNDLE_FORMAT = 1
@@ -133,8 +133,7 @@ def calibration_z(model: Onic, images: list[np.ndarray]) -> list[torch.Tensor]:
     out = []
     for a in images:
         x = torch.from_numpy(np.ascontiguousarray(a[:512, :512])).permute(2, 0, 1)[None].float() / 255
-        h, w = x.shape[2:]
-        x = torch.nn.functional.pad(x, (0, -w % Onic.stride, 0, -h % Onic.stride), mode="replicate")
+        x = pad_to_stride(x)
         for t in (0.0, (rungs - 1) / 2, float(rungs - 1)):
             gain, _, _ = model.gains(torch.tensor([t]))
             out.append(torch.round(model.h_a(model.g_a(x) * gain)))

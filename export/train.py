@@ -94,7 +94,8 @@ def random_batch(images: list[torch.Tensor], batch: int, crop: int, rng: random.
     return torch.stack(crops).permute(0, 3, 1, 2).float().div_(255)
 
 
-def _pad(x: torch.Tensor) -> torch.Tensor:
+def pad_to_stride(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad (B, C, H, W) on the right and bottom to multiples of the model's stride."""
     h, w = x.shape[2:]
     return torch.nn.functional.pad(x, (0, -w % Onic.stride, 0, -h % Onic.stride), mode="replicate")
 
@@ -127,12 +128,12 @@ def evaluate(model: Onic, images: list[np.ndarray]) -> list[dict]:
         for a in images:
             x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float().to(device) / 255
             h, w = x.shape[2:]
-            out = model(_pad(x), torch.tensor([t], device=device))
+            out = model(pad_to_stride(x), torch.tensor([t], device=device))
             bits = -(torch.log2(out["y_likelihood"]).sum() + torch.log2(out["z_likelihood"]).sum())
             est.append(bits.item() / (h * w))
             psnr.append(_psnr(out["x_hat"][..., :h, :w], x))
             gain, _, _ = model.gains(torch.tensor([t], device=device))
-            y = model.g_a(_pad(x)) * gain
+            y = model.g_a(pad_to_stride(x)) * gain
             z_sym = torch.round(model.h_a(y))
             mu, sigma = model.hyper(z_sym)
             idx = intscale.float_indexes(sigma[0].float().cpu().numpy(), tables.SCALE_TABLE)
