@@ -108,8 +108,8 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     gain, _ = bundle.gains(quality)
     y, z = tiling.analyse(bundle, rgb, gain)
     z_sym = np.round(np.clip(z, -(2**30), 2**30)).astype(np.int32)
-    mu, _ = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
-    y -= mu[0]
+    mu = tiling.hyper_decode(bundle, z_sym)
+    y -= mu
     del mu
     y_sym = np.round(np.clip(y, -(2**30), 2**30)).astype(np.int32)  # escapes refuse beyond 2**24
     del y
@@ -166,9 +166,8 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
         c = bitstream.unpack(bytes(data), max_pixels)
     h, z_sym, y_sym = decode_latents(c, bundle)
     alpha = bitstream.inflate_alpha(c.chunks[b"ALPH"], h.width, h.height) if b"ALPH" in c.chunks else None
-    (mu, _) = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
+    y_hat = tiling.hyper_decode(bundle, z_sym)
     _, inv_gain = bundle.gains(h.quality)
-    y_hat = mu[0]
     y_hat += y_sym
     del y_sym
     rgb = tiling.synthesize(bundle, y_hat, inv_gain, h.height, h.width, workers=bundle.tile_workers)

@@ -108,11 +108,23 @@ def float_indexes(sigma: np.ndarray, scale_table: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(scale_table, sigma, side="left"), len(scale_table) - 1)
 
 
+BAND, BAND_MARGIN = 16, 2  # rows of z per band, and of context per side (h_s reaches 7/4 rows of z)
+
+
 def indexes(z: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
-    """Scale-table index per y element: the count of the channel's thresholds below its accumulator."""
-    acc = accumulate(z, p)
+    """Scale-table index per y element: the count of the channel's thresholds below its accumulator.
+
+    Runs in bands of z rows so that the int64 activations stay small on large
+    images; integer arithmetic makes the bands equal to the whole, exactly.
+    """
     thresholds = p["thresholds"]  # (M, T) int64, ascending per row
-    out = np.empty(acc.shape, dtype=np.int16)
-    for c in range(acc.shape[0]):
-        out[c] = np.minimum(np.searchsorted(thresholds[c], acc[c], side="left"), thresholds.shape[1] - 1)
+    zh = z.shape[1]
+    out = np.empty((thresholds.shape[0], 4 * zh, 4 * z.shape[2]), dtype=np.int16)
+    for r0 in range(0, zh, BAND):
+        r1 = min(zh, r0 + BAND)
+        w0, w1 = max(0, r0 - BAND_MARGIN), min(zh, r1 + BAND_MARGIN)
+        acc = accumulate(z[:, w0:w1], p)[:, 4 * (r0 - w0) : 4 * (r1 - w0)]
+        for c in range(acc.shape[0]):
+            out[c, 4 * r0 : 4 * r1] = np.minimum(np.searchsorted(thresholds[c], acc[c], side="left"),
+                                                 thresholds.shape[1] - 1)
     return out

@@ -11,6 +11,10 @@ coding) sees the whole image at once.
   of context on each side (the image is edge-padded on the fly);
 - synthesis: cores of TILE/16 latents, MARGIN/16 latents of context.
 Tiles of the synthesis are independent and can run on several threads.
+
+The latent-domain graphs (h_a, h_s) run in bands of BAND rows of z with
+BAND_MARGIN rows of context, so that their activations (the widest tensors
+of a large image after the pixels) never exist for the whole image at once.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import numpy as np
 from codec.session import Bundle
 
 TILE = 512  # pixels per tile core side; multiple of 16
-MARGIN = 64  # pixels of context per side (≥ the receptive field of g_a and g_s, about 61)
+MARGIN = 32  # pixels of context per side: g_a reaches 30 pixels past a latent, g_s 2 latents past a pixel
 LATENT = 16  # pixels per latent of y
+HYPER = 4  # latents of y per latent of z
+BAND = 16  # rows of z per band core of h_a and h_s (1024 pixels)
+BAND_MARGIN = 4  # rows of z of context per side (the receptive fields of h_a and h_s are about 2)
 
 
 def _spans(size: int, core: int, margin: int) -> Iterator[tuple[int, int, int, int]]:
@@ -52,8 +59,7 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
     hp, wp = -(-rgb.shape[0] // s) * s, -(-rgb.shape[1] // s) * s
     if _whole(hp, wp):
         (y,) = bundle.run("analysis", x=_window(rgb, 0, hp, 0, wp), gain=gain)
-        (z,) = bundle.run("hyper_encoder", y=y)
-        return y[0], z[0]
+        return y[0], hyper_encode(bundle, y[0])
     y = None
     for r0, r1, wr0, wr1 in _spans(hp, TILE, MARGIN):
         for c0, c1, wc0, wc1 in _spans(wp, TILE, MARGIN):
@@ -63,8 +69,36 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
             top, left = (r0 - wr0) // LATENT, (c0 - wc0) // LATENT
             y[:, r0 // LATENT : r1 // LATENT, c0 // LATENT : c1 // LATENT] = \
                 yt[0, :, top : top + (r1 - r0) // LATENT, left : left + (c1 - c0) // LATENT]
-    (z,) = bundle.run("hyper_encoder", y=y[None])
-    return y, z[0]
+    return y, hyper_encode(bundle, y)
+
+
+def hyper_encode(bundle: Bundle, y: np.ndarray) -> np.ndarray:
+    """y (M, h, w) → z (N, h/4, w/4) by h_a, in bands of z rows."""
+    zh = y.shape[1] // HYPER
+    if zh <= BAND + 2 * BAND_MARGIN:
+        return bundle.run("hyper_encoder", y=y[None])[0][0]
+    z = None
+    for r0, r1, w0, w1 in _spans(zh, BAND, BAND_MARGIN):
+        (zt,) = bundle.run("hyper_encoder", y=np.ascontiguousarray(y[None, :, w0 * HYPER : w1 * HYPER]))
+        if z is None:
+            z = np.empty((zt.shape[1], zh, zt.shape[3]), dtype=np.float32)
+        z[:, r0:r1] = zt[0, :, r0 - w0 : r1 - w0]
+    return z
+
+
+def hyper_decode(bundle: Bundle, z_sym: np.ndarray) -> np.ndarray:
+    """ẑ symbols (N, h, w) → μ (M, 4h, 4w) by h_s, in bands of z rows (σ is the integer path's job)."""
+    z = z_sym.astype(np.float32)[None]
+    zh = z.shape[2]
+    if zh <= BAND + 2 * BAND_MARGIN:
+        return bundle.run("hyper_decoder", z_hat=z)[0][0]
+    mu = None
+    for r0, r1, w0, w1 in _spans(zh, BAND, BAND_MARGIN):
+        (mt, _) = bundle.run("hyper_decoder", z_hat=np.ascontiguousarray(z[:, :, w0:w1]))
+        if mu is None:
+            mu = np.empty((mt.shape[1], zh * HYPER, mt.shape[3]), dtype=np.float32)
+        mu[:, r0 * HYPER : r1 * HYPER] = mt[0, :, (r0 - w0) * HYPER : (r1 - w0) * HYPER]
+    return mu
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:

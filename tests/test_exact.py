@@ -119,3 +119,44 @@ def test_integer_path_is_bounded_for_hostile_symbols(bundle):
     z[:, 0] = -(2**23)
     idx = bundle.scale_indexes(z)
     assert idx.min() >= 0 and idx.max() < len(bundle._tables["scale_table"])
+
+
+def test_integer_path_bands_equal_the_whole(bundle, monkeypatch):
+    """Bands of z rows with their margins give exactly the whole-image indexes."""
+    rng = np.random.default_rng(1)
+    z = rng.integers(-6, 7, size=(len(bundle.z_tables), 23, 5))
+    whole = bundle.scale_indexes(z)
+    monkeypatch.setattr(intscale, "BAND", 3)
+    assert np.array_equal(bundle.scale_indexes(z), whole)
+
+
+def test_hyper_graphs_in_bands_match_the_whole(bundle, monkeypatch):
+    from codec import tiling
+
+    rng = np.random.default_rng(2)
+    y = (rng.standard_normal((bundle.manifest["config"]["M"], 4 * 29, 12)) * 4).astype(np.float32)
+    z_whole = tiling.hyper_encode(bundle, y)
+    z_sym = np.round(z_whole).astype(np.int32)
+    mu_whole = tiling.hyper_decode(bundle, z_sym)
+    monkeypatch.setattr(tiling, "BAND", 4)
+    monkeypatch.setattr(tiling, "BAND_MARGIN", 3)
+    np.testing.assert_allclose(tiling.hyper_encode(bundle, y), z_whole, atol=1e-4)
+    np.testing.assert_allclose(tiling.hyper_decode(bundle, z_sym), mu_whole, atol=1e-4)
+
+
+@pytest.mark.parametrize("margin, exact", [(32, True), (16, False)])
+def test_tiles_match_the_whole_image(bundle, sample, monkeypatch, margin, exact):
+    """Overlapping tiles with the shipped margin reproduce the whole-image transforms; half of it does not."""
+    from codec import tiling
+
+    rgb = np.tile(np.asarray(sample.convert("RGB")), (2, 2, 1))[:448, :384]
+    gain, inv_gain = bundle.gains(60)
+    y_whole, _ = tiling.analyse(bundle, rgb, gain)
+    x_whole = tiling.synthesize(bundle, np.round(y_whole), inv_gain, *rgb.shape[:2])
+    monkeypatch.setattr(tiling, "TILE", 128)
+    monkeypatch.setattr(tiling, "MARGIN", margin)
+    y_tiles, _ = tiling.analyse(bundle, rgb, gain)
+    x_tiles = tiling.synthesize(bundle, np.round(y_whole), inv_gain, *rgb.shape[:2])
+    y_close = np.allclose(y_tiles, y_whole, atol=1e-3)
+    x_close = np.abs(x_tiles.astype(int) - x_whole).max() <= 1
+    assert (y_close and x_close) == exact
