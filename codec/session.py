@@ -42,6 +42,8 @@ class Bundle:
         if verify:
             self._verify()
         self.model_id: str = self.manifest["model_id"]
+        # Earlier exports of the same weights and tables (export.bundle --supersedes): same symbols.
+        self.decodes: frozenset[str] = frozenset([self.model_id, *self.manifest.get("also_decodes", [])])
         self.stride: int = int(self.manifest["stride"])
         self._lock = threading.Lock()
         self._sessions: dict = {}

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 
 from export import intscale, tables
@@ -60,7 +61,7 @@ class HyperEncoder(nn.Module):
 class HyperDecoder(nn.Module):
     def __init__(self, m: Onic):
         super().__init__()
-        self.h_s = m.h_s
+        self.h_s = frozen(m.h_s)
 
     def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, sigma = self.h_s(z_hat).chunk(2, dim=1)
@@ -76,9 +77,53 @@ class Decoder(nn.Module):
         return self.g_s(y_hat * inv_gain)
 
 
+class SubPixelConv(nn.Module):
+    """A stride-2 transposed convolution rewritten as a 3×3 convolution to 4× the channels + pixel shuffle.
+
+    The two compute the same function (Shi et al., "Is the deconvolution layer
+    the same as a convolutional layer?", arXiv:1609.07009, 2016): output pixel
+    (2m + a, 2n + b) only ever meets the kernel taps of parity (a, b), so each
+    of the four output phases is an ordinary convolution of the input. onnxruntime
+    runs Conv with its blocked (NCHWc) kernels but ConvTranspose through a
+    column buffer 25× its input: the synthesis got faster and its arena smaller.
+    """
+
+    def __init__(self, deconv: nn.ConvTranspose2d):
+        super().__init__()
+        w = deconv.weight.detach()  # (in, out, k, k)
+        cin, cout, k, _ = w.shape
+        p = deconv.padding[0]
+        if deconv.stride != (2, 2) or deconv.output_padding != (1, 1) or k % 2 == 0 or k > 5 or p != k // 2:
+            raise ValueError("SubPixelConv handles odd kernels up to 5, stride 2, padding k//2, output padding 1")
+        kernel = torch.zeros(cout, 2, 2, cin, 3, 3)
+        for a in (0, 1):
+            for b in (0, 1):
+                for j in range(3):
+                    for i in range(3):
+                        # output 2m + a takes input m + j − 1 through tap 2(1 − j) + a + p
+                        ty, tx = 2 * (1 - j) + a + p, 2 * (1 - i) + b + p
+                        if 0 <= ty < k and 0 <= tx < k:
+                            kernel[:, a, b, :, j, i] = w[:, :, ty, tx].T
+        self.conv = nn.Conv2d(cin, 4 * cout, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(kernel.reshape(4 * cout, cin, 3, 3))
+            self.conv.bias.copy_(deconv.bias.detach().repeat_interleave(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
 def frozen(seq: nn.Sequential) -> nn.Sequential:
-    """A copy of a transform with every GDN's reparametrization evaluated once."""
-    return nn.Sequential(*[FrozenGDN(m) if isinstance(m, GDN) else m for m in seq])
+    """A copy of a transform for export: GDN reparametrizations evaluated once, transposed convs as sub-pixel."""
+
+    def freeze(m: nn.Module) -> nn.Module:
+        if isinstance(m, GDN):
+            return FrozenGDN(m)
+        if isinstance(m, nn.ConvTranspose2d):
+            return SubPixelConv(m)
+        return m
+
+    return nn.Sequential(*[freeze(m) for m in seq])
 
 
 def graphs(model: Onic) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], list[str], list[str]]]:
@@ -151,14 +196,35 @@ def calibration_images(folder: str | Path, count: int, seed: int = 0) -> list[np
     return out
 
 
+# The files that decide which symbols a file holds; the graphs only move pixel values.
+DECODABILITY_FILES = ("tables.npz", "scale_path.npz")
+
+
+def superseded_ids(old: Path, files: dict[str, str], trained_steps: int) -> list[str]:
+    """Model ids whose files this bundle decodes: ``old``'s own and those it already decoded.
+
+    Only a re-export of the same weights qualifies: the same training step and
+    byte-identical entropy tables and integer scale path, so every symbol
+    decodes the same and only float rounding of μ and the pixels can differ.
+    """
+    m = json.loads((old / "manifest.json").read_text())
+    same = all(m["files"].get(f) == files[f] for f in DECODABILITY_FILES) and m["trained_steps"] == trained_steps
+    if not same:
+        raise ValueError(f"{old} is not the same model (tables, scale path or training step differ)")
+    return [m["model_id"], *m.get("also_decodes", [])]
+
+
 def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
-                  calibration: list[np.ndarray] | None = None, position_floor: float = 0.0) -> dict:
+                  calibration: list[np.ndarray] | None = None, position_floor: float = 0.0,
+                  supersedes: str | Path | None = None) -> dict:
     """Write a complete bundle folder; returns its manifest.
 
     ``calibration``: RGB uint8 images (training images, never the test set) that
     set the integer scale path's activation ranges; random noise if none.
     ``position_floor``: the ladder position quality 0 maps to; raise it when the
     lowest rungs are not yet trained to give smaller files than the ones above.
+    ``supersedes``: an earlier bundle of the same weights whose files this one
+    must keep decoding (see ``superseded_ids``).
     """
     model, ck = load_model(ckpt)
     model.eval()
@@ -186,6 +252,8 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
             "trained_steps": int(ck["step"]),
             "files": files,
         }
+        if supersedes:
+            manifest["also_decodes"] = superseded_ids(Path(supersedes), files, int(ck["step"]))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -205,9 +273,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calibration_images", type=int, default=32)
     p.add_argument("--position_floor", type=float, default=0.0,
                    help="ladder position of quality 0 (0 = the lowest rung)")
+    p.add_argument("--supersedes", help="an earlier bundle of the same weights whose files must still decode "
+                   "(may be OUT itself; read before OUT is rewritten)")
     a = p.parse_args(argv)
     m = export_bundle(a.checkpoint, a.out, a.name, calibration_images(a.calibration, a.calibration_images),
-                      a.position_floor)
+                      a.position_floor, a.supersedes)
     print(f"wrote {a.out}: model id {m['model_id']}, N={m['config']['N']} M={m['config']['M']}")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 import codec  # noqa: E402
 from codec.session import DEFAULT_BUNDLE, Bundle  # noqa: E402
@@ -140,3 +144,61 @@ def test_train_bf16_channels_last_and_real_coder_eval(tmp_path, data):
 
     rows = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["bpp_real"] > 0 and r["psnr"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_sub_pixel_conv_equals_the_transposed_conv(k):
+    torch.manual_seed(k)
+    deconv = torch.nn.ConvTranspose2d(6, 4, k, stride=2, padding=k // 2, output_padding=1)
+    x = torch.randn(2, 6, 7, 5)
+    with torch.no_grad():
+        want, got = deconv(x), export_bundle.SubPixelConv(deconv)(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_exported_transforms_equal_the_trained_ones(tiny):
+    model, _ = tiny
+    g = torch.Generator().manual_seed(3)
+    y, z = torch.randn(1, model.cfg.M, 6, 5, generator=g), torch.randn(1, model.cfg.N, 3, 2, generator=g)
+    gain = torch.ones(1, model.cfg.M, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(export_bundle.Decoder(model)(y, gain), model.g_s(y), atol=1e-5, rtol=1e-4)
+        mu, sigma = export_bundle.HyperDecoder(model)(z)
+        want_mu, want_sigma = model.hyper(z)
+        torch.testing.assert_close(mu, want_mu, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(sigma, want_sigma, atol=1e-5, rtol=1e-4)
+
+
+def _older_export(folder: Path, out: Path) -> Bundle:
+    """A copy of a bundle with the same weights and tables but different graph bytes, so another id."""
+    shutil.copytree(folder, out)
+    graph = onnx.load(str(out / "decoder.onnx"))
+    graph.doc_string = "an older export"
+    onnx.save(graph, str(out / "decoder.onnx"))
+    m = json.loads((out / "manifest.json").read_text())
+    m["files"]["decoder.onnx"] = hashlib.sha256((out / "decoder.onnx").read_bytes()).hexdigest()
+    m["model_id"] = hashlib.sha256(json.dumps(m["files"], sort_keys=True).encode()).hexdigest()[:16]
+    (out / "manifest.json").write_text(json.dumps(m))
+    return Bundle(out)
+
+
+def test_a_re_export_keeps_decoding_the_files_of_the_one_it_supersedes(tiny, tmp_path):
+    _, folder = tiny
+    old = _older_export(folder, tmp_path / "old")
+    data = codec.compress(random_image(40, 33), quality=50, bundle=old)
+    with pytest.raises(codec.OnicError, match="model id mismatch"):
+        codec.decompress(data, bundle=Bundle(folder))
+    new = export_bundle.export_bundle(folder.parent / "tiny.pt", tmp_path / "new", name="tiny",
+                                      supersedes=tmp_path / "old")
+    assert new["also_decodes"] == [old.model_id] and new["model_id"] != old.model_id
+    assert codec.decompress(data, bundle=Bundle(tmp_path / "new")).size == (40, 33)
+
+
+def test_supersedes_refuses_other_weights(tiny, tmp_path):
+    _, folder = tiny
+    shutil.copytree(folder, tmp_path / "old")
+    m = (tmp_path / "old" / "manifest.json")
+    m.write_text(m.read_text().replace('"trained_steps": 0', '"trained_steps": 5'))
+    with pytest.raises(ValueError, match="not the same model"):
+        export_bundle.export_bundle(folder.parent / "tiny.pt", tmp_path / "new", supersedes=tmp_path / "old")
