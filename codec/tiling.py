@@ -2,10 +2,9 @@
 
 g_a and g_s are convolutional with a finite receptive field, so a tile with
 a margin at least that wide, cropped back to its core, equals the whole-image
-computation up to float rounding: no rate cost, no seams, no format change
-(what independently coded tiles would cost instead is measured in
-benchmarks/speed.py). Only the small latent-domain work (h_a, h_s, entropy
-coding) sees the whole image at once.
+computation (bit for bit in practice): no rate cost, no seams, no format
+change. benchmarks/tiles.py measures the seams that independently coded tiles
+would leave instead.
 
 - analysis: cores of TILE pixels on the 16-pixel latent grid, MARGIN pixels
   of context on each side (the image is edge-padded on the fly);
@@ -14,7 +13,8 @@ Tiles of the synthesis are independent and can run on several threads.
 
 The latent-domain graphs (h_a, h_s) run in bands of BAND rows of z with
 BAND_MARGIN rows of context, so that their activations (the widest tensors
-of a large image after the pixels) never exist for the whole image at once.
+of a large image after the pixels) never exist for the whole image at once;
+only y, μ and the symbols do, and entropy coding sees them whole.
 """
 
 from __future__ import annotations
