@@ -9,12 +9,13 @@ import pytest
 
 from codec import bitstream
 from codec.bitstream import HEADER, Header, OnicError
+from codec.intscale import INDEX_PATH_VERSION
 
 
 def make(**fields) -> bytes:
     """A container built field by field (like Pillow's chunk() helper), CRC fixed up."""
-    f = dict(magic=b"ONIC", version=1, mode=3, quality=75, index=1, model_id=bytes(8), width=64, height=32,
-             z=b"\0" * 8, y=b"\0" * 16)
+    f = dict(magic=b"ONIC", version=1, mode=3, quality=75, index=INDEX_PATH_VERSION, model_id=bytes(8),
+             width=64, height=32, z=b"\0" * 8, y=b"\0" * 16)
     f.update(fields)
     zlen = f.pop("zlen", len(f["z"]))
     ylen = f.pop("ylen", len(f["y"]))
@@ -87,7 +88,8 @@ def test_alpha_bomb_is_bounded():
         (dict(mode=5), "mode 5"),
         (dict(quality=101), "quality 101"),
         (dict(index=0), "integer scale path version 0"),
-        (dict(index=2), "integer scale path version 2"),
+        (dict(index=1), "integer scale path version 1"),  # onic 0.1.0's, which floored in its LeakyReLU
+        (dict(index=3), "integer scale path version 3"),
         (dict(width=0), "image size 0x32"),
         (dict(height=0), "image size 64x0"),
         (dict(width=100_000, height=100_000), "exceeds the limit"),
