@@ -145,7 +145,9 @@ def _blas_single_thread():
 
     OpenBLAS's own workers busy-wait after each product and then fight
     onnxruntime's threads for the cores; the integer path's products are
-    small enough that one thread loses little.
+    small enough that one thread loses little. The limit is process-wide, so
+    concurrent decodes may see it lifted early: that changes speed, never the
+    result (the products are exact in any order).
     """
     global _blas_controller
     if _blas_controller is None:
