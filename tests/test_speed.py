@@ -1,0 +1,18 @@
+"""The speed benchmark runs end to end and reports every stage (no timing thresholds: numbers are not asserted)."""
+
+from __future__ import annotations
+
+from codec import speed
+
+
+def test_speed_report_small(sample, tmp_path):
+    path = tmp_path / "sample.png"
+    sample.convert("RGB").save(path)
+    r = speed.run(str(path), quality=50, repeat=1, megapixels=0.3, big_megapixels=0.3)
+    for key in ("onic", "onic_large"):
+        stages = r[key]["decode_stages_ms"]
+        assert {"onnx decoder", "integer scale path", "entropy coding"} <= stages.keys()
+        assert r[key]["decode_ms"] > 0 and r[key]["bpp"] > 0
+    assert r["memory"]["peak_rss_mb"] > 0 and r["startup"]["decompress_process_ms"] > 0
+    text = speed.format_report(r)
+    assert "onic on sample.png" in text and "peak RSS" in text
