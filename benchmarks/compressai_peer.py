@@ -16,7 +16,7 @@ from compressai.models import MeanScaleHyperprior
 
 
 def median_ms(fn, repeat: int) -> float:
-    # The same measurement as codec/speed.py's _median_ms, repeated on purpose: this script runs
+    # The same measurement as codec/speed.py's median_ms, repeated on purpose: this script runs
     # in CompressAI's venv, where onic (and onnxruntime) are not installed.
     fn()  # burn-in
     times = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from PIL import Image
 import codec
 from codec import metrics, tiling
 from codec.session import DEFAULT_BUNDLE, Bundle
+from codec.speed import median_ms
 
 
 def calibration_inputs(bundle: Bundle, folder: str, count: int, qualities: list[int]) -> list[dict[str, np.ndarray]]:
@@ -66,16 +66,6 @@ def quantized_bundle(calibration: list[dict[str, np.ndarray]], out: Path, method
     return Bundle(out, verify=False)
 
 
-def median_ms(fn, repeat: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kodak")
@@ -102,8 +92,8 @@ def main() -> None:
                 p8.append(metrics.psnr(im, codec.decompress(data, bundle=int8)))
             print(f"{q:>7} {np.mean(p32):>10.3f} {np.mean(p8):>10.3f} {np.mean(p8) - np.mean(p32):>+10.3f}")
         data = codec.compress(images[-1], quality=75, bundle=fp32)
-        t32 = median_ms(lambda: codec.decompress(data, bundle=fp32))
-        t8 = median_ms(lambda: codec.decompress(data, bundle=int8))
+        t32 = median_ms(lambda: codec.decompress(data, bundle=fp32), 5)
+        t8 = median_ms(lambda: codec.decompress(data, bundle=int8), 5)
         print(f"decode of {images[-1].width}x{images[-1].height} at quality 75: fp32 {t32:.0f} ms, int8 {t8:.0f} ms "
               f"({t32 / t8:.2f}x)")
 

@@ -10,7 +10,7 @@ the CPU, thread count or onnxruntime build. Following Ballé, Johnston & Minnen,
 - activations are int16 (|x| ≤ ACT_MAX); every layer accumulates exactly,
   then rescales with an integer multiplier and a right shift (round half up);
 - LeakyReLU multiplies negatives by LEAKY_NUM / 2**LEAKY_SHIFT, rounding half up
-  (flooring, in version 1, pushed σ about 3.5% high and a third of the tables wider);
+  (flooring, in version 1, biased σ upwards: measured once against torch, about 3.5%);
 - the last layer's accumulator is compared with integer thresholds, one row
   per channel, derived from the scale table: index = #(thresholds < acc).
 

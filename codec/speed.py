@@ -28,7 +28,8 @@ from codec import profile
 from codec.session import default_bundle
 
 
-def _median_ms(fn: Callable[[], object], repeat: int) -> float:
+def median_ms(fn: Callable[[], object], repeat: int) -> float:
+    """Median wall-clock ms of ``repeat`` calls after one burn-in call."""
     fn()  # burn-in
     times = []
     for _ in range(repeat):
@@ -57,11 +58,11 @@ def large_image(image: Image.Image, megapixels: float) -> Image.Image:
 def onic_times(image: Image.Image, quality: int, repeat: int) -> dict:
     data = codec.compress(image, quality)
     mp = image.width * image.height / 1e6
-    enc = _median_ms(lambda: codec.compress(image, quality), repeat)
-    dec = _median_ms(lambda: codec.decompress(data), repeat)
+    enc = median_ms(lambda: codec.compress(image, quality), repeat)
+    dec = median_ms(lambda: codec.decompress(data), repeat)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.onic"
-        io_ms = _median_ms(lambda: (path.write_bytes(data), path.read_bytes()), repeat)
+        io_ms = median_ms(lambda: (path.write_bytes(data), path.read_bytes()), repeat)
     return {
         "size": f"{image.width}x{image.height}", "bpp": 8 * len(data) / (mp * 1e6),
         "encode_ms": enc, "decode_ms": dec, "encode_mp_s": mp / enc * 1000, "decode_mp_s": mp / dec * 1000,
@@ -95,7 +96,7 @@ def pillow_decode_times(image: Image.Image, repeat: int) -> dict[str, dict]:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
 
-        out[name] = {"bpp": 8 * len(data) / (image.width * image.height), "decode_ms": _median_ms(decode, repeat)}
+        out[name] = {"bpp": 8 * len(data) / (image.width * image.height), "decode_ms": median_ms(decode, repeat)}
     return out
 
 

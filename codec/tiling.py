@@ -19,7 +19,7 @@ only y, μ and the symbols do, and entropy coding sees them whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -72,33 +72,29 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
     return y, hyper_encode(bundle, y)
 
 
+def _z_bands(graph: Callable[[np.ndarray], np.ndarray], x: np.ndarray, zh: int, rows_in: int,
+             rows_out: int) -> np.ndarray:
+    """graph over bands of z rows: x (1, C, zh·rows_in, w) → (C', zh·rows_out, w') float32."""
+    if zh <= BAND + 2 * BAND_MARGIN:
+        return graph(x)[0]
+    out = None
+    for r0, r1, w0, w1 in _spans(zh, BAND, BAND_MARGIN):
+        t = graph(np.ascontiguousarray(x[:, :, w0 * rows_in : w1 * rows_in]))
+        if out is None:
+            out = np.empty((t.shape[1], zh * rows_out, t.shape[3]), dtype=np.float32)
+        out[:, r0 * rows_out : r1 * rows_out] = t[0, :, (r0 - w0) * rows_out : (r1 - w0) * rows_out]
+    return out
+
+
 def hyper_encode(bundle: Bundle, y: np.ndarray) -> np.ndarray:
     """y (M, h, w) → z (N, h/4, w/4) by h_a, in bands of z rows."""
-    zh = y.shape[1] // HYPER
-    if zh <= BAND + 2 * BAND_MARGIN:
-        return bundle.run("hyper_encoder", y=y[None])[0][0]
-    z = None
-    for r0, r1, w0, w1 in _spans(zh, BAND, BAND_MARGIN):
-        (zt,) = bundle.run("hyper_encoder", y=np.ascontiguousarray(y[None, :, w0 * HYPER : w1 * HYPER]))
-        if z is None:
-            z = np.empty((zt.shape[1], zh, zt.shape[3]), dtype=np.float32)
-        z[:, r0:r1] = zt[0, :, r0 - w0 : r1 - w0]
-    return z
+    return _z_bands(lambda t: bundle.run("hyper_encoder", y=t)[0], y[None], y.shape[1] // HYPER, HYPER, 1)
 
 
 def hyper_decode(bundle: Bundle, z_sym: np.ndarray) -> np.ndarray:
     """ẑ symbols (N, h, w) → μ (M, 4h, 4w) by h_s, in bands of z rows (σ is the integer path's job)."""
     z = z_sym.astype(np.float32)[None]
-    zh = z.shape[2]
-    if zh <= BAND + 2 * BAND_MARGIN:
-        return bundle.run("hyper_decoder", z_hat=z)[0][0]
-    mu = None
-    for r0, r1, w0, w1 in _spans(zh, BAND, BAND_MARGIN):
-        (mt, _) = bundle.run("hyper_decoder", z_hat=np.ascontiguousarray(z[:, :, w0:w1]))
-        if mu is None:
-            mu = np.empty((mt.shape[1], zh * HYPER, mt.shape[3]), dtype=np.float32)
-        mu[:, r0 * HYPER : r1 * HYPER] = mt[0, :, (r0 - w0) * HYPER : (r1 - w0) * HYPER]
-    return mu
+    return _z_bands(lambda t: bundle.run("hyper_decoder", z_hat=t)[0], z, z.shape[2], 1, HYPER)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
