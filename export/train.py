@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from export.model import ModelConfig, Onic, rd_loss
+from export.model import DEFAULT_LAMBDAS, ModelConfig, Onic, rd_loss
 
 
 @dataclass
@@ -39,6 +39,7 @@ class TrainConfig:
     # model (ModelConfig)
     N: int = 64
     M: int = 96
+    lambdas: str = ""  # comma-separated λ ladder for a new model; empty = model.DEFAULT_LAMBDAS
     # optimizer
     lr: float = 3e-4
     warmup_steps: int = 200
@@ -63,8 +64,8 @@ class TrainConfig:
 
 
 def load_images(folder: str, max_images: int, min_side: int) -> list[np.ndarray]:
-    """Decode every image once; training crops come from these arrays."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    """Decode every image under ``folder`` (subfolders too) once; training crops come from these arrays."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if max_images:
         paths = paths[:max_images]
     images = []
@@ -163,9 +164,18 @@ def save_checkpoint(path: Path, model: Onic, opt: torch.optim.Optimizer, step: i
     tmp.replace(path)
 
 
-def save_weights(path: Path, model: Onic, step: int) -> None:
-    """Weights only (what the repo keeps for later runs to resume from): no optimizer state."""
-    torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict(), "step": step}, path)
+def save_weights(path: Path, model: Onic, step: int, half: bool = False) -> None:
+    """Weights only (what the repo keeps for later runs to resume from): no optimizer state.
+
+    ``half`` stores floats as fp16 so that the full-size model stays under 16 MiB a file
+    (the device tool's limit on what comes back); load_model widens them again.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save({"model": state, "model_config": model.cfg.to_dict(), "step": step}, tmp)
+    tmp.replace(path)
 
 
 def load_model(path: str | Path) -> tuple[Onic, dict]:
@@ -192,7 +202,8 @@ def train(cfg: TrainConfig) -> Path:
         model, ckpt = load_model(cfg.resume)
         step = int(ckpt["step"])
     else:
-        model = Onic(ModelConfig(N=cfg.N, M=cfg.M))
+        lambdas = tuple(float(v) for v in cfg.lambdas.split(",")) if cfg.lambdas else DEFAULT_LAMBDAS
+        model = Onic(ModelConfig(N=cfg.N, M=cfg.M, lambdas=lambdas))
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -216,6 +227,7 @@ def train(cfg: TrainConfig) -> Path:
     rng = random.Random(cfg.seed + step)
     start = last = time.time()
     first_step = step
+    skipped = 0
     eval_log = out / "eval.jsonl"
     model.train()
     while step < cfg.max_steps:
@@ -226,6 +238,7 @@ def train(cfg: TrainConfig) -> Path:
                 with eval_log.open("a") as f:
                     f.write(json.dumps({"step": step, "minutes": (time.time() - start) / 60, **row}) + "\n")
             save_checkpoint(ckpt_path, model, opt, step, cfg)
+            save_weights(out / "weights.pt", model, step, half=True)
 
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps)
         if time.time() - start > cfg.decay_at * cfg.max_minutes * 60:
@@ -241,7 +254,14 @@ def train(cfg: TrainConfig) -> Path:
         losses = rd_loss(result, x)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        if not torch.isfinite(norm):
+            # One bad batch (a bf16 overflow, say) must not poison Adam's state and lose the run.
+            skipped += 1
+            print(f"step {step}: non-finite gradient, update skipped ({skipped} so far)")
+            if skipped > 100:
+                raise SystemExit("more than 100 non-finite gradients: stopping with the last checkpoint")
+            continue
         opt.step()
         step += 1
 
@@ -256,7 +276,10 @@ def train(cfg: TrainConfig) -> Path:
             break
 
     save_checkpoint(ckpt_path, model, opt, step, cfg)
-    print(f"saved {ckpt_path} at step {step}")
+    save_weights(out / "weights.pt", model, step, half=True)
+    minutes = (time.time() - start) / 60
+    print(f"saved {ckpt_path} at step {step}: {step - first_step} steps in {minutes:.1f} min, "
+          f"{(step - first_step) * cfg.batch_size / max(minutes * 60, 1e-9):.0f} img/s overall")
     return ckpt_path
 
 
