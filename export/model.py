@@ -155,9 +155,9 @@ class EntropyBottleneck(nn.Module):
     def pmf_table(self, support: int) -> torch.Tensor:
         """p(k) for integers k in [-support, support], shape (C, 2·support + 1)."""
         c = self.matrices[0].shape[0]
-        k = torch.arange(-support, support + 1, dtype=torch.float32)
+        k = torch.arange(-support, support + 1, dtype=torch.float32, device=self.matrices[0].device)
         z = k.view(1, 1, 1, -1).expand(1, c, 1, -1)
-        return self.likelihood(z).reshape(c, -1)
+        return self.likelihood(z).reshape(c, -1).cpu()
 
 
 def gaussian_likelihood(y: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

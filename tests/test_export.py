@@ -146,6 +146,25 @@ def test_train_bf16_channels_last_and_real_coder_eval(tmp_path, data):
     assert len(rows) == 3 and all(r["bpp_real"] > 0 and r["psnr"] > 0 for r in rows)
 
 
+def test_the_device_script_runs_on_the_cpu(tmp_path, data):
+    """export/gpu_run.sh end to end (DEVICE=cpu, tiny): a device draw must never be lost to a bug."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE": "cpu", "DATA": str(data), "KODAK": str(data),
+           "N": "8", "M": "12", "CROP": "64", "BATCH": "2", "STEPS": "3", "EVAL_EVERY": "2", "LOG_EVERY": "1",
+           "COMPILE": "0", "MINUTES": "5"}
+    (tmp_path / "out").mkdir()
+    root = Path(export_bundle.__file__).parents[1]
+    r = subprocess.run(["bash", "export/gpu_run.sh"], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eval.jsonl", "train.log", "weights.pt"]
+    model, ck = load_model(tmp_path / "out" / "weights.pt")
+    assert ck["step"] == 3 and len(model.cfg.lambdas) == 10
+    assert all(v.dtype == torch.float16 for v in ck["model"].values() if v.is_floating_point())
+    export_bundle.export_bundle(tmp_path / "out" / "weights.pt", tmp_path / "bundle")  # the weights export
+
+
 @pytest.mark.parametrize("k", [3, 5])
 def test_sub_pixel_conv_equals_the_transposed_conv(k):
     torch.manual_seed(k)
