@@ -36,7 +36,7 @@ def calibration_inputs(bundle: Bundle, folder: str, count: int, qualities: list[
         q = qualities[i % len(qualities)]
         gain, inv_gain = bundle.gains(q)
         y, z = tiling.analyse(bundle, rgb, gain)
-        mu = tiling.hyper_decode(bundle, np.round(z).astype(np.int32))
+        mu = tiling.hyper_decode(bundle, tiling.z_symbols(bundle, z, q), q)
         out.append({"y_hat": (np.round(y - mu) + mu)[None], "inv_gain": inv_gain})
     return out
 

@@ -18,7 +18,7 @@ import codec
 from codec import entropy, intscale, metrics
 from codec.bdrate import bd_rate
 from codec.session import default_bundle
-from codec.tiling import analyse
+from codec.tiling import analyse, z_symbols
 
 
 def float_index_bytes(im: Image.Image, quality: int) -> int:
@@ -26,8 +26,8 @@ def float_index_bytes(im: Image.Image, quality: int) -> int:
     b = default_bundle()
     gain, _ = b.gains(quality)
     y, z = analyse(b, np.asarray(im), gain)
-    z_sym = np.round(z).astype(np.int64)
-    mu, sigma = b.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
+    z_sym = z_symbols(b, z, quality)
+    mu, sigma = b.run("hyper_decoder", z_hat=b.hyper_input(z_sym, quality)[None])
     idx = intscale.float_indexes(sigma[0], b._tables["scale_table"])
     z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
     z_bytes = entropy.encode(z_sym, z_ids, b.z_tables)

@@ -107,14 +107,14 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
         raise OnicError(f"image of {width}x{height} exceeds the limit of {bitstream.MAX_PIXELS} pixels")
     gain, _ = bundle.gains(quality)
     y, z = tiling.analyse(bundle, rgb, gain)
-    z_sym = np.round(np.clip(z, -(2**30), 2**30)).astype(np.int32)
-    mu = tiling.hyper_decode(bundle, z_sym)
+    z_sym = tiling.z_symbols(bundle, z, quality)
+    mu = tiling.hyper_decode(bundle, z_sym, quality)
     y -= mu
     del mu
     y_sym = np.round(np.clip(y, -(2**30), 2**30)).astype(np.int32)  # escapes refuse beyond 2**24
     del y
     z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
-    y_ids = bundle.scale_indexes(z_sym)
+    y_ids = bundle.scale_indexes(z_sym, quality)
     with profile.stage("entropy coding"):
         z_bytes = entropy.encode(z_sym, z_ids, bundle.z_tables)
         y_bytes = entropy.encode(y_sym, y_ids, bundle.y_tables)
@@ -146,7 +146,7 @@ def decode_latents(data: bytes | bitstream.Container, bundle: Bundle | None = No
     z_ids = np.broadcast_to(np.arange(n_z)[:, None, None], z_shape)
     with profile.stage("entropy coding"):
         z_sym = entropy.decode(c.z, z_ids, bundle.z_tables)
-    y_ids = bundle.scale_indexes(z_sym)
+    y_ids = bundle.scale_indexes(z_sym, h.quality)
     with profile.stage("entropy coding"):
         y_sym = entropy.decode(c.y, y_ids, bundle.y_tables)
     return h, z_sym, y_sym
@@ -166,7 +166,7 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
         c = bitstream.unpack(bytes(data), max_pixels)
     h, z_sym, y_sym = decode_latents(c, bundle)
     alpha = bitstream.inflate_alpha(c.chunks[b"ALPH"], h.width, h.height) if b"ALPH" in c.chunks else None
-    y_hat = tiling.hyper_decode(bundle, z_sym)
+    y_hat = tiling.hyper_decode(bundle, z_sym, h.quality)
     _, inv_gain = bundle.gains(h.quality)
     y_hat += y_sym
     del y_sym

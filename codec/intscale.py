@@ -12,7 +12,10 @@ the CPU, thread count or onnxruntime build. Following Ballé, Johnston & Minnen,
 - LeakyReLU multiplies negatives by LEAKY_NUM / 2**LEAKY_SHIFT, rounding half up
   (flooring, in version 1, biased σ upwards: measured once against torch, about 3.5%);
 - the last layer's accumulator is compared with integer thresholds, one row
-  per channel, derived from the scale table: index = #(thresholds < acc).
+  per channel, derived from the scale table: index = #(thresholds < acc);
+- a model with gain units on z feeds h_s with ẑ · z_inv_gain: here the inverse
+  gain is an integer per channel and quality with Z_INV_BITS fraction bits,
+  stored in the bundle, so the input ẑ · q is exact too.
 
 The products are summed with float64 matrix multiplication: every term and
 partial sum is an integer below 2**53, where float64 addition is exact in any
@@ -29,6 +32,9 @@ INDEX_PATH_VERSION = 2  # 1 (onic 0.1.0) floored in leaky_relu, which biased σ 
 WEIGHT_BITS = 12
 ACT_MAX = 2**15 - 1
 LEAKY_NUM, LEAKY_SHIFT = 41, 12  # 41/4096 ≈ 0.0100, torch's LeakyReLU default slope
+Z_INV_BITS = 12  # fraction bits of the integer inverse gains on ẑ
+Z_INV_MAX = 2**16 - 1  # inverse gains below 16: with |ẑ| ≤ ACT_MAX the input stays under X_MAX
+X_MAX = 2**30 - 1  # bound on the first layer's input: 2**30 · 12-bit weights · (N ≤ 455)·9 taps < 2**53
 
 
 CHUNK_ELEMENTS = 2**22  # column-buffer size per matrix product (32 MiB of float64): bounds memory
@@ -91,9 +97,15 @@ def leaky_relu(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, x, np.right_shift(x * LEAKY_NUM + (1 << (LEAKY_SHIFT - 1)), LEAKY_SHIFT))
 
 
-def accumulate(z: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
-    """ẑ symbols (N, h, w) → the σ layer's int64 accumulator (M, 4h, 4w)."""
+def accumulate(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None) -> np.ndarray:
+    """ẑ symbols (N, h, w) → the σ layer's int64 accumulator (M, 4h, 4w).
+
+    ``z_inv``: the integer inverse gains on z (N,) of the file's quality, for
+    models with gain units on z; None for those without.
+    """
     x = np.clip(z.astype(np.int64), -ACT_MAX, ACT_MAX)
+    if z_inv is not None:
+        x = np.clip(x * np.clip(z_inv.astype(np.int64), 0, Z_INV_MAX).reshape(-1, 1, 1), -X_MAX, X_MAX)
     x = conv_transpose2d(x, p["w0"]) + p["b0"].reshape(-1, 1, 1)
     x = leaky_relu(requantize(x, p["m0"], p["s0"]))
     x = conv_transpose2d(x, p["w1"]) + p["b1"].reshape(-1, 1, 1)
@@ -112,7 +124,7 @@ def float_indexes(sigma: np.ndarray, scale_table: np.ndarray) -> np.ndarray:
 BAND, BAND_MARGIN = 16, 2  # rows of z per band, and of context per side (h_s reaches 7/4 rows of z)
 
 
-def indexes(z: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
+def indexes(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None) -> np.ndarray:
     """Scale-table index per y element: the count of the channel's thresholds below its accumulator.
 
     Runs in bands of z rows so that the int64 activations stay small on large
@@ -124,7 +136,7 @@ def indexes(z: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
     for r0 in range(0, zh, BAND):
         r1 = min(zh, r0 + BAND)
         w0, w1 = max(0, r0 - BAND_MARGIN), min(zh, r1 + BAND_MARGIN)
-        acc = accumulate(z[:, w0:w1], p)[:, 4 * (r0 - w0) : 4 * (r1 - w0)]
+        acc = accumulate(z[:, w0:w1], p, z_inv)[:, 4 * (r0 - w0) : 4 * (r1 - w0)]
         for c in range(acc.shape[0]):
             out[c, 4 * r0 : 4 * r1] = np.minimum(np.searchsorted(thresholds[c], acc[c], side="left"),
                                                  thresholds.shape[1] - 1)

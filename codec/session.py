@@ -97,7 +97,34 @@ class Bundle:
         inv = np.exp(lig[i] * (1 - w) + lig[i + 1] * w).astype(np.float32)
         return gain.reshape(1, -1, 1, 1), inv.reshape(1, -1, 1, 1)
 
-    def scale_indexes(self, z_sym: np.ndarray) -> np.ndarray:
+    @property
+    def has_z_gains(self) -> bool:
+        """Whether the model has gain units on z (Cui et al. 2021; CompressAI's GainHyperLatentCodec)."""
+        return "z_gain" in self._tables
+
+    def z_gains(self, quality: int) -> tuple[np.ndarray, np.ndarray]:
+        """Gain on z (1, N, 1, 1) float32 and integer inverse gain on ẑ (N,) int64 for quality 0–100.
+
+        Both are tables of the bundle, one row per quality, so that the decoder
+        never computes them: the inverse gain enters the integer scale path.
+        Models without gain units on z give ones (and an inverse gain of 2**Z_INV_BITS).
+        """
+        q = min(max(int(quality), 0), 100)
+        if not self.has_z_gains:
+            n = len(self.z_tables)
+            return np.ones((1, n, 1, 1), np.float32), np.full(n, 1 << intscale.Z_INV_BITS, np.int64)
+        t = self._tables
+        return t["z_gain"][q].reshape(1, -1, 1, 1).astype(np.float32), t["z_inv_gain_q"][q].astype(np.int64)
+
+    def hyper_input(self, z_sym: np.ndarray, quality: int) -> np.ndarray:
+        """What h_s sees: ẑ (N, h, w) float32, times the inverse gain on z where the model has one."""
+        z = z_sym.astype(np.float32)
+        if self.has_z_gains:
+            _, z_inv = self.z_gains(quality)
+            z *= (z_inv.astype(np.float32) / (1 << intscale.Z_INV_BITS)).reshape(-1, 1, 1)
+        return z
+
+    def scale_indexes(self, z_sym: np.ndarray, quality: int) -> np.ndarray:
         """Scale-table index per element of y from the ẑ symbols (N, h, w), by the integer path.
 
         The float hyper decoder's σ would pick the smallest table scale ≥ σ
@@ -105,7 +132,8 @@ class Bundle:
         choice and, unlike σ, is the same on every machine.
         """
         with profile.stage("integer scale path"), _blas_single_thread():
-            return intscale.indexes(z_sym, self._scale_path)
+            z_inv = self.z_gains(quality)[1] if self.has_z_gains else None
+            return intscale.indexes(z_sym, self._scale_path, z_inv)
 
     def session(self, graph: str):
         with self._lock:

@@ -91,9 +91,16 @@ def hyper_encode(bundle: Bundle, y: np.ndarray) -> np.ndarray:
     return _z_bands(lambda t: bundle.run("hyper_encoder", y=t)[0], y[None], y.shape[1] // HYPER, HYPER, 1)
 
 
-def hyper_decode(bundle: Bundle, z_sym: np.ndarray) -> np.ndarray:
+def z_symbols(bundle: Bundle, z: np.ndarray, quality: int) -> np.ndarray:
+    """h_a's output (N, h, w) → the ẑ symbols of a quality: times the gain on z, rounded (int32)."""
+    if bundle.has_z_gains:
+        z = z * bundle.z_gains(quality)[0][0]
+    return np.round(np.clip(z, -(2**30), 2**30)).astype(np.int32)
+
+
+def hyper_decode(bundle: Bundle, z_sym: np.ndarray, quality: int) -> np.ndarray:
     """ẑ symbols (N, h, w) → μ (M, 4h, 4w) by h_s, in bands of z rows (σ is the integer path's job)."""
-    z = z_sym.astype(np.float32)[None]
+    z = bundle.hyper_input(z_sym, quality)[None]
     return _z_bands(lambda t: bundle.run("hyper_decoder", z_hat=t)[0], z, z.shape[2], 1, HYPER)
 
 

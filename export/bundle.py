@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from codec import intscale as codec_intscale
 from export import intscale, tables
 from export.model import GDN, SCALE_MIN, FrozenGDN, Onic
 from export.train import load_model, pad_to_stride
@@ -151,6 +152,34 @@ def export_graph(module: nn.Module, args: tuple, inputs: list[str], outputs: lis
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
+def quality_positions(rungs: int, position_floor: float) -> torch.Tensor:
+    """Ladder position of each quality 0–100, as codec.session.Bundle.gains maps them."""
+    q = torch.arange(101, dtype=torch.float64)
+    return (position_floor + q / 100 * (rungs - 1 - position_floor)).float()
+
+
+@torch.no_grad()
+def z_gain_tables(model: Onic, position_floor: float) -> dict[str, np.ndarray]:
+    """Per quality: the gain on z (float32, encoder only) and the inverse gain on ẑ as an integer
+    with Z_INV_BITS fraction bits (it enters the integer scale path, so the decoder must not compute it)."""
+    if not model.cfg.hyper_gains:
+        return {}
+    z_gain, z_inv = model.z_gains(quality_positions(len(model.cfg.lambdas), position_floor))
+    z_inv_q = torch.round(z_inv[:, :, 0, 0].double() * 2**codec_intscale.Z_INV_BITS)
+    if z_inv_q.max() > codec_intscale.Z_INV_MAX:
+        raise ValueError(f"an inverse gain on z of {z_inv.max():.1f} is beyond the integer path's range")
+    return {"z_gain": z_gain[:, :, 0, 0].numpy().astype(np.float32),
+            "z_inv_gain_q": z_inv_q.clamp_min(1).numpy().astype(np.int32)}
+
+
+def z_inv_gain(model: Onic, t: float, position_floor: float = 0.0) -> torch.Tensor | None:
+    """The inverse gain on ẑ (1, N, 1, 1) that the runtime applies at position t, rounded as it rounds it."""
+    if not model.cfg.hyper_gains:
+        return None
+    _, zi = model.z_gains(torch.tensor([t]))
+    return torch.round(zi.double() * 2**codec_intscale.Z_INV_BITS).clamp_min(1).float() / 2**codec_intscale.Z_INV_BITS
+
+
 def write_tables(model: Onic, path: Path, position_floor: float = 0.0) -> None:
     z_offsets, z_pmfs = tables.z_tables(model)
     z_values, z_starts = tables.pack_tables(z_pmfs)
@@ -158,6 +187,7 @@ def write_tables(model: Onic, path: Path, position_floor: float = 0.0) -> None:
     with torch.no_grad():
         np.savez(
             path,
+            **z_gain_tables(model, position_floor),
             log_gain=model.log_gain.numpy().astype(np.float32),
             log_inv_gain=model.log_inv_gain.numpy().astype(np.float32),
             lambdas=model.lambdas.numpy().astype(np.float64),
@@ -173,7 +203,8 @@ def write_tables(model: Onic, path: Path, position_floor: float = 0.0) -> None:
 
 @torch.no_grad()
 def calibration_z(model: Onic, images: list[np.ndarray]) -> list[torch.Tensor]:
-    """ẑ of each calibration image at the ladder's ends and middle (what the scale path will see)."""
+    """h_s's input (ẑ, times the inverse gain on z if any) for each calibration image at the
+    ladder's ends and middle: what the scale path will see."""
     rungs = len(model.cfg.lambdas)
     out = []
     for a in images:
@@ -181,7 +212,10 @@ def calibration_z(model: Onic, images: list[np.ndarray]) -> list[torch.Tensor]:
         x = pad_to_stride(x)
         for t in (0.0, (rungs - 1) / 2, float(rungs - 1)):
             gain, _, _ = model.gains(torch.tensor([t]))
-            out.append(torch.round(model.h_a(model.g_a(x) * gain)))
+            z_gain, _ = model.z_gains(torch.tensor([t]))
+            z_hat = torch.round(model.h_a(model.g_a(x) * gain) * z_gain)
+            z_inv = z_inv_gain(model, t)
+            out.append(z_hat if z_inv is None else z_hat * z_inv)
     return out
 
 
@@ -245,7 +279,8 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
             "bundle_format": BUNDLE_FORMAT,
             "name": name,
             "model_id": model_id,
-            "architecture": "mean-scale hyperprior with gain units (Minnen 2018, Cui 2021)",
+            "architecture": "mean-scale hyperprior with gain units " + (
+                "on y and z (Minnen 2018, Cui 2021)" if model.cfg.hyper_gains else "(Minnen 2018, Cui 2021)"),
             "config": model.cfg.to_dict(),
             "stride": Onic.stride,
             "index_path_version": intscale.intscale.INDEX_PATH_VERSION,

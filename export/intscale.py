@@ -61,7 +61,8 @@ def quantize(model: Onic, z_samples: list[torch.Tensor], scale_table: np.ndarray
     d0, _, d1, _, c2 = model.h_s
     M = model.cfg.M
     act = [max(m, 1e-6) * HEADROOM / intscale.ACT_MAX for m in calibrate(model, z_samples)]
-    s_in = [1.0, act[0], act[1]]  # ẑ enters as integers
+    # ẑ enters as integers; times the integer inverse gain on z (Z_INV_BITS fraction bits) if any.
+    s_in = [2.0**-intscale.Z_INV_BITS if model.cfg.hyper_gains else 1.0, act[0], act[1]]
     p: dict[str, np.ndarray] = {}
     for i, (w, b, out_axis) in enumerate([
         (d0.weight, d0.bias, 1),

@@ -2,9 +2,9 @@
 
 Transforms (CompressAI names):
 
-    x ──g_a──▶ y ·gain ──▶ y' ──h_a──▶ z ──Q──▶ ẑ ──h_s──▶ (μ, σ)
-                            │                               │
-                            └──Q(y' − μ) + μ = ŷ' ◀─────────┘
+    x ──g_a──▶ y ·gain ──▶ y' ──h_a──▶ z ·z_gain ──Q──▶ ẑ ·z_inv_gain ──h_s──▶ (μ, σ)
+                            │                                                 │
+                            └──────────Q(y' − μ) + μ = ŷ' ◀───────────────────┘
     x̂ ◀──g_s── ŷ' · inv_gain
 
 - g_a/g_s: Ballé, Laparra, Simoncelli, "End-to-end optimized image compression"
@@ -16,7 +16,10 @@ Transforms (CompressAI names):
 - Gain units: Cui et al., "Asymmetric gained deep image compression with
   continuous rate adaptation" (CVPR 2021). A ladder of λ values each owns a
   per-channel gain and inverse gain on y; positions between rungs interpolate
-  both exponentially, so one model serves every quality.
+  both exponentially, so one model serves every quality. With
+  ``hyper_gains`` the rungs own gains on z as well (Cui et al.'s hyperprior
+  gain units): without them h_a sees y·gain, so at small gains z rounds to zero
+  and h_s can only answer every low rung with its biases.
 - Quantization in training: additive uniform noise for the rate terms and
   straight-through rounding of y − μ for the synthesis input (Minnen & Singh,
   "Channel-wise autoregressive entropy models", ICIP 2020).
@@ -41,6 +44,7 @@ class ModelConfig:
     N: int = 128  # channels of the transforms and of z
     M: int = 192  # channels of y
     lambdas: tuple[float, ...] = field(default_factory=lambda: DEFAULT_LAMBDAS)
+    hyper_gains: bool = False  # per-rung gain and inverse gain on z (False: the 0.x models)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -49,7 +53,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(v) for v in d["lambdas"]))
+        return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(v) for v in d["lambdas"]),
+                   hyper_gains=bool(d.get("hyper_gains", False)))
 
 
 class GDN(nn.Module):
@@ -232,21 +237,35 @@ class Onic(nn.Module):
         self.log_gain = nn.Parameter(g0.view(L, 1).repeat(1, M))
         self.log_inv_gain = nn.Parameter(-g0.view(L, 1).repeat(1, M))
         self.register_buffer("lambdas", lam)
+        if cfg.hyper_gains:
+            # Identity at first, so that a model without them can be continued with them.
+            self.log_z_gain = nn.Parameter(torch.zeros(L, N))
+            self.log_z_inv_gain = nn.Parameter(torch.zeros(L, N))
 
     def gains(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gain, inverse gain (B, M, 1, 1) and λ (B,) at ladder positions t ∈ [0, L−1]."""
         return interpolate_ladder(self.log_gain, self.log_inv_gain, torch.log(self.lambdas), t)
 
+    def z_gains(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gain and inverse gain on z (B, N, 1, 1) at ladder positions t; ones without hyper gains."""
+        if not self.cfg.hyper_gains:
+            one = torch.ones(t.shape[0], self.cfg.N, 1, 1, device=t.device)
+            return one, one
+        zg, zi, _ = interpolate_ladder(self.log_z_gain, self.log_z_inv_gain, torch.log(self.lambdas), t)
+        return zg, zi
+
     def hyper(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, σ) from h_s of its input (ẑ · z_inv_gain; plain ẑ without hyper gains)."""
         mu, sigma = self.h_s(z_hat).chunk(2, dim=1)
         return mu, _lower_bound(sigma, SCALE_MIN)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         gain, inv_gain, lam = self.gains(t)
+        z_gain, z_inv_gain = self.z_gains(t)
         y = self.g_a(x) * gain
-        z = self.h_a(y)
+        z = self.h_a(y) * z_gain
         z_hat = z + (torch.round(z) - z).detach()
-        mu, sigma = self.hyper(z_hat)
+        mu, sigma = self.hyper(z_hat * z_inv_gain)
         y_hat = mu + (y - mu) + (torch.round(y - mu) - (y - mu)).detach()
         # Noise stands in for rounding in the rate terms while training; evaluation rounds.
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else z_hat

@@ -40,9 +40,11 @@ class TrainConfig:
     N: int = 64
     M: int = 96
     lambdas: str = ""  # comma-separated λ ladder for a new model; empty = model.DEFAULT_LAMBDAS
+    hyper_gains: bool = False  # gain units on z too; also adds them (as identity) to a resumed model without
     # optimizer
     lr: float = 3e-4
     warmup_steps: int = 200
+    gain_lr_mult: float = 1.0  # learning-rate factor for the gain tables (one scalar per rung and channel)
     clip_grad: float = 1.0
     max_steps: int = 1_000_000
     max_minutes: float = 60.0  # wall-clock budget; the run checkpoints and stops at it
@@ -134,9 +136,10 @@ def evaluate(model: Onic, images: list[np.ndarray]) -> list[dict]:
             est.append(bits.item() / (h * w))
             psnr.append(_psnr(out["x_hat"][..., :h, :w], x))
             gain, _, _ = model.gains(torch.tensor([t], device=device))
+            z_gain, z_inv_gain = model.z_gains(torch.tensor([t], device=device))
             y = model.g_a(pad_to_stride(x)) * gain
-            z_sym = torch.round(model.h_a(y))
-            mu, sigma = model.hyper(z_sym)
+            z_sym = torch.round(model.h_a(y) * z_gain)
+            mu, sigma = model.hyper(z_sym * z_inv_gain)
             idx = intscale.float_indexes(sigma[0].float().cpu().numpy(), tables.SCALE_TABLE)
             z_np = z_sym[0].cpu().numpy().astype(np.int64)
             z_ids = np.broadcast_to(np.arange(z_np.shape[0])[:, None, None], z_np.shape)
@@ -178,6 +181,14 @@ def save_weights(path: Path, model: Onic, step: int, half: bool = False) -> None
     tmp.replace(path)
 
 
+def add_hyper_gains(model: Onic) -> Onic:
+    """The same model with gain units on z, set to identity: it computes exactly what it did."""
+    new = Onic(dataclasses.replace(model.cfg, hyper_gains=True))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert sorted(missing) == ["log_z_gain", "log_z_inv_gain"] and not unexpected, (missing, unexpected)
+    return new
+
+
 def load_model(path: str | Path) -> tuple[Onic, dict]:
     """Rebuild a model from a checkpoint (as written by save_checkpoint or save_weights)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -201,13 +212,21 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.resume:
         model, ckpt = load_model(cfg.resume)
         step = int(ckpt["step"])
+        if cfg.hyper_gains and not model.cfg.hyper_gains:
+            model = add_hyper_gains(model)
+            ckpt.pop("optimizer", None)
     else:
         lambdas = tuple(float(v) for v in cfg.lambdas.split(",")) if cfg.lambdas else DEFAULT_LAMBDAS
-        model = Onic(ModelConfig(N=cfg.N, M=cfg.M, lambdas=lambdas))
+        model = Onic(ModelConfig(N=cfg.N, M=cfg.M, lambdas=lambdas, hyper_gains=cfg.hyper_gains))
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    gain_names = {"log_gain", "log_inv_gain", "log_z_gain", "log_z_inv_gain"}
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if n not in gain_names], "mult": 1.0},
+        {"params": [p for n, p in model.named_parameters() if n in gain_names], "mult": cfg.gain_lr_mult},
+    ]
+    opt = torch.optim.Adam(groups, lr=cfg.lr, fused=device.type == "cuda")
     if "optimizer" in ckpt:
         try:
             opt.load_state_dict(ckpt["optimizer"])
@@ -244,7 +263,7 @@ def train(cfg: TrainConfig) -> Path:
         if time.time() - start > cfg.decay_at * cfg.max_minutes * 60:
             lr *= 0.1  # a final low-rate phase settles the weights (CompressAI's schedulers do the same)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["mult"]
         x = random_batch(images, cfg.batch_size, cfg.crop, rng)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

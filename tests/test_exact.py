@@ -85,15 +85,15 @@ def test_reduced_precision_synthesis(sample_onic, reference, sample, tmp_path, c
 
 def test_integer_path_tracks_the_float_scales(sample, bundle):
     """The integer indexes pick the same table as the float σ for nearly every element."""
-    from codec.tiling import analyse
+    from codec.tiling import analyse, z_symbols
 
     for q in (0, 50, 100):
         gain, _ = bundle.gains(q)
         _, z = analyse(bundle, np.asarray(sample), gain)
-        z_sym = np.round(z).astype(np.int64)
-        _, sigma = bundle.run("hyper_decoder", z_hat=z_sym[None].astype(np.float32))
+        z_sym = z_symbols(bundle, z, q)
+        _, sigma = bundle.run("hyper_decoder", z_hat=bundle.hyper_input(z_sym, q)[None])
         float_idx = intscale.float_indexes(sigma[0], bundle._tables["scale_table"])
-        int_idx = bundle.scale_indexes(z_sym)
+        int_idx = bundle.scale_indexes(z_sym, q)
         diff = np.abs(float_idx.astype(int) - int_idx)
         # Index path 1 floored in its LeakyReLU; measured once, only 72-84% were equal here.
         assert np.mean(diff == 0) > 0.95 and np.mean(diff <= 1) > 0.999
@@ -116,7 +116,7 @@ def test_integer_path_is_bounded_for_hostile_symbols(bundle):
     """Escape-coded ẑ can be huge in a crafted file: the path clips, stays exact and in range."""
     z = np.full((len(bundle.z_tables), 2, 3), 2**23, dtype=np.int64)
     z[:, 0] = -(2**23)
-    idx = bundle.scale_indexes(z)
+    idx = np.stack([bundle.scale_indexes(z, q) for q in (0, 100)])
     assert idx.min() >= 0 and idx.max() < len(bundle._tables["scale_table"])
 
 
@@ -124,9 +124,9 @@ def test_integer_path_bands_equal_the_whole(bundle, monkeypatch):
     """Bands of z rows with their margins give exactly the whole-image indexes."""
     rng = np.random.default_rng(1)
     z = rng.integers(-6, 7, size=(len(bundle.z_tables), 23, 5))
-    whole = bundle.scale_indexes(z)
+    whole = bundle.scale_indexes(z, 30)
     monkeypatch.setattr(intscale, "BAND", 3)
-    assert np.array_equal(bundle.scale_indexes(z), whole)
+    assert np.array_equal(bundle.scale_indexes(z, 30), whole)
 
 
 def test_hyper_graphs_in_bands_match_the_whole(bundle, monkeypatch):
@@ -136,11 +136,11 @@ def test_hyper_graphs_in_bands_match_the_whole(bundle, monkeypatch):
     y = (rng.standard_normal((bundle.manifest["config"]["M"], 4 * 29, 12)) * 4).astype(np.float32)
     z_whole = tiling.hyper_encode(bundle, y)
     z_sym = np.round(z_whole).astype(np.int32)
-    mu_whole = tiling.hyper_decode(bundle, z_sym)
+    mu_whole = tiling.hyper_decode(bundle, z_sym, 30)
     monkeypatch.setattr(tiling, "BAND", 4)
     monkeypatch.setattr(tiling, "BAND_MARGIN", 3)
     np.testing.assert_allclose(tiling.hyper_encode(bundle, y), z_whole, atol=1e-4)
-    np.testing.assert_allclose(tiling.hyper_decode(bundle, z_sym), mu_whole, atol=1e-4)
+    np.testing.assert_allclose(tiling.hyper_decode(bundle, z_sym, 30), mu_whole, atol=1e-4)
 
 
 @pytest.mark.parametrize("margin, exact", [(32, True), (16, False)])

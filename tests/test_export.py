@@ -35,6 +35,21 @@ def tiny(tmp_path_factory) -> tuple[Onic, Path]:
     return model, folder / "bundle"
 
 
+@pytest.fixture(scope="module")
+def tiny_z_gains(tmp_path_factory) -> tuple[Onic, Path]:
+    """A tiny model with gain units on z, set far from identity as a trained one would be."""
+    torch.manual_seed(1)
+    model = Onic(ModelConfig(N=8, M=12, hyper_gains=True)).eval()
+    L = len(model.cfg.lambdas)
+    with torch.no_grad():
+        model.log_z_gain.copy_(torch.linspace(1.5, -0.5, L)[:, None] + 0.2 * torch.randn(L, 8))
+        model.log_z_inv_gain.copy_(-model.log_z_gain + 0.1 * torch.randn(L, 8))
+    folder = tmp_path_factory.mktemp("tiny_z")
+    save_weights(folder / "tiny.pt", model, step=0)
+    export_bundle.export_bundle(folder / "tiny.pt", folder / "bundle", name="tiny")
+    return model, folder / "bundle"
+
+
 def graph_errors(model: Onic, bundle_dir: Path, seed: int = 0) -> dict[str, float]:
     """Max relative error of each ONNX graph against its module on random inputs of a new size."""
     g = torch.Generator().manual_seed(seed)
@@ -91,6 +106,63 @@ def test_gain_interpolation_matches_torch(tiny):
         g, i = b.gains(q)
         np.testing.assert_allclose(g, gain.detach().numpy(), rtol=1e-5)
         np.testing.assert_allclose(i, inv.detach().numpy(), rtol=1e-5)
+
+
+def test_z_gain_tables_match_torch(tiny_z_gains):
+    model, folder = tiny_z_gains
+    b = Bundle(folder)
+    assert b.has_z_gains and not Bundle(DEFAULT_BUNDLE).has_z_gains
+    positions = export_bundle.quality_positions(len(model.cfg.lambdas), 0.0)
+    for q in (0, 37, 100):
+        z_gain, z_inv = model.z_gains(positions[q : q + 1])
+        g, i = b.z_gains(q)
+        np.testing.assert_allclose(g, z_gain.detach().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(i / 2**codec.intscale.Z_INV_BITS, z_inv.detach().numpy().ravel(),
+                                   atol=2.0**-codec.intscale.Z_INV_BITS)
+
+
+def test_z_gains_code_the_symbols_torch_computes(tiny_z_gains):
+    """A file's ẑ is torch's round(h_a(y · gain) · z_gain); the integer indexes follow the float σ."""
+    from export.train import pad_to_stride
+
+    model, folder = tiny_z_gains
+    b = Bundle(folder)
+    im = random_image(96, 80, seed=3)
+    x = pad_to_stride(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 255)
+    positions = export_bundle.quality_positions(len(model.cfg.lambdas), 0.0)
+    for q in (0, 60, 100):
+        data = codec.compress(im, quality=q, bundle=b)
+        _, z_sym, _ = codec.api.decode_latents(data, b)
+        t = positions[q : q + 1]
+        with torch.no_grad():
+            gain, _, _ = model.gains(t)
+            z_gain, _ = model.z_gains(t)
+            want = torch.round(model.h_a(model.g_a(x) * gain) * z_gain)[0].numpy()
+        assert np.mean(z_sym == want) > 0.99  # ONNX and torch may round a value at .5 differently
+        _, sigma = b.run("hyper_decoder", z_hat=b.hyper_input(z_sym, q)[None])
+        float_idx = codec.intscale.float_indexes(sigma[0], b._tables["scale_table"])
+        assert np.mean(np.abs(float_idx.astype(int) - b.scale_indexes(z_sym, q)) <= 1) > 0.99
+        assert codec.decompress(data, bundle=b).size == (96, 80)
+
+
+def test_adding_z_gains_to_a_trained_model_changes_nothing(tiny):
+    from export.train import add_hyper_gains
+
+    model, _ = tiny
+    upgraded = add_hyper_gains(model).eval()
+    x, t = torch.rand(1, 3, 64, 64), torch.tensor([2.5])
+    with torch.no_grad():
+        torch.testing.assert_close(upgraded(x, t)["x_hat"], model(x, t)["x_hat"])
+        torch.testing.assert_close(upgraded(x, t)["y_likelihood"], model(x, t)["y_likelihood"])
+
+
+def test_z_gains_keep_the_integer_path_bounded_for_hostile_symbols(tiny_z_gains):
+    _, folder = tiny_z_gains
+    b = Bundle(folder)
+    z = np.full((len(b.z_tables), 2, 3), 2**23, dtype=np.int64)
+    z[:, 0] = -(2**23)
+    idx = np.stack([b.scale_indexes(z, q) for q in (0, 100)])
+    assert idx.min() >= 0 and idx.max() < len(b._tables["scale_table"])
 
 
 def test_tables_are_positive_and_bounded():
