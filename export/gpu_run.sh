@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# One prepared GPU training run (issue 11), for the device tool: trains the full-size
-# model (N=128, M=192, a 10-rung λ ladder) from scratch, or continues $RESUME, for
-# $MINUTES of wall clock; evaluates on 4 Kodak images with the real range coder along
-# the way and leaves train.log, eval.jsonl and fp16 weights (weights.pt) in $OUT.
+# One prepared GPU training run (issue 11), for the device tool: continues the full-size
+# model (N=128, M=192, a 10-rung λ ladder, gain units on y and z) from $RESUME
+# (default export/checkpoints/full.pt; RESUME= starts from scratch) for $MINUTES of wall
+# clock; evaluates on 4 Kodak images with the real range coder along the way and leaves
+# train.log, eval.jsonl and fp16 weights (weights.pt) in $OUT. Afterwards, here:
+#   cp /work/.device/N/weights.pt export/checkpoints/full.pt
+#   python benchmarks/ladder.py ../shared/data/kodak export/checkpoints/full.pt  # all 24 images
+# and add the draw to export/checkpoints/DRAWS.md.
 #
 # Prepare here (all ignored by git; they travel with `carry`):
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl constriction==0.5.0
-#   python -m export.pack_data ../shared/data/train data/train --parts 2 --mib 40  # data/train/a, data/train/b
+#   python -m export.pack_data ../shared/data/train data/train --parts 2 --mib 28  # data/train/a, data/train/b
+# (28 MiB: the tracked tree, full.pt included, is about 32 MiB of the 64 a call may carry.)
 #   mkdir -p data/kodak && cp ../shared/data/kodak/kodim0[1-4].png data/kodak/
 # A call carries at most 64 MiB, and ignored files stay on a warm machine, so the data
 # travels in two calls: a short smoke run that carries part a, then the real run with b:
@@ -23,7 +28,8 @@ DEVICE="${DEVICE:-cuda}"
 if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; fi
 LADDER=0.0009,0.0018,0.0035,0.0067,0.013,0.025,0.0483,0.0932,0.18,0.32
 python3 -m export.train --device "$DEVICE" --data "${DATA:-data/train}" --kodak "${KODAK:-data/kodak}" --eval_images 4 \
-    --resume "${RESUME:-}" --N "${N:-128}" --M "${M:-192}" --lambdas "${LAMBDAS:-$LADDER}" \
+    --resume "${RESUME-export/checkpoints/full.pt}" --N "${N:-128}" --M "${M:-192}" --lambdas "${LAMBDAS:-$LADDER}" \
+    --hyper_gains "${HYPER_GAINS:-1}" --gain_lr_mult "${GAIN_LR_MULT:-10}" \
     --crop "${CROP:-256}" --batch_size "${BATCH:-64}" --lr "${LR:-3e-4}" --warmup_steps "${WARMUP:-500}" \
     --bf16 1 --channels_last 1 --compile "${COMPILE:-1}" --max_minutes "${MINUTES:-8}" --max_steps "${STEPS:-1000000}" \
     --eval_every "${EVAL_EVERY:-8000}" --log_every "${LOG_EVERY:-500}" --out "$OUT/run" 2>&1 | tee "$OUT/train.log"

@@ -23,6 +23,7 @@ from export.train import TrainConfig, load_model, save_weights, train  # noqa: E
 from tests.conftest import random_image  # noqa: E402
 
 SHIPPED_CHECKPOINT = Path(export_bundle.__file__).parent / "checkpoints" / "default.pt"
+FULL_CHECKPOINT = SHIPPED_CHECKPOINT.with_name("full.pt")  # what the next GPU draw resumes
 
 
 @pytest.fixture(scope="module")
@@ -219,12 +220,14 @@ def test_train_bf16_channels_last_and_real_coder_eval(tmp_path, data):
 
 
 def test_the_device_script_runs_on_the_cpu(tmp_path, data):
-    """export/gpu_run.sh end to end (DEVICE=cpu, tiny): a device draw must never be lost to a bug."""
+    """export/gpu_run.sh end to end (DEVICE=cpu, a few steps on tiny crops): it resumes the real
+    checkpoint and adds the gain units on z, as a device draw does; a draw must never be lost to a bug."""
     import os
     import subprocess
 
+    start = torch.load(FULL_CHECKPOINT, weights_only=True)["step"]
     env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE": "cpu", "DATA": str(data), "KODAK": str(data),
-           "N": "8", "M": "12", "CROP": "64", "BATCH": "2", "STEPS": "3", "EVAL_EVERY": "2", "LOG_EVERY": "1",
+           "CROP": "64", "BATCH": "2", "STEPS": str(start + 3), "EVAL_EVERY": "2", "LOG_EVERY": "1",
            "COMPILE": "0", "MINUTES": "5"}
     (tmp_path / "out").mkdir()
     root = Path(export_bundle.__file__).parents[1]
@@ -232,7 +235,7 @@ def test_the_device_script_runs_on_the_cpu(tmp_path, data):
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eval.jsonl", "train.log", "weights.pt"]
     model, ck = load_model(tmp_path / "out" / "weights.pt")
-    assert ck["step"] == 3 and len(model.cfg.lambdas) == 10
+    assert ck["step"] == start + 3 and len(model.cfg.lambdas) == 10 and model.cfg.hyper_gains
     assert all(v.dtype == torch.float16 for v in ck["model"].values() if v.is_floating_point())
     export_bundle.export_bundle(tmp_path / "out" / "weights.pt", tmp_path / "bundle")  # the weights export
 
