@@ -1,11 +1,12 @@
 """Pick training images for the device, a few MiB-bounded parts at a time.
 
-    python -m export.pack_data ../shared/data/train data/train --parts 2 --mib 40
+    python -m export.pack_data ../shared/data/train data/train --parts 2 --mib 28 --seed 2
 
 A device call carries at most 64 MiB, so the training set travels in parts
 (data/train/a, data/train/b, …) over successive calls to one warm machine. The
 files are copied unchanged (re-encoding would put JPEG artefacts into a model
 meant to reach 37 dB); each part is a seeded random draw across all sources.
+Use the draw's number as the seed, so that successive draws see other images.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("src")
     ap.add_argument("dst")
     ap.add_argument("--parts", type=int, default=2)
-    ap.add_argument("--mib", type=float, default=40.0)
+    ap.add_argument("--mib", type=float, default=28.0)
+    ap.add_argument("--seed", type=int, default=0, help="the draw's number: each draw sees other images")
     a = ap.parse_args(argv)
-    print(f"images per part: {pack(a.src, a.dst, a.parts, a.mib)}")
+    print(f"images per part: {pack(a.src, a.dst, a.parts, a.mib, a.seed)}")
 
 
 if __name__ == "__main__":

@@ -296,3 +296,19 @@ def test_supersedes_refuses_other_weights(tiny, tmp_path):
     m.write_text(m.read_text().replace('"trained_steps": 0', '"trained_steps": 5'))
     with pytest.raises(ValueError, match="not the same model"):
         export_bundle.export_bundle(folder.parent / "tiny.pt", tmp_path / "new", supersedes=tmp_path / "old")
+
+
+def test_pack_data_parts_are_disjoint_and_within_budget(tmp_path):
+    from export.pack_data import pack
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        random_image(64 + 8 * i, 64, seed=i).save(src / f"{i}.png")
+    budget = sum(p.stat().st_size for p in src.iterdir()) / 3 / 2**20
+    counts = pack(src, tmp_path / "out", parts=2, mib=budget, seed=1)
+    parts = [sorted(p.name for p in (tmp_path / "out" / name).iterdir()) for name in "ab"]
+    assert [len(p) for p in parts] == counts and all(counts)
+    assert not set(parts[0]) & set(parts[1])
+    for name in "ab":
+        assert sum(p.stat().st_size for p in (tmp_path / "out" / name).iterdir()) <= budget * 2**20
