@@ -61,7 +61,7 @@ def main() -> None:
     print(f"{'checkpoint':<40} {'position':>8} {'bpp':>7} {'PSNR':>7}")
     for ckpt in a.checkpoints:
         rungs = len(load_model(ckpt)[0].cfg.lambdas)
-        positions = list(np.linspace(0, rungs - 1, a.positions))
+        positions = [float(t) for t in np.linspace(0, rungs - 1, a.positions)]
         rows = ladder(ckpt, images, positions)
         curves[ckpt] = rows
         for t, bpp, psnr in rows:

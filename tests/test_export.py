@@ -312,3 +312,17 @@ def test_pack_data_parts_are_disjoint_and_within_budget(tmp_path):
     assert not set(parts[0]) & set(parts[1])
     for name in "ab":
         assert sum(p.stat().st_size for p in (tmp_path / "out" / name).iterdir()) <= budget * 2**20
+
+
+def test_ladder_benchmark_prints_every_position(tiny, data):
+    import subprocess
+    import sys
+
+    _, folder = tiny
+    ckpt = str(folder.parent / "tiny.pt")
+    root = Path(export_bundle.__file__).parents[1]
+    r = subprocess.run([sys.executable, "benchmarks/ladder.py", str(data), ckpt, ckpt, "--positions", "3"],
+                       cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith(ckpt)]
+    assert len(rows) == 6 and "BD-rate" in r.stdout
