@@ -35,6 +35,8 @@ def _weight_scale(w: torch.Tensor, out_axis: int) -> np.ndarray:
 def _multiplier(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ratio ≈ mult / 2**shift with mult in [2**14, 2**15)."""
     shift = np.array([14 - math.floor(math.log2(r)) for r in ratio], dtype=np.int64)
+    if shift.max() > intscale.MAX_SHIFT or shift.min() < 1:
+        raise ValueError(f"requantization shifts {shift.min()}–{shift.max()} are outside 1–{intscale.MAX_SHIFT}")
     mult = np.round(ratio * 2.0**shift).astype(np.int64)
     return mult, shift
 

@@ -159,3 +159,15 @@ def test_tiles_match_the_whole_image(bundle, sample, monkeypatch, margin, exact)
     y_close = np.allclose(y_tiles, y_whole, atol=1e-3)
     x_close = np.abs(x_tiles.astype(int) - x_whole).max() <= 1
     assert (y_close and x_close) == exact
+
+
+def test_requantize_clip_changes_nothing_up_to_the_largest_shift():
+    """Clipping the accumulator keeps int64 from overflowing and equals exact arithmetic (Python ints)."""
+    rng = np.random.default_rng(4)
+    for shift in (1, 20, intscale.MAX_SHIFT):
+        acc = np.concatenate([rng.integers(-(2**62), 2**62, 200), rng.integers(-(2**40), 2**40, 200)])
+        mult = rng.integers(2**14, 2**15, 1)
+        got = intscale.requantize(acc.reshape(1, 1, -1), mult, np.array([shift]))[0, 0]
+        want = [max(-intscale.ACT_MAX, min(intscale.ACT_MAX, (int(a) * int(mult[0]) + (1 << (shift - 1))) >> shift))
+                for a in acc]
+        assert got.tolist() == want
