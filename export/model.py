@@ -28,6 +28,7 @@ Transforms (CompressAI names):
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -237,6 +238,7 @@ class Onic(nn.Module):
         self.log_gain = nn.Parameter(g0.view(L, 1).repeat(1, M))
         self.log_inv_gain = nn.Parameter(-g0.view(L, 1).repeat(1, M))
         self.register_buffer("lambdas", lam)
+        self.fp32_hyper = False  # under bf16 autocast, run h_a, h_s and the gains in fp32 (a training choice)
         if cfg.hyper_gains:
             # Identity at first, so that a model without them can be continued with them.
             self.log_z_gain = nn.Parameter(torch.zeros(L, N))
@@ -262,10 +264,12 @@ class Onic(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         gain, inv_gain, lam = self.gains(t)
         z_gain, z_inv_gain = self.z_gains(t)
-        y = self.g_a(x) * gain
-        z = self.h_a(y) * z_gain
-        z_hat = z + (torch.round(z) - z).detach()
-        mu, sigma = self.hyper(z_hat * z_inv_gain)
+        y = self.g_a(x)
+        with torch.autocast(device_type=x.device.type, enabled=False) if self.fp32_hyper else nullcontext():
+            y = (y.float() if self.fp32_hyper else y) * gain
+            z = self.h_a(y) * z_gain
+            z_hat = z + (torch.round(z) - z).detach()
+            mu, sigma = self.hyper(z_hat * z_inv_gain)
         y_hat = mu + (y - mu) + (torch.round(y - mu) - (y - mu)).detach()
         # Noise stands in for rounding in the rate terms while training; evaluation rounds.
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else z_hat

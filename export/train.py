@@ -49,9 +49,11 @@ class TrainConfig:
     max_steps: int = 1_000_000
     max_minutes: float = 60.0  # wall-clock budget; the run checkpoints and stops at it
     decay_at: float = 0.85  # fraction of the budget after which lr drops tenfold
+    decay_step: int = 0  # or: the step from which it drops (0 = by decay_at); comparisons at equal steps use it
     # speed (GPU): bf16 autocast for the transforms (likelihoods stay fp32), channels-last, torch.compile
     device: str = "auto"  # auto = cuda when available
     bf16: bool = False
+    fp32_hyper: bool = False  # with bf16: keep h_a, h_s and the gains (the rate side) in fp32
     channels_last: bool = False
     compile: bool = False
     # io
@@ -219,6 +221,7 @@ def train(cfg: TrainConfig) -> Path:
         lambdas = tuple(float(v) for v in cfg.lambdas.split(",")) if cfg.lambdas else DEFAULT_LAMBDAS
         model = Onic(ModelConfig(N=cfg.N, M=cfg.M, lambdas=lambdas, hyper_gains=cfg.hyper_gains))
     model.to(device)
+    model.fp32_hyper = cfg.fp32_hyper
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     gain_names = {"log_gain", "log_inv_gain", "log_z_gain", "log_z_inv_gain"}
@@ -260,7 +263,7 @@ def train(cfg: TrainConfig) -> Path:
             save_weights(out / "weights.pt", model, step, half=True)
 
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps)
-        if time.time() - start > cfg.decay_at * cfg.max_minutes * 60:
+        if (step >= cfg.decay_step) if cfg.decay_step else (time.time() - start > cfg.decay_at * cfg.max_minutes * 60):
             lr *= 0.1  # a final low-rate phase settles the weights (CompressAI's schedulers do the same)
         for g in opt.param_groups:
             g["lr"] = lr * g["mult"]

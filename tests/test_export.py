@@ -166,6 +166,18 @@ def test_z_gains_keep_the_integer_path_bounded_for_hostile_symbols(tiny_z_gains)
     assert idx.min() >= 0 and idx.max() < len(b._tables["scale_table"])
 
 
+@pytest.mark.parametrize("fp32_hyper, want", [(False, torch.bfloat16), (True, torch.float32)])
+def test_fp32_hyper_keeps_the_rate_side_in_fp32_under_bf16(fp32_hyper, want):
+    model = Onic(ModelConfig(N=8, M=12, hyper_gains=True))
+    model.fp32_hyper = fp32_hyper
+    seen = {}
+    for name in ("g_a", "h_a", "h_s"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.rand(2, 3, 64, 64), torch.tensor([0.5, 3.0]))
+    assert seen == {"g_a": torch.bfloat16, "h_a": want, "h_s": want}
+
+
 def test_tables_are_positive_and_bounded():
     for t in tables.gaussian_tables():
         assert t.min() >= 1 and t.sum() <= 2**tables.PRECISION and len(t) % 2 == 1
@@ -208,10 +220,12 @@ def test_train_runs_and_resumes(tmp_path, data):
     assert state["step"] == 5 and state["model_config"]["M"] == 12
 
 
-def test_train_bf16_channels_last_and_real_coder_eval(tmp_path, data):
+@pytest.mark.parametrize("fp32_hyper", [False, True])
+def test_train_bf16_channels_last_and_real_coder_eval(tmp_path, data, fp32_hyper):
     """The GPU settings run on the CPU too (slowly); the evaluation codes with the real range coder."""
     cfg = TrainConfig(data=str(data), crop=64, batch_size=2, N=8, M=12, max_steps=2, out=str(tmp_path / "run"),
-                      warmup_steps=1, bf16=True, channels_last=True, kodak=str(data), eval_images=1, eval_every=1)
+                      warmup_steps=1, bf16=True, channels_last=True, kodak=str(data), eval_images=1, eval_every=1,
+                      fp32_hyper=fp32_hyper, hyper_gains=True, decay_step=1)
     train(cfg)
     import json
 
