@@ -12,8 +12,8 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl constriction==0.5.0
-#   python -m export.pack_data ../shared/data/train data/train --parts 2 --mib 28 --seed DRAW  # data/train/{a,b}
-# (28 MiB: the tracked tree, full.pt included, is about 32 MiB of the 64 a call may carry.)
+#   python -m export.pack_data ../shared/data/train data/train --parts 2 --mib 26 --seed DRAW  # data/train/{a,b}
+# (26 MiB: the tracked tree, full.pt included, is about 32 MiB of the 64 a call may carry.)
 #   mkdir -p data/kodak && cp ../shared/data/kodak/kodim0[1-4].png data/kodak/
 # A call carries at most 64 MiB, and ignored files stay on a warm machine, so the data
 # travels in two calls: a short smoke run that carries part a, then the real run with b:

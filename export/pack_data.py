@@ -1,6 +1,6 @@
 """Pick training images for the device, a few MiB-bounded parts at a time.
 
-    python -m export.pack_data ../shared/data/train data/train --parts 2 --mib 28 --seed 2
+    python -m export.pack_data ../shared/data/train data/train --parts 2 --mib 26 --seed 2
 
 A device call carries at most 64 MiB, so the training set travels in parts
 (data/train/a, data/train/b, …) over successive calls to one warm machine. The
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("src")
     ap.add_argument("dst")
     ap.add_argument("--parts", type=int, default=2)
-    ap.add_argument("--mib", type=float, default=28.0)
+    ap.add_argument("--mib", type=float, default=26.0)
     ap.add_argument("--seed", type=int, default=0, help="the draw's number: each draw sees other images")
     a = ap.parse_args(argv)
     print(f"images per part: {pack(a.src, a.dst, a.parts, a.mib, a.seed)}")

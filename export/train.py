@@ -154,6 +154,15 @@ def evaluate(model: Onic, images: list[np.ndarray]) -> list[dict]:
     return rows
 
 
+def log_evaluation(model: Onic, kodak: list[np.ndarray], step: int, minutes: float, path: Path) -> None:
+    """Print the evaluation and append it to eval.jsonl."""
+    for row in evaluate(model, kodak):
+        print(f"eval step {step} rung {row['rung']:.1f}: {row['bpp_real']:.3f} bpp real "
+              f"({row['bpp_estimated']:.3f} estimated) {row['psnr']:.2f} dB (Kodak, {len(kodak)} images)")
+        with path.open("a") as f:
+            f.write(json.dumps({"step": step, "minutes": minutes, **row}) + "\n")
+
+
 def save_checkpoint(path: Path, model: Onic, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -254,11 +263,7 @@ def train(cfg: TrainConfig) -> Path:
     model.train()
     while step < cfg.max_steps:
         if kodak and step % cfg.eval_every == 0 and step > first_step:
-            for row in evaluate(model, kodak):
-                print(f"eval step {step} rung {row['rung']:.1f}: {row['bpp_real']:.3f} bpp real "
-                      f"({row['bpp_estimated']:.3f} estimated) {row['psnr']:.2f} dB (Kodak, {len(kodak)} images)")
-                with eval_log.open("a") as f:
-                    f.write(json.dumps({"step": step, "minutes": (time.time() - start) / 60, **row}) + "\n")
+            log_evaluation(model, kodak, step, (time.time() - start) / 60, eval_log)
             save_checkpoint(ckpt_path, model, opt, step, cfg)
             save_weights(out / "weights.pt", model, step, half=True)
 
@@ -297,6 +302,8 @@ def train(cfg: TrainConfig) -> Path:
             print(f"wall-clock budget of {cfg.max_minutes} min reached at step {step}")
             break
 
+    if kodak and step % cfg.eval_every:  # the final state too, so that a run's last numbers are logged
+        log_evaluation(model, kodak, step, (time.time() - start) / 60, eval_log)
     save_checkpoint(ckpt_path, model, opt, step, cfg)
     save_weights(out / "weights.pt", model, step, half=True)
     minutes = (time.time() - start) / 60
