@@ -62,6 +62,7 @@ class TrainConfig:
     kodak: str = ""  # folder for the periodic evaluation; empty = none
     eval_images: int = 4
     eval_every: int = 1000
+    snapshots: bool = False  # also keep fp16 weights of every evaluated step (weights_STEP.pt), to pick the best later
     log_every: int = 50
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch's default
@@ -266,6 +267,8 @@ def train(cfg: TrainConfig) -> Path:
             log_evaluation(model, kodak, step, (time.time() - start) / 60, eval_log)
             save_checkpoint(ckpt_path, model, opt, step, cfg)
             save_weights(out / "weights.pt", model, step, half=True)
+            if cfg.snapshots:
+                save_weights(out / f"weights_{step}.pt", model, step, half=True)
 
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps)
         if (step >= cfg.decay_step) if cfg.decay_step else (time.time() - start > cfg.decay_at * cfg.max_minutes * 60):
