@@ -1,18 +1,18 @@
-"""Rate and PSNR of a checkpoint at every ladder rung, on a whole folder of images.
+"""Rate and PSNR of checkpoints at evenly spaced ladder positions, on a whole folder of images.
 
     python benchmarks/ladder.py ../shared/data/kodak export/checkpoints/full.pt [more.pt ...]
 
-Judges training checkpoints without exporting them: bpp is the model's own
-likelihood of the rounded latents (within about 2% of the range coder's file
-sizes, see export/checkpoints/DRAWS.md), PSNR is RGB on 8-bit output. Prints one
-row per rung and checkpoint, and BD-rate of each later checkpoint against the
-first over the rungs where both are monotone.
+Judges training checkpoints without exporting them, with the trainer's own
+evaluation (export.train.evaluate): bpp from the range coder against tables
+frozen from the weights (indexes from the float σ) and from the model's
+likelihoods, RGB PSNR on 8-bit output. Prints one row per position and
+checkpoint, then the BD-rate (real bpp) of each later checkpoint against the
+first over the positions where rate grows with quality.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -22,28 +22,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from codec.bdrate import bd_rate  # noqa: E402
-from export.train import load_images, load_model, pad_to_stride  # noqa: E402
+from export.train import evaluate, load_images, load_model  # noqa: E402
 
 
-@torch.no_grad()
-def ladder(ckpt: str, images: list[np.ndarray], positions: list[float]) -> list[tuple[float, float, float]]:
-    """(position, mean bpp, mean RGB PSNR) per ladder position."""
-    model, _ = load_model(ckpt)
-    model.eval()
-    rows = []
-    for t in positions:
-        bpp, psnr = [], []
-        for a in images:
-            x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255
-            h, w = x.shape[2:]
-            out = model(pad_to_stride(x), torch.tensor([t]))
-            bits = -(torch.log2(out["y_likelihood"]).sum() + torch.log2(out["z_likelihood"]).sum())
-            bpp.append(bits.item() / (h * w))
-            x_hat = torch.round(out["x_hat"][..., :h, :w].clamp(0, 1) * 255)
-            mse = torch.mean((x_hat - x * 255) ** 2).item()
-            psnr.append(10 * math.log10(255**2 / max(mse, 1e-10)))
-        rows.append((t, float(np.mean(bpp)), float(np.mean(psnr))))
-    return rows
+def monotone(rows: list[dict]) -> tuple[list[float], list[float]]:
+    """The (bpp, PSNR) points from the smallest file upward: where rate grows with PSNR."""
+    start = int(np.argmin([r["bpp_real"] for r in rows]))
+    keep = rows[start:]
+    return [r["bpp_real"] for r in keep], [r["psnr"] for r in keep]
 
 
 def main() -> None:
@@ -58,26 +44,18 @@ def main() -> None:
     images = load_images(a.folder, 0, 1)
     curves = {}
     print(f"{len(images)} images from {a.folder}")
-    print(f"{'checkpoint':<40} {'position':>8} {'bpp':>7} {'PSNR':>7}")
+    print(f"{'checkpoint':<40} {'position':>8} {'bpp':>7} {'(est.)':>7} {'PSNR':>7}")
     for ckpt in a.checkpoints:
-        rungs = len(load_model(ckpt)[0].cfg.lambdas)
-        positions = [float(t) for t in np.linspace(0, rungs - 1, a.positions)]
-        rows = ladder(ckpt, images, positions)
-        curves[ckpt] = rows
-        for t, bpp, psnr in rows:
-            print(f"{ckpt:<40} {t:>8.2f} {bpp:>7.3f} {psnr:>7.2f}")
+        model, _ = load_model(ckpt)
+        positions = [float(t) for t in np.linspace(0, len(model.cfg.lambdas) - 1, a.positions)]
+        curves[ckpt] = evaluate(model, images, positions)
+        for r in curves[ckpt]:
+            print(f"{ckpt:<40} {r['rung']:>8.2f} {r['bpp_real']:>7.3f} {r['bpp_estimated']:>7.3f} {r['psnr']:>7.2f}")
     first = a.checkpoints[0]
     for ckpt in a.checkpoints[1:]:
         ref, test = monotone(curves[first]), monotone(curves[ckpt])
         print(f"BD-rate {ckpt} vs {first}: {bd_rate(*ref, *test):+.1f}% "
-              f"(over {len(ref[0])} and {len(test[0])} monotone rungs)")
-
-
-def monotone(rows: list[tuple[float, float, float]]) -> tuple[list[float], list[float]]:
-    """The (bpp, PSNR) points from the smallest file upward: where rate grows with PSNR."""
-    start = int(np.argmin([r[1] for r in rows]))
-    keep = rows[start:]
-    return [r[1] for r in keep], [r[2] for r in keep]
+              f"(over {len(ref[0])} and {len(test[0])} monotone positions)")
 
 
 if __name__ == "__main__":

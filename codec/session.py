@@ -107,12 +107,9 @@ class Bundle:
 
         Both are tables of the bundle, one row per quality, so that the decoder
         never computes them: the inverse gain enters the integer scale path.
-        Models without gain units on z give ones (and an inverse gain of 2**Z_INV_BITS).
+        Only for bundles with ``has_z_gains``.
         """
         q = min(max(int(quality), 0), 100)
-        if not self.has_z_gains:
-            n = len(self.z_tables)
-            return np.ones((1, n, 1, 1), np.float32), np.full(n, 1 << intscale.Z_INV_BITS, np.int64)
         t = self._tables
         return t["z_gain"][q].reshape(1, -1, 1, 1).astype(np.float32), t["z_inv_gain_q"][q].astype(np.int64)
 

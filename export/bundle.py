@@ -165,19 +165,24 @@ def z_gain_tables(model: Onic, position_floor: float) -> dict[str, np.ndarray]:
     if not model.cfg.hyper_gains:
         return {}
     z_gain, z_inv = model.z_gains(quality_positions(len(model.cfg.lambdas), position_floor))
-    z_inv_q = torch.round(z_inv[:, :, 0, 0].double() * 2**codec_intscale.Z_INV_BITS)
-    if z_inv_q.max() > codec_intscale.Z_INV_MAX:
-        raise ValueError(f"an inverse gain on z of {z_inv.max():.1f} is beyond the integer path's range")
     return {"z_gain": z_gain[:, :, 0, 0].numpy().astype(np.float32),
-            "z_inv_gain_q": z_inv_q.clamp_min(1).numpy().astype(np.int32)}
+            "z_inv_gain_q": _fixed_point(z_inv[:, :, 0, 0]).numpy().astype(np.int32)}
 
 
-def z_inv_gain(model: Onic, t: float, position_floor: float = 0.0) -> torch.Tensor | None:
+def _fixed_point(z_inv: torch.Tensor) -> torch.Tensor:
+    """Inverse gains on z as the integers (Z_INV_BITS fraction bits) that the bundle stores."""
+    q = torch.round(z_inv.double() * 2**codec_intscale.Z_INV_BITS).clamp_min(1)
+    if q.max() > codec_intscale.Z_INV_MAX:
+        raise ValueError(f"an inverse gain on z of {z_inv.max():.1f} is beyond the integer path's range")
+    return q
+
+
+def z_inv_gain(model: Onic, t: float) -> torch.Tensor | None:
     """The inverse gain on ẑ (1, N, 1, 1) that the runtime applies at position t, rounded as it rounds it."""
     if not model.cfg.hyper_gains:
         return None
     _, zi = model.z_gains(torch.tensor([t]))
-    return torch.round(zi.double() * 2**codec_intscale.Z_INV_BITS).clamp_min(1).float() / 2**codec_intscale.Z_INV_BITS
+    return _fixed_point(zi).float() / 2**codec_intscale.Z_INV_BITS
 
 
 def write_tables(model: Onic, path: Path, position_floor: float = 0.0) -> None:

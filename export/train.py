@@ -112,8 +112,9 @@ def _psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: Onic, images: list[np.ndarray]) -> list[dict]:
-    """Per rung (ends and middle): bpp from likelihoods and from the real range coder, and PSNR.
+def evaluate(model: Onic, images: list[np.ndarray], positions: list[float] | None = None) -> list[dict]:
+    """Per ladder position (default: ends and middle): bpp from likelihoods and from the real
+    range coder, and PSNR.
 
     The real bpp codes ẑ and y − μ with codec.entropy against tables frozen from
     the current weights, as an export would (indexes from the float σ here).
@@ -129,7 +130,7 @@ def evaluate(model: Onic, images: list[np.ndarray]) -> list[dict]:
     y_tables = entropy.TableSet(y_values, y_starts, -(np.diff(y_starts) - 1) // 2)
     rungs = len(model.cfg.lambdas)
     rows = []
-    for t in (0.0, (rungs - 1) / 2, float(rungs - 1)):
+    for t in positions or (0.0, (rungs - 1) / 2, float(rungs - 1)):
         est, real, psnr = [], [], []
         for a in images:
             x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float().to(device) / 255
@@ -271,7 +272,8 @@ def train(cfg: TrainConfig) -> Path:
                 save_weights(out / f"weights_{step}.pt", model, step, half=True)
 
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps)
-        if (step >= cfg.decay_step) if cfg.decay_step else (time.time() - start > cfg.decay_at * cfg.max_minutes * 60):
+        late = time.time() - start > cfg.decay_at * cfg.max_minutes * 60
+        if step >= cfg.decay_step if cfg.decay_step else late:
             lr *= 0.1  # a final low-rate phase settles the weights (CompressAI's schedulers do the same)
         for g in opt.param_groups:
             g["lr"] = lr * g["mult"]
