@@ -109,15 +109,25 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     y, z = tiling.analyse(bundle, rgb, gain)
     z_sym = tiling.z_symbols(bundle, z, quality)
     mu = tiling.hyper_decode(bundle, z_sym, quality)
-    y -= mu
-    del mu
-    y_sym = np.round(np.clip(y, -(2**30), 2**30)).astype(np.int32)  # escapes refuse beyond 2**24
-    del y
     z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
-    y_ids = bundle.scale_indexes(z_sym, quality)
+    if bundle.slices:
+        y_sym = np.empty(y.shape, dtype=np.int32)
+        tiling.conditional_latents(bundle, mu, y_sym, y)
+        del mu, y
+        state = bundle.scale_state(z_sym, quality)
+        parts = [(y_sym[a:b], bundle.slice_indexes(k, state, y_sym)) for k, (a, b) in enumerate(bundle.slices)]
+    else:
+        y -= mu
+        del mu
+        y_sym = np.round(np.clip(y, -(2**30), 2**30)).astype(np.int32)  # escapes refuse beyond 2**24
+        del y
+        parts = [(y_sym, bundle.scale_indexes(z_sym, quality))]
     with profile.stage("entropy coding"):
         z_bytes = entropy.encode(z_sym, z_ids, bundle.z_tables)
-        y_bytes = entropy.encode(y_sym, y_ids, bundle.y_tables)
+        enc = entropy.Encoder()
+        for sym, ids in parts:
+            enc.add(sym, ids, bundle.y_tables)
+        y_bytes = enc.finish()
     header = Header(mode, quality, bundle.model_id, width, height, len(z_bytes), len(y_bytes))
     with profile.stage("container"):
         return bitstream.pack(header, z_bytes, y_bytes, _metadata(image, alpha))
@@ -146,9 +156,18 @@ def decode_latents(data: bytes | bitstream.Container, bundle: Bundle | None = No
     z_ids = np.broadcast_to(np.arange(n_z)[:, None, None], z_shape)
     with profile.stage("entropy coding"):
         z_sym = entropy.decode(c.z, z_ids, bundle.z_tables)
-    y_ids = bundle.scale_indexes(z_sym, h.quality)
-    with profile.stage("entropy coding"):
-        y_sym = entropy.decode(c.y, y_ids, bundle.y_tables)
+    dec = entropy.Decoder(c.y)
+    if not bundle.slices:
+        y_ids = bundle.scale_indexes(z_sym, h.quality)
+        with profile.stage("entropy coding"):
+            return h, z_sym, dec.read(y_ids, bundle.y_tables)
+    # Channel-conditional: slice k's indexes need the symbols of the slices before it.
+    state = bundle.scale_state(z_sym, h.quality)
+    y_sym = np.empty(state[0].shape, dtype=np.int32)
+    for k, (a, b) in enumerate(bundle.slices):
+        ids = bundle.slice_indexes(k, state, y_sym)
+        with profile.stage("entropy coding"):
+            y_sym[a:b] = dec.read(ids, bundle.y_tables)
     return h, z_sym, y_sym
 
 
@@ -168,7 +187,10 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
     alpha = bitstream.inflate_alpha(c.chunks[b"ALPH"], h.width, h.height) if b"ALPH" in c.chunks else None
     y_hat = tiling.hyper_decode(bundle, z_sym, h.quality)
     _, inv_gain = bundle.gains(h.quality)
-    y_hat += y_sym
+    if bundle.slices:
+        y_hat = tiling.conditional_latents(bundle, y_hat, y_sym)
+    else:
+        y_hat += y_sym
     del y_sym
     rgb = tiling.synthesize(bundle, y_hat, inv_gain, h.height, h.width, workers=bundle.tile_workers)
     image = Image.fromarray(rgb, "RGB")

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from codec.intscale import INDEX_PATH_VERSION
 
 MAGIC = b"ONIC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 (onic 0.3.0): the y section holds one part per slice of the model
+READ_VERSIONS = (1, 2)  # a version-1 file is a version-2 file of a single-slice model
 HEADER = struct.Struct("<4sBBBB8sIIII")
 CHUNK = struct.Struct("<4sI")
 CRC = struct.Struct("<I")
@@ -98,8 +99,9 @@ def parse_header(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Header:
     if len(data) < HEADER.size:
         raise OnicError(f"truncated file: {len(data)} bytes, the header alone needs {HEADER.size}")
     magic, version, mode, quality, index_path, model_id, width, height, zlen, ylen = HEADER.unpack_from(data)
-    if version != FORMAT_VERSION:
-        raise OnicError(f"unsupported format version {version} (this onic reads version {FORMAT_VERSION})")
+    if version not in READ_VERSIONS:
+        raise OnicError(f"unsupported format version {version} (this onic reads versions "
+                        f"{', '.join(map(str, READ_VERSIONS))})")
     if mode not in MODES:
         raise OnicError(f"bad header: mode {mode} is not 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA)")
     if quality > 100:

@@ -64,52 +64,80 @@ def _check_ids(ids: np.ndarray, tables: TableSet) -> np.ndarray:
     return ids
 
 
+class Encoder:
+    """One range-coded stream of parts in sequence; each part is its symbols grouped by
+    table id, then its escape residuals. A part's tables may depend on the parts before
+    it (the slices of a channel-conditional model): the decoder reads them in order."""
+
+    def __init__(self):
+        self._enc = constriction.stream.queue.RangeEncoder()
+
+    def add(self, symbols: np.ndarray, ids: np.ndarray, tables: TableSet) -> None:
+        """Append integer ``symbols`` (any shape), each with table ``ids`` (same shape)."""
+        order, bounds = _groups(_check_ids(ids, tables), len(tables))
+        s = symbols.ravel()[order].astype(np.int64)
+        del order
+        residuals = []
+        for k in np.flatnonzero(np.diff(bounds)):
+            seg = s[bounds[k] : bounds[k + 1]]
+            lo, hi = int(tables.offsets[k]), int(tables.offsets[k] + tables.lengths[k] - 1)
+            self._enc.encode((np.clip(seg, lo, hi) - lo).astype(np.int32), tables.models[k])
+            esc = seg[(seg <= lo) | (seg >= hi)]
+            residuals.append(np.where(esc <= lo, lo - esc, esc - hi))
+        residual = np.concatenate(residuals) if residuals else np.zeros(0, dtype=np.int64)
+        if residual.size and residual.max() >= 2**MAX_ESCAPE_BITS:
+            raise OnicError("latent value out of the codable range")
+        _encode_residuals(self._enc, residual)
+
+    def finish(self) -> bytes:
+        return self._enc.get_compressed().astype("<u4").tobytes()
+
+
+class Decoder:
+    """Reads the parts of an ``Encoder``'s stream in the order they were added."""
+
+    def __init__(self, data: bytes):
+        if len(data) % 4:
+            raise OnicError("corrupt entropy-coded data (not whole 32-bit words)")
+        self._dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+
+    def read(self, ids: np.ndarray, tables: TableSet) -> np.ndarray:
+        """The next part: int32 symbols of the shape of ``ids``."""
+        shape = ids.shape
+        order, bounds = _groups(_check_ids(ids, tables), len(tables))
+        s = np.empty(bounds[-1], dtype=np.int32)
+        below = np.zeros(bounds[-1], dtype=bool)
+        above = np.zeros(bounds[-1], dtype=bool)
+        try:
+            for k in np.flatnonzero(np.diff(bounds)):
+                a, b = bounds[k], bounds[k + 1]
+                idx = self._dec.decode(tables.models[k], int(b - a))
+                below[a:b], above[a:b] = idx == 0, idx == tables.lengths[k] - 1
+                s[a:b] = idx + tables.offsets[k]
+            esc = np.flatnonzero(below | above)
+            residual = _decode_residuals(self._dec, len(esc))
+        except BaseException as e:
+            # constriction reports invalid data as AssertionError or ValueError, and a Rust panic
+            # as pyo3's PanicException (a BaseException); only interrupts pass through.
+            if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
+                raise
+            raise OnicError(f"corrupt entropy-coded data ({e})") from None
+        s[esc] += np.where(below[esc], -residual, residual).astype(np.int32)
+        out = np.empty_like(s)
+        out[order] = s
+        return out.reshape(shape)
+
+
 def encode(symbols: np.ndarray, ids: np.ndarray, tables: TableSet) -> bytes:
     """Code integer ``symbols`` (any shape), each with table ``ids`` (same shape); returns bytes."""
-    order, bounds = _groups(_check_ids(ids, tables), len(tables))
-    s = symbols.ravel()[order].astype(np.int64)
-    del order
-    enc = constriction.stream.queue.RangeEncoder()
-    residuals = []
-    for k in np.flatnonzero(np.diff(bounds)):
-        seg = s[bounds[k] : bounds[k + 1]]
-        lo, hi = int(tables.offsets[k]), int(tables.offsets[k] + tables.lengths[k] - 1)
-        enc.encode((np.clip(seg, lo, hi) - lo).astype(np.int32), tables.models[k])
-        esc = seg[(seg <= lo) | (seg >= hi)]
-        residuals.append(np.where(esc <= lo, lo - esc, esc - hi))
-    residual = np.concatenate(residuals) if residuals else np.zeros(0, dtype=np.int64)
-    if residual.size and residual.max() >= 2**MAX_ESCAPE_BITS:
-        raise OnicError("latent value out of the codable range")
-    _encode_residuals(enc, residual)
-    return enc.get_compressed().astype("<u4").tobytes()
+    enc = Encoder()
+    enc.add(symbols, ids, tables)
+    return enc.finish()
 
 
 def decode(data: bytes, ids: np.ndarray, tables: TableSet) -> np.ndarray:
     """Inverse of ``encode``: int32 symbols of the shape of ``ids``."""
-    shape = ids.shape
-    order, bounds = _groups(_check_ids(ids, tables), len(tables))
-    s = np.empty(bounds[-1], dtype=np.int32)
-    below = np.zeros(bounds[-1], dtype=bool)
-    above = np.zeros(bounds[-1], dtype=bool)
-    try:
-        dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-        for k in np.flatnonzero(np.diff(bounds)):
-            a, b = bounds[k], bounds[k + 1]
-            idx = dec.decode(tables.models[k], int(b - a))
-            below[a:b], above[a:b] = idx == 0, idx == tables.lengths[k] - 1
-            s[a:b] = idx + tables.offsets[k]
-        esc = np.flatnonzero(below | above)
-        residual = _decode_residuals(dec, len(esc))
-    except BaseException as e:
-        # constriction reports invalid data as AssertionError or ValueError, and a Rust panic
-        # as pyo3's PanicException (a BaseException); only interrupts pass through.
-        if isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError)):
-            raise
-        raise OnicError(f"corrupt entropy-coded data ({e})") from None
-    s[esc] += np.where(below[esc], -residual, residual).astype(np.int32)
-    out = np.empty_like(s)
-    out[order] = s
-    return out.reshape(shape)
+    return Decoder(data).read(ids, tables)
 
 
 def _encode_residuals(enc, r: np.ndarray) -> None:

@@ -15,7 +15,12 @@ the CPU, thread count or onnxruntime build. Following Ballé, Johnston & Minnen,
   per channel, derived from the scale table: index = #(thresholds < acc);
 - a model with gain units on z feeds h_s with ẑ · z_inv_gain: here the inverse
   gain is an integer per channel and quality with Z_INV_BITS fraction bits,
-  stored in the bundle, so the input ẑ · q is exact too.
+  stored in the bundle, so the input ẑ · q is exact too;
+- a channel-conditional model (slices; Minnen & Singh 2020) adds to the σ
+  accumulator of each slice k ≥ 1 the output of a small integer network over
+  two integer inputs: h_s's σ accumulator requantized to int16 (F), and the
+  integer symbols round(y − μ) of the earlier slices, which the decoder has
+  already entropy-decoded. Never ŷ = μ + symbol: μ is float.
 
 The products are summed with float64 matrix multiplication: every term and
 partial sum is an integer below 2**53, where float64 addition is exact in any
@@ -98,6 +103,13 @@ def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarr
     return np.clip(y, -ACT_MAX, ACT_MAX)
 
 
+def rescale(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """round(acc · mult / 2**shift) per channel, unclipped (the result stays far inside int64)."""
+    acc = np.clip(acc, -ACC_MAX, ACC_MAX)
+    return np.right_shift(acc * mult.reshape(-1, 1, 1) + np.left_shift(1, shift.reshape(-1, 1, 1) - 1),
+                          shift.reshape(-1, 1, 1))
+
+
 def leaky_relu(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, x, np.right_shift(x * LEAKY_NUM + (1 << (LEAKY_SHIFT - 1)), LEAKY_SHIFT))
 
@@ -129,20 +141,74 @@ def float_indexes(sigma: np.ndarray, scale_table: np.ndarray) -> np.ndarray:
 BAND, BAND_MARGIN = 16, 2  # rows of z per band, and of context per side (h_s reaches 7/4 rows of z)
 
 
-def indexes(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None) -> np.ndarray:
-    """Scale-table index per y element: the count of the channel's thresholds below its accumulator.
+def _bands(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None):
+    """(first y row, last y row, accumulator of those rows) for bands of z rows.
 
-    Runs in bands of z rows so that the int64 activations stay small on large
-    images; integer arithmetic makes the bands equal to the whole, exactly.
+    Bands keep the int64 activations small on large images; integer
+    arithmetic makes the bands equal to the whole, exactly.
     """
-    thresholds = p["thresholds"]  # (M, T) int64, ascending per row
     zh = z.shape[1]
-    out = np.empty((thresholds.shape[0], 4 * zh, 4 * z.shape[2]), dtype=np.int16)
     for r0 in range(0, zh, BAND):
         r1 = min(zh, r0 + BAND)
         w0, w1 = max(0, r0 - BAND_MARGIN), min(zh, r1 + BAND_MARGIN)
-        acc = accumulate(z[:, w0:w1], p, z_inv)[:, 4 * (r0 - w0) : 4 * (r1 - w0)]
-        for c in range(acc.shape[0]):
-            out[c, 4 * r0 : 4 * r1] = np.minimum(np.searchsorted(thresholds[c], acc[c], side="left"),
-                                                 thresholds.shape[1] - 1)
+        yield 4 * r0, 4 * r1, accumulate(z[:, w0:w1], p, z_inv)[:, 4 * (r0 - w0) : 4 * (r1 - w0)]
+
+
+def _to_index(acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per channel, the count of its thresholds (ascending rows) below the accumulator, capped at the last."""
+    out = np.empty(acc.shape, dtype=np.int16)
+    for c in range(acc.shape[0]):
+        out[c] = np.minimum(np.searchsorted(thresholds[c], acc[c], side="left"), thresholds.shape[1] - 1)
+    return out
+
+
+def indexes(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None) -> np.ndarray:
+    """Scale-table index per y element: the count of the channel's thresholds below its accumulator."""
+    thresholds = p["thresholds"]  # (M, T) int64, ascending per row
+    out = np.empty((thresholds.shape[0], 4 * z.shape[1], 4 * z.shape[2]), dtype=np.int16)
+    for a, b, acc in _bands(z, p, z_inv):
+        out[:, a:b] = _to_index(acc, thresholds)
+    return out
+
+
+def slice_bounds(p: dict[str, np.ndarray]) -> list[tuple[int, int]]:
+    """[a_k, b_k) channels of y per slice of a channel-conditional scale path."""
+    edges = np.concatenate([[0], np.cumsum(p["slices"])]).astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+
+
+def hyper_state(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None):
+    """What the slices of a channel-conditional model share: h_s's σ accumulator (M, 4h, 4w) int64
+    and its requantization F (int16), the first input of every slice network."""
+    m = p["thresholds"].shape[0]
+    acc = np.empty((m, 4 * z.shape[1], 4 * z.shape[2]), dtype=np.int64)
+    f = np.empty(acc.shape, dtype=np.int16)
+    for a, b, band in _bands(z, p, z_inv):
+        acc[:, a:b] = band
+        f[:, a:b] = requantize(band, p["f_m"], p["f_s"])
+    return acc, f
+
+
+SLICE_BAND, SLICE_MARGIN = 64, 2  # rows of y per band of a slice network, and of context (two 3×3 convs)
+
+
+def slice_indexes(k: int, state: tuple[np.ndarray, np.ndarray], symbols: np.ndarray,
+                  p: dict[str, np.ndarray]) -> np.ndarray:
+    """Scale-table indexes (b_k − a_k, H, W) of slice k from the shared state and the integer
+    symbols of the earlier slices (``symbols[:a_k]``; the rest is not read)."""
+    acc, f = state
+    a, b = slice_bounds(p)[k]
+    if k == 0:
+        return _to_index(acc[a:b], p["thresholds"][a:b])
+    q = {n[len(f"k{k}_"):]: v for n, v in p.items() if n.startswith(f"k{k}_")}
+    h = acc.shape[1]
+    out = np.empty((b - a, h, acc.shape[2]), dtype=np.int16)
+    for r0 in range(0, h, SLICE_BAND):
+        r1 = min(h, r0 + SLICE_BAND)
+        w0, w1 = max(0, r0 - SLICE_MARGIN), min(h, r1 + SLICE_MARGIN)
+        sym = np.clip(symbols[:a, w0:w1].astype(np.int64), -ACT_MAX, ACT_MAX)
+        x = rescale(conv2d(f[:, w0:w1], q["wf"]), q["mf"], q["sf"]) + rescale(conv2d(sym, q["ws"]), q["ms"], q["ss"])
+        x = leaky_relu(np.clip(x + q["b1"].reshape(-1, 1, 1), -ACT_MAX, ACT_MAX))
+        ctx = rescale(conv2d(x, q["w2"]), q["m2"], q["s2"]) + q["b2"].reshape(-1, 1, 1)
+        out[:, r0:r1] = _to_index(acc[a:b, r0:r1] + ctx[:, r0 - w0 : r1 - w0], p["thresholds"][a:b])
     return out

@@ -2,7 +2,8 @@
 
 A bundle is a folder holding analysis.onnx, hyper_encoder.onnx,
 hyper_decoder.onnx, decoder.onnx, tables.npz, scale_path.npz and
-manifest.json (written by ``python -m export.bundle``). Its model id, the
+manifest.json (written by ``python -m export.bundle``); a channel-conditional
+model adds slice_meanK.onnx and slice_lrpK.onnx per slice. Its model id, the
 first 16 hex digits of a hash over the files' SHA-256 sums, is stamped into
 every .onic file so that a file is never decoded with the wrong tables.
 """
@@ -131,6 +132,22 @@ class Bundle:
         with profile.stage("integer scale path"), _blas_single_thread():
             z_inv = self.z_gains(quality)[1] if self.has_z_gains else None
             return intscale.indexes(z_sym, self._scale_path, z_inv)
+
+    @cached_property
+    def slices(self) -> list[tuple[int, int]]:
+        """[a_k, b_k) channels of y per slice of a channel-conditional model; [] for the plain hyperprior."""
+        return intscale.slice_bounds(self._scale_path) if "slices" in self._scale_path else []
+
+    def scale_state(self, z_sym: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
+        """What every slice's integer scale path starts from (channel-conditional models)."""
+        with profile.stage("integer scale path"), _blas_single_thread():
+            z_inv = self.z_gains(quality)[1] if self.has_z_gains else None
+            return intscale.hyper_state(z_sym, self._scale_path, z_inv)
+
+    def slice_indexes(self, k: int, state: tuple[np.ndarray, np.ndarray], y_sym: np.ndarray) -> np.ndarray:
+        """Scale-table indexes of slice k from the state and the symbols of the earlier slices."""
+        with profile.stage("integer scale path"), _blas_single_thread():
+            return intscale.slice_indexes(k, state, y_sym, self._scale_path)
 
     def session(self, graph: str):
         with self._lock:

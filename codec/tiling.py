@@ -104,6 +104,48 @@ def hyper_decode(bundle: Bundle, z_sym: np.ndarray, quality: int) -> np.ndarray:
     return _z_bands(lambda t: bundle.run("hyper_decoder", z_hat=t)[0], z, z.shape[2], 1, HYPER)
 
 
+Y_BAND, Y_MARGIN = 64, 4  # rows of y per band of a slice graph, and of context (they reach 2 rows)
+
+
+def _y_bands(graph: Callable[..., np.ndarray], h: int, **inputs: np.ndarray) -> np.ndarray:
+    """graph over bands of y rows: inputs (C, h, w) each → (C', h, w) float32."""
+    if h <= Y_BAND + 2 * Y_MARGIN:
+        return graph(**{k: v[None] for k, v in inputs.items()})[0]
+    out = None
+    for r0, r1, w0, w1 in _spans(h, Y_BAND, Y_MARGIN):
+        t = graph(**{k: np.ascontiguousarray(v[None, :, w0:w1]) for k, v in inputs.items()})
+        if out is None:
+            out = np.empty((t.shape[1], h, t.shape[3]), dtype=np.float32)
+        out[:, r0:r1] = t[0, :, r0 - w0 : r1 - w0]
+    return out
+
+
+def _graph(bundle: Bundle, name: str) -> Callable[..., np.ndarray]:
+    return lambda **inputs: bundle.run(name, **inputs)[0]
+
+
+def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+    """ŷ (M, h, w) of a channel-conditional model, slice by slice (Minnen & Singh 2020).
+
+    Slice k's μ comes from μ_h and the ŷ of the slices before it; ŷ_k is μ_k plus
+    its symbols plus the latent residual prediction. The encoder passes y and an
+    empty ``y_sym``, which is filled with round(y − μ) on the way; the decoder
+    passes the decoded symbols.
+    """
+    y_hat = np.empty(mu_h.shape, dtype=np.float32)
+    h = mu_h.shape[1]
+    for k, (a, b) in enumerate(bundle.slices):
+        if k:
+            mu = _y_bands(_graph(bundle, f"slice_mean{k}"), h, mu_h=mu_h, y_prev=y_hat[:a])
+        else:
+            mu = mu_h[a:b]
+        if y is not None:
+            y_sym[a:b] = np.round(np.clip(y[a:b] - mu, -(2**30), 2**30))  # escapes refuse beyond 2**24
+        y_hat[a:b] = mu + y_sym[a:b]
+        y_hat[a:b] = _y_bands(_graph(bundle, f"slice_lrp{k}"), h, mu_h=mu_h, y_upto=y_hat[:b])
+    return y_hat
+
+
 def _to_uint8(x: np.ndarray) -> np.ndarray:
     """(3, h, w) float in [0, 1] → uint8 (h, w, 3); a crafted file may drive values to inf or NaN."""
     with np.errstate(over="ignore", invalid="ignore"):

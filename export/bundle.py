@@ -7,6 +7,9 @@ Graphs (dynamic height and width, checked with onnx.checker):
 - hyper_encoder.onnx  y                                      → z (1,N,H/64,W/64)
 - hyper_decoder.onnx  z_hat                                  → mu, sigma (1,M,H/16,W/16)
 - decoder.onnx        y_hat, inv_gain (1,M,1,1)              → x_hat (1,3,H,W)
+and, for a channel-conditional model (slices [a_k, b_k) of y):
+- slice_meanK.onnx    mu_h (1,M,h,w), y_prev (1,a_k,h,w)     → mu (1,b_k−a_k,h,w)   (K ≥ 1)
+- slice_lrpK.onnx     mu_h, y_upto (1,b_k,h,w)               → y_hat (1,b_k−a_k,h,w)
 The encoder is analysis + hyper_encoder, two graphs so that the analysis can
 run in overlapping tiles on large images (codec/tiling.py).
 
@@ -78,6 +81,30 @@ class Decoder(nn.Module):
         return self.g_s(y_hat * inv_gain)
 
 
+class SliceMean(nn.Module):
+    """μ of slice k ≥ 1 of a channel-conditional model: μ_h's slice plus its network of (μ_h, ŷ_<k)."""
+
+    def __init__(self, m: Onic, k: int):
+        super().__init__()
+        self.a, self.b = m.context.bounds[k]
+        self.net = m.context.mean[k - 1]
+
+    def forward(self, mu_h: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
+        return mu_h[:, self.a : self.b] + self.net(torch.cat([mu_h, y_prev], 1))
+
+
+class SliceLRP(nn.Module):
+    """Latent residual prediction of slice k: ŷ_k = (μ_k + symbol) + 0.5·tanh(net(μ_h, ŷ_≤k))."""
+
+    def __init__(self, m: Onic, k: int):
+        super().__init__()
+        self.a, self.b = m.context.bounds[k]
+        self.net = m.context.lrp[k]
+
+    def forward(self, mu_h: torch.Tensor, y_upto: torch.Tensor) -> torch.Tensor:
+        return y_upto[:, self.a : self.b] + 0.5 * torch.tanh(self.net(torch.cat([mu_h, y_upto], 1)))
+
+
 class SubPixelConv(nn.Module):
     """A stride-2 transposed convolution rewritten as a 3×3 convolution to 4× the channels + pixel shuffle.
 
@@ -131,12 +158,18 @@ def graphs(model: Onic) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], 
     """name → (module, example inputs, input names, output names)."""
     N, M = model.cfg.N, model.cfg.M
     gain = torch.ones(1, M, 1, 1)
-    return {
+    out = {
         "analysis": (AnalysisGraph(model), (torch.rand(1, 3, 128, 192), gain), ["x", "gain"], ["y"]),
         "hyper_encoder": (HyperEncoder(model), (torch.randn(1, M, 8, 12),), ["y"], ["z"]),
         "hyper_decoder": (HyperDecoder(model), (torch.randn(1, N, 2, 3),), ["z_hat"], ["mu", "sigma"]),
         "decoder": (Decoder(model), (torch.randn(1, M, 8, 12), gain), ["y_hat", "inv_gain"], ["x_hat"]),
     }
+    for k, (a, b) in enumerate(model.context.bounds if model.cfg.slices else []):
+        mu_h = torch.randn(1, M, 8, 12)
+        if k:
+            out[f"slice_mean{k}"] = (SliceMean(model, k), (mu_h, torch.randn(1, a, 8, 12)), ["mu_h", "y_prev"], ["mu"])
+        out[f"slice_lrp{k}"] = (SliceLRP(model, k), (mu_h, torch.randn(1, b, 8, 12)), ["mu_h", "y_upto"], ["y_hat"])
+    return out
 
 
 def export_graph(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str], path: Path) -> None:
@@ -207,8 +240,8 @@ def write_tables(model: Onic, path: Path, position_floor: float = 0.0) -> None:
 
 
 @torch.no_grad()
-def calibration_z(model: Onic, images: list[np.ndarray]) -> list[torch.Tensor]:
-    """h_s's input (ẑ, times the inverse gain on z if any) for each calibration image at the
+def calibration_latents(model: Onic, images: list[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(y, h_s's input: ẑ times the inverse gain on z if any) for each calibration image at the
     ladder's ends and middle: what the scale path will see."""
     rungs = len(model.cfg.lambdas)
     out = []
@@ -218,9 +251,10 @@ def calibration_z(model: Onic, images: list[np.ndarray]) -> list[torch.Tensor]:
         for t in (0.0, (rungs - 1) / 2, float(rungs - 1)):
             gain, _, _ = model.gains(torch.tensor([t]))
             z_gain, _ = model.z_gains(torch.tensor([t]))
-            z_hat = torch.round(model.h_a(model.g_a(x) * gain) * z_gain)
+            y = model.g_a(x) * gain
+            z_hat = torch.round(model.h_a(y) * z_gain)
             z_inv = z_inv_gain(model, t)
-            out.append(z_hat if z_inv is None else z_hat * z_inv)
+            out.append((y, z_hat if z_inv is None else z_hat * z_inv))
     return out
 
 
@@ -233,6 +267,15 @@ def calibration_images(folder: str | Path, count: int, seed: int = 0) -> list[np
         with Image.open(paths[i]) as im:
             out.append(np.asarray(im.convert("RGB")))
     return out
+
+
+def architecture(model: Onic) -> str:
+    """The manifest's one-line description of the model."""
+    gains = "on y and z (Minnen 2018, Cui 2021)" if model.cfg.hyper_gains else "(Minnen 2018, Cui 2021)"
+    if model.cfg.slices:
+        return (f"channel-conditional hyperprior, slices {list(model.cfg.slices)} with latent residual "
+                f"prediction (Minnen & Singh 2020), gain units {gains}")
+    return f"mean-scale hyperprior with gain units {gains}"
 
 
 # The files that decide which symbols a file holds; the graphs only move pixel values.
@@ -277,15 +320,14 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
             export_graph(module, args, inputs, outputs, tmp / f"{graph}.onnx")
         write_tables(model, tmp / "tables.npz", position_floor)
         np.savez(tmp / "scale_path.npz",
-                 **intscale.quantize(model, calibration_z(model, calibration), tables.SCALE_TABLE))
+                 **intscale.quantize(model, calibration_latents(model, calibration), tables.SCALE_TABLE))
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())}
         model_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         manifest = {
             "bundle_format": BUNDLE_FORMAT,
             "name": name,
             "model_id": model_id,
-            "architecture": "mean-scale hyperprior with gain units " + (
-                "on y and z (Minnen 2018, Cui 2021)" if model.cfg.hyper_gains else "(Minnen 2018, Cui 2021)"),
+            "architecture": architecture(model),
             "config": model.cfg.to_dict(),
             "stride": Onic.stride,
             "index_path_version": intscale.intscale.INDEX_PATH_VERSION,

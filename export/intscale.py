@@ -9,7 +9,11 @@ under 1%: ``python benchmarks/intscale_cost.py`` measures it on Kodak).
 - activations: one scale per layer output, from the largest |value| seen on
   calibration images times a 2× headroom;
 - requantization: per channel, an integer multiplier in [2**14, 2**15) and the
-  matching shift.
+  matching shift;
+- slices (channel-conditional models): the first layer of each slice's σ
+  network is split by input (F and the symbols), each half with its own
+  weight scales and rescaling into the hidden layer's units; its last layer is
+  rescaled into the units of h_s's σ accumulator, whose thresholds it shares.
 """
 
 from __future__ import annotations
@@ -30,6 +34,22 @@ def _weight_scale(w: torch.Tensor, out_axis: int) -> np.ndarray:
     dims = [d for d in range(w.dim()) if d != out_axis]
     max_abs = w.abs().amax(dim=dims).double().numpy()
     return np.maximum(max_abs, 1e-12) / (2 ** (intscale.WEIGHT_BITS - 1) - 1)
+
+
+def _rescaler(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Like _multiplier, but a channel whose ratio is negligible (all-zero weights: a slice
+    network that has not learnt anything yet) gets multiplier 0."""
+    dead = ratio < 2.0**-31
+    mult, shift = _multiplier(np.where(dead, 1.0, ratio))
+    return np.where(dead, 0, mult), np.where(dead, 1, shift)
+
+
+def _quantize_weight(w: torch.Tensor, out_axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(int16 weights, per-output-channel scale) for a conv weight."""
+    sw = _weight_scale(w, out_axis)
+    shape = [1] * w.dim()
+    shape[out_axis] = -1
+    return torch.round(w.double() / torch.from_numpy(sw).view(shape)).to(torch.int64).numpy().astype(np.int16), sw
 
 
 def _multiplier(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +78,54 @@ def calibrate(model: Onic, z_samples: list[torch.Tensor]) -> list[float]:
 
 
 @torch.no_grad()
-def quantize(model: Onic, z_samples: list[torch.Tensor], scale_table: np.ndarray) -> dict[str, np.ndarray]:
-    """Integer parameters of the σ branch, as codec.intscale.accumulate/indexes expect them."""
+def calibrate_slices(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, list[float]]:
+    """Largest |σ_h| (the input F) and largest |hidden activation| of each slice's σ network."""
+    ctx = model.context
+    f_max, hidden = 0.0, [0.0] * len(ctx.scale)
+    for y, z in samples:
+        mu_h, sigma_h = model.h_s(z).chunk(2, dim=1)
+        f_max = max(f_max, float(sigma_h.abs().max()))
+        _, mu, _ = ctx(y, mu_h, sigma_h)
+        sym = torch.round(y - mu)
+        for k, (a, _) in enumerate(ctx.bounds[1:]):
+            net = ctx.scale[k]
+            h = net[1](net[0](torch.cat([sigma_h, sym[:, :a]], 1)))
+            hidden[k] = max(hidden[k], float(h.abs().max()))
+    return f_max, hidden
+
+
+@torch.no_grad()
+def quantize_slices(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]],
+                    sigma_unit: np.ndarray) -> dict[str, np.ndarray]:
+    """Integer parameters of the slices' σ networks (codec.intscale.slice_indexes)."""
+    M = model.cfg.M
+    f_max, hidden = calibrate_slices(model, samples)
+    act_f = max(f_max, 1e-6) * HEADROOM / intscale.ACT_MAX
+    p: dict[str, np.ndarray] = {"slices": np.array(model.cfg.slices, dtype=np.int64)}
+    p["f_m"], p["f_s"] = _multiplier(sigma_unit / act_f)
+    for k, ((a, b), net) in enumerate(zip(model.context.bounds[1:], model.context.scale, strict=True), start=1):
+        act_h = max(hidden[k - 1], 1e-6) * HEADROOM / intscale.ACT_MAX
+        wf, swf = _quantize_weight(net[0].weight[:, :M])
+        ws, sws = _quantize_weight(net[0].weight[:, M:])
+        w2, sw2 = _quantize_weight(net[2].weight)
+        mf, sf = _rescaler(act_f * swf / act_h)
+        ms, ss = _rescaler(1.0 * sws / act_h)  # symbols enter as plain integers
+        m2, s2 = _rescaler(act_h * sw2 / sigma_unit[a:b])
+        p |= {f"k{k}_wf": wf, f"k{k}_ws": ws, f"k{k}_w2": w2, f"k{k}_mf": mf, f"k{k}_sf": sf,
+              f"k{k}_ms": ms, f"k{k}_ss": ss, f"k{k}_m2": m2, f"k{k}_s2": s2,
+              f"k{k}_b1": np.round(net[0].bias.double().numpy() / act_h).astype(np.int64),
+              f"k{k}_b2": np.round(net[2].bias.double().numpy() / sigma_unit[a:b]).astype(np.int64)}
+    return p
+
+
+@torch.no_grad()
+def quantize(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]],
+             scale_table: np.ndarray) -> dict[str, np.ndarray]:
+    """Integer parameters of the σ branch, as codec.intscale.accumulate/indexes expect them.
+
+    ``samples``: (y, h_s's input) pairs from calibration images.
+    """
+    z_samples = [z for _, z in samples]
     d0, _, d1, _, c2 = model.h_s
     M = model.cfg.M
     act = [max(m, 1e-6) * HEADROOM / intscale.ACT_MAX for m in calibrate(model, z_samples)]
@@ -83,5 +149,7 @@ def quantize(model: Onic, z_samples: list[torch.Tensor], scale_table: np.ndarray
         else:
             # index = #(table < σ) and σ = acc·unit, so acc > floor(table/unit) ⇔ table < σ.
             p["thresholds"] = np.floor(scale_table.astype(np.float64)[None, :] / unit[:, None]).astype(np.int64)
+            if model.cfg.slices:
+                p |= quantize_slices(model, samples, unit)
     p["version"] = np.array(intscale.INDEX_PATH_VERSION)
     return p

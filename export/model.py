@@ -20,6 +20,16 @@ Transforms (CompressAI names):
   ``hyper_gains`` the rungs own gains on z as well (Cui et al.'s hyperprior
   gain units): without them h_a sees y·gain, so at small gains z rounds to zero
   and h_s can only answer every low rung with its biases.
+- Channel-conditional entropy model (``slices``): Minnen & Singh, "Channel-wise
+  autoregressive entropy models for learned image compression" (ICIP 2020),
+  with ELIC's uneven groups (He et al., CVPR 2022). y is split into channel
+  slices; slice k's μ comes from h_s's μ and the ŷ of earlier slices, its σ
+  from h_s's σ and the integer *symbols* round(y − μ) of earlier slices (never
+  float ŷ: the decoder's scale indexes must be exact, codec/intscale.py), and
+  latent residual prediction adds 0.5·tanh(·) of (μ_h, ŷ_≤k) to ŷ_k. Every
+  slice network is a residual on h_s's output whose last layer starts at zero,
+  so a hyperprior model continued with slices starts out computing exactly
+  what it did.
 - Quantization in training: additive uniform noise for the rate terms and
   straight-through rounding of y − μ for the synthesis input (Minnen & Singh,
   "Channel-wise autoregressive entropy models", ICIP 2020).
@@ -46,16 +56,22 @@ class ModelConfig:
     M: int = 192  # channels of y
     lambdas: tuple[float, ...] = field(default_factory=lambda: DEFAULT_LAMBDAS)
     hyper_gains: bool = False  # per-rung gain and inverse gain on z (False: the 0.x models)
+    slices: tuple[int, ...] = ()  # channel-slice sizes of y (summing to M); () = the plain hyperprior
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lambdas"] = list(self.lambdas)
+        d["slices"] = list(self.slices)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(v) for v in d["lambdas"]),
-                   hyper_gains=bool(d.get("hyper_gains", False)))
+                   hyper_gains=bool(d.get("hyper_gains", False)), slices=tuple(int(v) for v in d.get("slices", ())))
+
+    def __post_init__(self):
+        if self.slices and (sum(self.slices) != self.M or min(self.slices) < 1):
+            raise ValueError(f"slices {self.slices} must be positive and sum to M={self.M}")
 
 
 class GDN(nn.Module):
@@ -218,8 +234,57 @@ class HyperSynthesis(nn.Sequential):
         )
 
 
+class SliceNet(nn.Sequential):
+    """One slice's residual network: 3×3 conv, LeakyReLU, 3×3 conv whose weights start at zero."""
+
+    def __init__(self, cin: int, hidden: int, cout: int):
+        super().__init__(conv(cin, hidden, 3, 1), nn.LeakyReLU(inplace=True), conv(hidden, cout, 3, 1))
+        nn.init.zeros_(self[2].weight)
+        nn.init.zeros_(self[2].bias)
+
+
+def slice_hidden(M: int) -> int:
+    """Width of the slice networks: two thirds of M (64 for M = 96, 128 for M = 192)."""
+    return max(16, M * 2 // 3)
+
+
+class ChannelContext(nn.Module):
+    """The slice networks of the channel-conditional entropy model (Minnen & Singh 2020).
+
+    For slice k (channels [a_k, b_k) of y):
+    - mean[k−1]:  (μ_h, ŷ_<k)   → Δμ_k     (float; k ≥ 1)
+    - scale[k−1]: (σ_h, sym_<k) → Δσ_k     (the integer path's; k ≥ 1)
+    - lrp[k]:     (μ_h, ŷ_≤k)   → 0.5·tanh → added to ŷ_k (latent residual prediction)
+    """
+
+    def __init__(self, M: int, slices: tuple[int, ...]):
+        super().__init__()
+        self.bounds = [(sum(slices[:k]), sum(slices[: k + 1])) for k in range(len(slices))]
+        h = slice_hidden(M)
+        self.mean = nn.ModuleList(SliceNet(M + a, h, b - a) for a, b in self.bounds[1:])
+        self.scale = nn.ModuleList(SliceNet(M + a, h, b - a) for a, b in self.bounds[1:])
+        self.lrp = nn.ModuleList(SliceNet(M + b, h, b - a) for a, b in self.bounds)
+
+    def forward(self, y: torch.Tensor, mu_h: torch.Tensor, sigma_h: torch.Tensor):
+        """(ŷ, μ, σ before its bound) with straight-through rounding of y − μ, slice by slice."""
+        y_hat, sym, mus, sigmas = [], [], [], []
+        for k, (a, b) in enumerate(self.bounds):
+            mu, sigma = mu_h[:, a:b], sigma_h[:, a:b]
+            if k:
+                mu = mu + self.mean[k - 1](torch.cat([mu_h, *y_hat], 1))
+                sigma = sigma + self.scale[k - 1](torch.cat([sigma_h, *sym], 1))
+            r = y[:, a:b] - mu
+            s = r + (torch.round(r) - r).detach()
+            y_k = mu + s
+            y_hat.append(y_k + 0.5 * torch.tanh(self.lrp[k](torch.cat([mu_h, *y_hat, y_k], 1))))
+            sym.append(s)
+            mus.append(mu)
+            sigmas.append(sigma)
+        return torch.cat(y_hat, 1), torch.cat(mus, 1), torch.cat(sigmas, 1)
+
+
 class Onic(nn.Module):
-    """Variable-rate mean-scale hyperprior (see the module docstring)."""
+    """Variable-rate mean-scale hyperprior, channel-conditional with ``slices`` (see the module docstring)."""
 
     stride = 64  # g_a halves four times, h_a twice more
 
@@ -243,6 +308,8 @@ class Onic(nn.Module):
             # Identity at first, so that a model without them can be continued with them.
             self.log_z_gain = nn.Parameter(torch.zeros(L, N))
             self.log_z_inv_gain = nn.Parameter(torch.zeros(L, N))
+        if cfg.slices:
+            self.context = ChannelContext(M, cfg.slices)
 
     def gains(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gain, inverse gain (B, M, 1, 1) and λ (B,) at ladder positions t ∈ [0, L−1]."""
@@ -257,9 +324,21 @@ class Onic(nn.Module):
         return zg, zi
 
     def hyper(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(μ, σ) from h_s of its input (ẑ · z_inv_gain; plain ẑ without hyper gains)."""
+        """(μ, σ) from h_s of its input (ẑ · z_inv_gain; plain ẑ without hyper gains).
+
+        With slices these are h_s's μ_h and bounded σ_h, the inputs of the slice networks.
+        """
         mu, sigma = self.h_s(z_hat).chunk(2, dim=1)
         return mu, _lower_bound(sigma, SCALE_MIN)
+
+    def entropy_parameters(self, y: torch.Tensor, z_hat: torch.Tensor):
+        """(ŷ, μ, σ) for y given h_s's input; ŷ rounds y − μ straight-through."""
+        mu, sigma = self.h_s(z_hat).chunk(2, dim=1)
+        if self.cfg.slices:
+            y_hat, mu, sigma = self.context(y, mu, sigma)
+        else:
+            y_hat = mu + (y - mu) + (torch.round(y - mu) - (y - mu)).detach()
+        return y_hat, mu, _lower_bound(sigma, SCALE_MIN)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         gain, inv_gain, lam = self.gains(t)
@@ -269,8 +348,7 @@ class Onic(nn.Module):
             y = (y.float() if self.fp32_hyper else y) * gain
             z = self.h_a(y) * z_gain
             z_hat = z + (torch.round(z) - z).detach()
-            mu, sigma = self.hyper(z_hat * z_inv_gain)
-        y_hat = mu + (y - mu) + (torch.round(y - mu) - (y - mu)).detach()
+            y_hat, mu, sigma = self.entropy_parameters(y, z_hat * z_inv_gain)
         # Noise stands in for rounding in the rate terms while training; evaluation rounds.
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else z_hat
         y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else y_hat

@@ -41,6 +41,8 @@ class TrainConfig:
     M: int = 96
     lambdas: str = ""  # comma-separated λ ladder for a new model; empty = model.DEFAULT_LAMBDAS
     hyper_gains: bool = False  # gain units on z too; also adds them (as identity) to a resumed model without
+    slices: str = ""  # channel slices of y, e.g. "16,16,32,32": the channel-conditional entropy model;
+    # also adds it (its networks start at zero, so as identity) to a resumed hyperprior model
     # optimizer
     lr: float = 3e-4
     warmup_steps: int = 200
@@ -143,7 +145,7 @@ def evaluate(model: Onic, images: list[np.ndarray], positions: list[float] | Non
             z_gain, z_inv_gain = model.z_gains(torch.tensor([t], device=device))
             y = model.g_a(pad_to_stride(x)) * gain
             z_sym = torch.round(model.h_a(y) * z_gain)
-            mu, sigma = model.hyper(z_sym * z_inv_gain)
+            _, mu, sigma = model.entropy_parameters(y, z_sym * z_inv_gain)
             idx = intscale.float_indexes(sigma[0].float().cpu().numpy(), tables.SCALE_TABLE)
             z_np = z_sym[0].cpu().numpy().astype(np.int64)
             z_ids = np.broadcast_to(np.arange(z_np.shape[0])[:, None, None], z_np.shape)
@@ -202,6 +204,15 @@ def add_hyper_gains(model: Onic) -> Onic:
     return new
 
 
+def add_slices(model: Onic, slices: tuple[int, ...]) -> Onic:
+    """The same model with the channel-conditional entropy model, whose networks start at zero:
+    it computes exactly what it did, and training can only add to it."""
+    new = Onic(dataclasses.replace(model.cfg, slices=slices))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert all(k.startswith("context.") for k in missing) and not unexpected, (missing, unexpected)
+    return new
+
+
 def load_model(path: str | Path) -> tuple[Onic, dict]:
     """Rebuild a model from a checkpoint (as written by save_checkpoint or save_weights)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -222,15 +233,19 @@ def train(cfg: TrainConfig) -> Path:
     ckpt_path = out / "ckpt.pt"
 
     step, ckpt = 0, {}
+    slices = tuple(int(v) for v in cfg.slices.split(",")) if cfg.slices else ()
     if cfg.resume:
         model, ckpt = load_model(cfg.resume)
         step = int(ckpt["step"])
         if cfg.hyper_gains and not model.cfg.hyper_gains:
             model = add_hyper_gains(model)
             ckpt.pop("optimizer", None)
+        if slices and not model.cfg.slices:
+            model = add_slices(model, slices)
+            ckpt.pop("optimizer", None)
     else:
         lambdas = tuple(float(v) for v in cfg.lambdas.split(",")) if cfg.lambdas else DEFAULT_LAMBDAS
-        model = Onic(ModelConfig(N=cfg.N, M=cfg.M, lambdas=lambdas, hyper_gains=cfg.hyper_gains))
+        model = Onic(ModelConfig(N=cfg.N, M=cfg.M, lambdas=lambdas, hyper_gains=cfg.hyper_gains, slices=slices))
     model.to(device)
     model.fp32_hyper = cfg.fp32_hyper
     if cfg.channels_last:
@@ -254,7 +269,8 @@ def train(cfg: TrainConfig) -> Path:
     images = [torch.from_numpy(a.copy()).to(device) for a in load_images(cfg.data, cfg.max_images, cfg.crop)]
     kodak = load_images(cfg.kodak, cfg.eval_images, 1) if cfg.kodak else []
     print(f"{len(images)} training images on {device} in {time.time() - t0:.1f}s; model N={model.cfg.N} "
-          f"M={model.cfg.M}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params; "
+          f"M={model.cfg.M} slices {list(model.cfg.slices) or 'none'}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params; "
           f"crop {cfg.crop} batch {cfg.batch_size} bf16 {cfg.bf16} compile {cfg.compile}")
 
     rng = random.Random(cfg.seed + step)

@@ -83,7 +83,7 @@ def test_alpha_bomb_is_bounded():
     "fields, message",
     [
         (dict(magic=b"RIFF"), "not an .onic file"),
-        (dict(version=2), "unsupported format version 2"),
+        (dict(version=3), "unsupported format version 3"),
         (dict(version=0), "unsupported format version 0"),
         (dict(mode=5), "mode 5"),
         (dict(quality=101), "quality 101"),

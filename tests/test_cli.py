@@ -38,7 +38,7 @@ def test_compress_decompress_info(tmp_path):
     fields = dict(line.split(":", 1) for line in r.stdout.decode().splitlines())
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     assert int(fields["file bytes"]) == onic.stat().st_size
-    assert (fields["width"], fields["height"], fields["quality"], fields["format version"]) == ("256", "256", "60", "1")
+    assert (fields["width"], fields["height"], fields["quality"], fields["format version"]) == ("256", "256", "60", "2")
     assert fields["model id"] == codec.read_header(onic.read_bytes()).model_id
     assert float(fields["bpp"]) == pytest.approx(8 * onic.stat().st_size / 256**2, abs=1e-4)
 
