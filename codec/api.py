@@ -148,8 +148,7 @@ def decode_latents(data: bytes | bitstream.Container, bundle: Bundle | None = No
     c = data if isinstance(data, bitstream.Container) else bitstream.unpack(bytes(data), max_pixels)
     h = c.header
     bundle = bundle or default_bundle()
-    if h.model_id not in bundle.decodes:
-        raise OnicError(f"model id mismatch: the file needs model {h.model_id}, this onic has {bundle.model_id}")
+    bundle.check_decodes(h.model_id)
     s = bundle.stride
     n_z = len(bundle.z_tables)
     z_shape = (n_z, -(-h.height // s), -(-h.width // s))

@@ -24,6 +24,8 @@ from codec.bitstream import OnicError
 from codec.entropy import TableSet
 
 DEFAULT_BUNDLE = Path(__file__).parent / "models" / "default"
+# Default models of earlier releases, so that a file of one of them names the onic that decodes it.
+RELEASED_MODELS = {"e3793b0615dd771e": "0.2.0", "8f88facf8bfd2f24": "0.1.0"}
 GRAPHS = ("analysis", "hyper_encoder", "hyper_decoder", "decoder")
 
 
@@ -148,6 +150,14 @@ class Bundle:
         """Scale-table indexes of slice k from the state and the symbols of the earlier slices."""
         with profile.stage("integer scale path"), _blas_single_thread():
             return intscale.slice_indexes(k, state, y_sym, self._scale_path)
+
+    def check_decodes(self, model_id: str) -> None:
+        """Refuse a file of another model in one line, naming the release whose default model it is."""
+        if model_id in self.decodes:
+            return
+        release = RELEASED_MODELS.get(model_id)
+        hint = f" (the default model of onic {release}: decode it with that release)" if release else ""
+        raise OnicError(f"model id mismatch: the file needs model {model_id}{hint}, this onic has {self.model_id}")
 
     def session(self, graph: str):
         with self._lock:

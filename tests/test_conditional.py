@@ -1,0 +1,250 @@
+"""The channel-conditional entropy model (Minnen & Singh 2020): training model, export, runtime, exactness."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import codec
+from codec import intscale, tiling
+from codec.api import decode_latents
+from codec.bitstream import OnicError
+from codec.session import Bundle
+from tests.conftest import random_image
+
+torch = pytest.importorskip("torch")
+
+from export import bundle as export_bundle  # noqa: E402
+from export import tables  # noqa: E402
+from export.model import ModelConfig, Onic  # noqa: E402
+from export.train import add_slices, save_weights  # noqa: E402
+
+SLICES = (3, 3, 6)
+
+
+def _wake(model: Onic, seed: int = 0) -> Onic:
+    """Give the slice networks' zero-initialized last layers some weight, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in [*model.context.mean, *model.context.scale, *model.context.lrp]:
+            net[2].weight.copy_(torch.randn(net[2].weight.shape, generator=g) * 0.05)
+            net[2].bias.copy_(torch.randn(net[2].bias.shape, generator=g) * 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def sliced(tmp_path_factory) -> tuple[Onic, Bundle]:
+    torch.manual_seed(0)
+    model = _wake(Onic(ModelConfig(N=8, M=12, hyper_gains=True, slices=SLICES))).eval()
+    d = tmp_path_factory.mktemp("sliced")
+    save_weights(d / "w.pt", model, 3)
+    export_bundle.export_bundle(d / "w.pt", d / "bundle", calibration=[np.asarray(random_image(192, 128, seed=5))])
+    return model, Bundle(d / "bundle")
+
+
+@pytest.fixture(scope="module")
+def image():
+    return random_image(200, 136, seed=3)
+
+
+def torch_latents(model: Onic, bundle: Bundle, im, q: int):
+    """(ẑ symbols, y − μ symbols, float σ) as the PyTorch model computes them from the ONNX analysis."""
+    gain, _ = bundle.gains(q)
+    y, z = tiling.analyse(bundle, np.asarray(im), gain)
+    z_sym = tiling.z_symbols(bundle, z, q)
+    with torch.no_grad():
+        y_t = torch.from_numpy(y)[None]
+        _, mu, sigma = model.entropy_parameters(y_t, torch.from_numpy(bundle.hyper_input(z_sym, q))[None])
+    return z_sym, torch.round(y_t - mu)[0].numpy().astype(np.int32), sigma[0].numpy()
+
+
+def test_adding_slices_changes_nothing():
+    torch.manual_seed(1)
+    model = Onic(ModelConfig(N=8, M=12)).eval()
+    sliced = add_slices(model, SLICES).eval()
+    x, t = torch.rand(1, 3, 64, 128), torch.tensor([2.5])
+    a, b = model(x, t), sliced(x, t)
+    for k in ("x_hat", "y_likelihood", "z_likelihood"):
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_slices_must_cover_y():
+    with pytest.raises(ValueError, match="sum to M"):
+        ModelConfig(N=8, M=12, slices=(4, 4))
+
+
+def test_bundle_has_a_graph_per_slice(sliced):
+    _, b = sliced
+    names = sorted(p.stem for p in b.path.glob("slice_*.onnx"))
+    assert names == ["slice_lrp0", "slice_lrp1", "slice_lrp2", "slice_mean1", "slice_mean2"]
+    assert b.slices == [(0, 3), (3, 6), (6, 12)]
+    assert "channel-conditional" in b.manifest["architecture"]
+
+
+def test_slice_graphs_match_the_modules(sliced):
+    model, b = sliced
+    g = torch.Generator().manual_seed(2)
+    mu_h = torch.randn(1, 12, 9, 7, generator=g)
+    y = torch.randn(1, 12, 9, 7, generator=g) * 3
+    for k, (a, c) in enumerate(model.context.bounds):
+        if k:
+            (got,) = b.run(f"slice_mean{k}", mu_h=mu_h.numpy(), y_prev=y[:, :a].numpy())
+            want = mu_h[:, a:c] + model.context.mean[k - 1](torch.cat([mu_h, y[:, :a]], 1))
+            np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4)
+        (got,) = b.run(f"slice_lrp{k}", mu_h=mu_h.numpy(), y_upto=y[:, :c].numpy())
+        want = y[:, a:c] + 0.5 * torch.tanh(model.context.lrp[k](torch.cat([mu_h, y[:, :c]], 1)))
+        np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("q", [0, 60, 100])
+def test_round_trip_codes_the_symbols_torch_computes(sliced, image, q):
+    model, b = sliced
+    data = codec.compress(image, q, bundle=b)
+    _, z_sym, y_sym = decode_latents(data, b)
+    want_z, want_y, sigma = torch_latents(model, b, image, q)
+    assert np.array_equal(z_sym, want_z)
+    assert np.mean(y_sym == want_y) > 0.999  # μ is float: a rounding may flip on a tie, never more
+    out = codec.decompress(data, bundle=b)
+    assert out.size == image.size and out.mode == "RGB"
+    # The integer path picks the float σ's table, or a neighbour.
+    state = b.scale_state(z_sym, q)
+    ids = np.concatenate([b.slice_indexes(k, state, y_sym) for k in range(len(b.slices))])
+    diff = np.abs(ids.astype(int) - intscale.float_indexes(sigma, tables.SCALE_TABLE))
+    assert np.mean(diff == 0) > 0.8 and diff.max() <= 1
+
+
+def test_earlier_symbols_move_the_later_slices_indexes(sliced):
+    """The scale path of slice k reads the symbols of slices < k, and nothing from k on."""
+    _, b = sliced
+    rng = np.random.default_rng(0)
+    z = rng.integers(-3, 4, size=(8, 3, 4))
+    state = b.scale_state(z, 50)
+    sym = rng.integers(-4, 5, size=(12, 12, 16)).astype(np.int32)
+    base = [b.slice_indexes(k, state, sym) for k in range(3)]
+    later = sym.copy()
+    later[6:] = 99
+    assert all(np.array_equal(b.slice_indexes(k, state, later), base[k]) for k in range(3))
+    earlier = sym.copy()
+    earlier[:3] *= 5
+    assert np.array_equal(b.slice_indexes(0, state, earlier), base[0])
+    assert not np.array_equal(b.slice_indexes(2, state, earlier), base[2])
+
+
+class Perturbed(Bundle):
+    def __init__(self, path, noise: float, **kw):
+        super().__init__(path, **kw)
+        self.noise, self.rng = noise, np.random.default_rng(0)
+
+    def run(self, graph, **inputs):
+        return [o * (1 + self.rng.uniform(-self.noise, self.noise, o.shape)).astype(o.dtype)
+                for o in super().run(graph, **inputs)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: Bundle(p, threads=1, optimization="disable"),
+    lambda p: Bundle(p, threads=3, optimization="all"),
+    lambda p: Perturbed(p, 1e-3),
+], ids=["1 thread, no optimization", "3 threads, all optimizations", "1e-3 noise on float outputs"])
+def test_symbols_do_not_depend_on_float_arithmetic(sliced, image, make):
+    _, b = sliced
+    data = codec.compress(image, 70, bundle=b)
+    _, z, y = decode_latents(data, b)
+    other = make(b.path)
+    _, z2, y2 = decode_latents(data, other)
+    assert np.array_equal(z, z2) and np.array_equal(y, y2)
+    codec.decompress(data, bundle=other)
+
+
+def test_slice_bands_equal_the_whole(sliced, monkeypatch):
+    _, b = sliced
+    rng = np.random.default_rng(3)
+    z = rng.integers(-5, 6, size=(8, 11, 3))
+    sym = rng.integers(-6, 7, size=(12, 44, 12)).astype(np.int32)
+    mu_h = rng.standard_normal((12, 44, 12)).astype(np.float32)
+    state = b.scale_state(z, 40)
+    whole = [b.slice_indexes(k, state, sym) for k in range(3)]
+    y_whole = tiling.conditional_latents(b, mu_h, sym)
+    monkeypatch.setattr(intscale, "SLICE_BAND", 5)
+    monkeypatch.setattr(intscale, "BAND", 2)
+    monkeypatch.setattr(tiling, "Y_BAND", 6)
+    state = b.scale_state(z, 40)
+    assert all(np.array_equal(b.slice_indexes(k, state, sym), whole[k]) for k in range(3))
+    np.testing.assert_allclose(tiling.conditional_latents(b, mu_h, sym), y_whole, atol=1e-4)
+
+
+def test_hostile_symbols_keep_the_slice_path_bounded(sliced):
+    _, b = sliced
+    z = np.full((8, 2, 3), 2**23, dtype=np.int64)
+    sym = np.full((12, 8, 12), 2**24, dtype=np.int32)
+    sym[:, ::2] = -(2**24)
+    state = b.scale_state(z, 100)
+    for k in range(3):
+        idx = b.slice_indexes(k, state, sym)
+        assert idx.min() >= 0 and idx.max() < len(tables.SCALE_TABLE)
+
+
+def _reseal(data: bytes, offset: int, new: bytes) -> bytes:
+    body = bytearray(data[:-4])
+    body[offset : offset + len(new)] = new
+    return bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+
+
+def test_damaged_slice_stream_is_one_clear_error(sliced, image):
+    _, b = sliced
+    data = codec.compress(image, 50, bundle=b)
+    z_len, y_len = struct.unpack_from("<II", data, 24)
+    broken = _reseal(data, 32 + z_len, b"\xff" * y_len)
+    try:
+        codec.decompress(broken, bundle=b)  # a range coder may also read garbage as valid symbols
+    except OnicError as e:
+        assert "corrupt" in str(e)
+
+
+def test_version_1_files_still_decode(bundle, sample_onic):
+    """0.2.0 wrote version 1; its y section is the one part of a single-slice model."""
+    v1 = _reseal(sample_onic, 4, b"\x01")
+    assert codec.read_header(v1).version == 1
+    assert np.array_equal(decode_latents(v1, bundle)[2], decode_latents(sample_onic, bundle)[2])
+
+
+def test_files_of_another_model_name_the_release_that_decodes_them(sliced, sample_onic):
+    _, b = sliced
+    with pytest.raises(OnicError, match="onic 0.2.0"):
+        codec.decompress(sample_onic, bundle=b)
+
+
+def test_training_adds_slices_to_a_resumed_model(tmp_path):
+    from export.train import TrainConfig, load_model, train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        random_image(96, 96, seed=i).save(data / f"{i}.png")
+    cfg = TrainConfig(data=str(data), crop=64, batch_size=2, N=8, M=12, max_steps=2, out=str(tmp_path / "a"))
+    first = train(cfg)
+    cfg.resume, cfg.max_steps, cfg.slices, cfg.out = str(first), 4, "4,8", str(tmp_path / "b")
+    model, ck = load_model(train(cfg))
+    assert model.cfg.slices == (4, 8) and ck["step"] == 4
+    assert json.loads(json.dumps(model.cfg.to_dict()))["slices"] == [4, 8]
+
+
+def test_benchmark_prints_its_table(tmp_path, sliced):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    model, _ = sliced
+    save_weights(tmp_path / "sliced.pt", model, 3)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    random_image(96, 64, seed=1).save(folder / "a.png")
+    r = subprocess.run([sys.executable, "benchmarks/conditional.py", str(folder), str(tmp_path / "sliced.pt"),
+                        "--qualities", "0", "100", "--repeat", "1", "--calibration", str(folder),
+                        "--calibration_images", "1", "--megapixels", "0.1"], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "BD-rate" in r.stdout and "channel-conditional" in r.stdout
