@@ -88,9 +88,7 @@ def calibrate_slices(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor
         _, mu, _ = ctx(y, mu_h, sigma_h)
         sym = torch.round(y - mu)
         for k, (a, _) in enumerate(ctx.bounds[1:]):
-            net = ctx.scale[k]
-            h = net[1](net[0](torch.cat([sigma_h, sym[:, :a]], 1)))
-            hidden[k] = max(hidden[k], float(h.abs().max()))
+            hidden[k] = max(hidden[k], float(ctx.scale[k].hidden(sigma_h, sym[:, :a]).abs().max()))
     return f_max, hidden
 
 
@@ -98,23 +96,22 @@ def calibrate_slices(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor
 def quantize_slices(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]],
                     sigma_unit: np.ndarray) -> dict[str, np.ndarray]:
     """Integer parameters of the slices' σ networks (codec.intscale.slice_indexes)."""
-    M = model.cfg.M
     f_max, hidden = calibrate_slices(model, samples)
     act_f = max(f_max, 1e-6) * HEADROOM / intscale.ACT_MAX
     p: dict[str, np.ndarray] = {"slices": np.array(model.cfg.slices, dtype=np.int64)}
     p["f_m"], p["f_s"] = _multiplier(sigma_unit / act_f)
     for k, ((a, b), net) in enumerate(zip(model.context.bounds[1:], model.context.scale, strict=True), start=1):
         act_h = max(hidden[k - 1], 1e-6) * HEADROOM / intscale.ACT_MAX
-        wf, swf = _quantize_weight(net[0].weight[:, :M])
-        ws, sws = _quantize_weight(net[0].weight[:, M:])
-        w2, sw2 = _quantize_weight(net[2].weight)
+        wf, swf = _quantize_weight(net.f.weight)
+        ws, sws = _quantize_weight(net.s.weight)
+        w2, sw2 = _quantize_weight(net.out.weight)
         mf, sf = _rescaler(act_f * swf / act_h)
         ms, ss = _rescaler(1.0 * sws / act_h)  # symbols enter as plain integers
         m2, s2 = _rescaler(act_h * sw2 / sigma_unit[a:b])
         p |= {f"k{k}_wf": wf, f"k{k}_ws": ws, f"k{k}_w2": w2, f"k{k}_mf": mf, f"k{k}_sf": sf,
               f"k{k}_ms": ms, f"k{k}_ss": ss, f"k{k}_m2": m2, f"k{k}_s2": s2,
-              f"k{k}_b1": np.round(net[0].bias.double().numpy() / act_h).astype(np.int64),
-              f"k{k}_b2": np.round(net[2].bias.double().numpy() / sigma_unit[a:b]).astype(np.int64)}
+              f"k{k}_b1": np.round(net.f.bias.double().numpy() / act_h).astype(np.int64),
+              f"k{k}_b2": np.round(net.out.bias.double().numpy() / sigma_unit[a:b]).astype(np.int64)}
     return p
 
 

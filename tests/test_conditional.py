@@ -31,9 +31,10 @@ def _wake(model: Onic, seed: int = 0) -> Onic:
     """Give the slice networks' zero-initialized last layers some weight, as training would."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for net in [*model.context.mean, *model.context.scale, *model.context.lrp]:
-            net[2].weight.copy_(torch.randn(net[2].weight.shape, generator=g) * 0.05)
-            net[2].bias.copy_(torch.randn(net[2].bias.shape, generator=g) * 0.2)
+        for last in [*(n[2] for n in model.context.mean), *(n.out for n in model.context.scale),
+                     *(n[2] for n in model.context.lrp)]:
+            last.weight.copy_(torch.randn(last.weight.shape, generator=g) * 0.05)
+            last.bias.copy_(torch.randn(last.bias.shape, generator=g) * 0.2)
     return model
 
 
