@@ -29,7 +29,7 @@ if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total --format=
 LADDER=0.0009,0.0018,0.0035,0.0067,0.013,0.025,0.0483,0.0932,0.18,0.32
 python3 -m export.train --device "$DEVICE" --data "${DATA:-data/train}" --kodak "${KODAK:-data/kodak}" --eval_images 4 \
     --resume "${RESUME-export/checkpoints/full.pt}" --N "${N:-128}" --M "${M:-192}" --lambdas "${LAMBDAS:-$LADDER}" \
-    --hyper_gains "${HYPER_GAINS:-1}" --gain_lr_mult "${GAIN_LR_MULT:-10}" --snapshots 1 \
+    --hyper_gains "${HYPER_GAINS:-1}" --slices "${SLICES-}" --gain_lr_mult "${GAIN_LR_MULT:-10}" --snapshots 1 \
     --crop "${CROP:-256}" --batch_size "${BATCH:-64}" --lr "${LR:-1e-4}" --warmup_steps "${WARMUP:-500}" \
     --bf16 1 --fp32_hyper "${FP32_HYPER:-1}" --channels_last 1 --compile "${COMPILE:-1}" --max_minutes "${MINUTES:-8}" --max_steps "${STEPS:-1000000}" \
     --eval_every "${EVAL_EVERY:-10000}" --log_every "${LOG_EVERY:-500}" --out "$OUT/run" 2>&1 | tee "$OUT/train.log"
