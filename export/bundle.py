@@ -246,7 +246,7 @@ def calibration_latents(model: Onic, images: list[np.ndarray]) -> list[tuple[tor
     rungs = len(model.cfg.lambdas)
     out = []
     for a in images:
-        x = torch.from_numpy(np.ascontiguousarray(a[:512, :512])).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(np.array(a[:512, :512])).permute(2, 0, 1)[None].float() / 255
         x = pad_to_stride(x)
         for t in (0.0, (rungs - 1) / 2, float(rungs - 1)):
             gain, _, _ = model.gains(torch.tensor([t]))

@@ -213,10 +213,14 @@ def test_version_1_files_still_decode(bundle, sample_onic):
     assert np.array_equal(decode_latents(v1, bundle)[2], decode_latents(sample_onic, bundle)[2])
 
 
-def test_files_of_another_model_name_the_release_that_decodes_them(sliced, sample_onic):
-    _, b = sliced
+def test_files_of_an_earlier_default_model_name_the_release_that_decodes_them(bundle, sample_onic):
+    old = _reseal(sample_onic, 8, bytes.fromhex("e3793b0615dd771e"))  # 0.2.0's default model
     with pytest.raises(OnicError, match="onic 0.2.0"):
-        codec.decompress(sample_onic, bundle=b)
+        codec.decompress(old, bundle=bundle)
+    unknown = _reseal(sample_onic, 8, b"\xaa" * 8)
+    with pytest.raises(OnicError, match="model id mismatch") as e:
+        codec.decompress(unknown, bundle=bundle)
+    assert "release" not in str(e.value)
 
 
 def test_training_adds_slices_to_a_resumed_model(tmp_path):
