@@ -43,6 +43,7 @@ class TrainConfig:
     hyper_gains: bool = False  # gain units on z too; also adds them (as identity) to a resumed model without
     slices: str = ""  # channel slices of y, e.g. "16,16,32,32": the channel-conditional entropy model;
     # also adds it (its networks start at zero, so as identity) to a resumed hyperprior model
+    context_only: bool = False  # train only the slice networks; the transforms, gains and priors stay fixed
     # optimizer
     lr: float = 3e-4
     warmup_steps: int = 200
@@ -250,10 +251,16 @@ def train(cfg: TrainConfig) -> Path:
     model.fp32_hyper = cfg.fp32_hyper
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if cfg.context_only:
+        if not model.cfg.slices:
+            raise SystemExit("--context_only needs a model with --slices")
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("context."))
     gain_names = {"log_gain", "log_inv_gain", "log_z_gain", "log_z_inv_gain"}
     groups = [
-        {"params": [p for n, p in model.named_parameters() if n not in gain_names], "mult": 1.0},
-        {"params": [p for n, p in model.named_parameters() if n in gain_names], "mult": cfg.gain_lr_mult},
+        {"params": [p for n, p in model.named_parameters() if n not in gain_names and p.requires_grad], "mult": 1.0},
+        {"params": [p for n, p in model.named_parameters() if n in gain_names and p.requires_grad],
+         "mult": cfg.gain_lr_mult},
     ]
     opt = torch.optim.Adam(groups, lr=cfg.lr, fused=device.type == "cuda")
     if "optimizer" in ckpt:

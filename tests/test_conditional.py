@@ -253,3 +253,20 @@ def test_benchmark_prints_its_table(tmp_path, sliced):
                         "--calibration_images", "1", "--megapixels", "0.1"], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "BD-rate" in r.stdout and "channel-conditional" in r.stdout
+
+
+def test_context_only_training_leaves_the_rest_untouched(tmp_path):
+    from export.train import TrainConfig, load_model, train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        random_image(96, 96, seed=i).save(data / f"{i}.png")
+    cfg = TrainConfig(data=str(data), crop=64, batch_size=2, N=8, M=12, max_steps=1, out=str(tmp_path / "a"))
+    start, _ = load_model(train(cfg))
+    cfg.resume, cfg.max_steps, cfg.slices, cfg.context_only = str(tmp_path / "a" / "ckpt.pt"), 4, "4,8", True
+    cfg.out, cfg.warmup_steps = str(tmp_path / "b"), 1
+    model, _ = load_model(train(cfg))
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in start.state_dict().items())
+    assert any(v.abs().sum() > 0 for k, v in after.items() if k.startswith("context.") and k.endswith("out.weight"))
