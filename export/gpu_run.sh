@@ -31,7 +31,7 @@ python3 -m export.train --device "$DEVICE" --data "${DATA:-data/train}" --kodak 
     --resume "${RESUME-export/checkpoints/full.pt}" --N "${N:-128}" --M "${M:-192}" --lambdas "${LAMBDAS:-$LADDER}" \
     --hyper_gains "${HYPER_GAINS:-1}" --slices "${SLICES-}" --gain_lr_mult "${GAIN_LR_MULT:-10}" --snapshots 1 \
     --crop "${CROP:-256}" --batch_size "${BATCH:-64}" --lr "${LR:-1e-4}" --warmup_steps "${WARMUP:-500}" \
-    --bf16 1 --fp32_hyper "${FP32_HYPER:-1}" --channels_last 1 --compile "${COMPILE:-1}" --max_minutes "${MINUTES:-8}" --max_steps "${STEPS:-1000000}" \
+    --bf16 "${BF16:-1}" --fp32_hyper "${FP32_HYPER:-1}" --channels_last 1 --compile "${COMPILE:-1}" --max_minutes "${MINUTES:-8}" --max_steps "${STEPS:-1000000}" \
     --eval_every "${EVAL_EVERY:-10000}" --log_every "${LOG_EVERY:-500}" --out "$OUT/run" 2>&1 | tee "$OUT/train.log"
 # Only what comes back: the log, the evaluations, the fp16 weights of the end and of the last
 # three evaluated steps (longer training has made the low rungs worse before: pick the best
