@@ -124,6 +124,30 @@ def _lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
     return x + (torch.clamp(x, min=bound) - x).detach()
 
 
+class _LowerBoundFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return torch.clamp(x, min=bound)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        # Below the bound only gradients that would raise x pass (descent moves x by −grad).
+        return grad * ((x >= ctx.bound) | (grad < 0)).to(grad.dtype), None
+
+
+def scale_lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """max(x, bound) for σ, as CompressAI's LowerBound: below the bound, gradients may raise x but
+    not push it further down. Passing every gradient (as _lower_bound does) lets the rate of the
+    zeros drive a raw σ ever lower while the forward value stays at the bound, until a nonzero
+    symbol there costs tens of bits and its gradient needs many steps to climb back: training only
+    the slice networks that way diverged (bpp 0.6 → 2.6, non-finite gradients, ~6,000 steps);
+    with this bound the same run did not (export/checkpoints/DRAWS.md)."""
+    return _LowerBoundFn.apply(x, bound)
+
+
 def conv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=s, padding=k // 2)
 
@@ -354,7 +378,7 @@ class Onic(nn.Module):
         With slices these are h_s's μ_h and bounded σ_h, the inputs of the slice networks.
         """
         mu, sigma = self.h_s(z_hat).chunk(2, dim=1)
-        return mu, _lower_bound(sigma, SCALE_MIN)
+        return mu, scale_lower_bound(sigma, SCALE_MIN)
 
     def entropy_parameters(self, y: torch.Tensor, z_hat: torch.Tensor):
         """(ŷ, μ, σ) for y given h_s's input; ŷ rounds y − μ straight-through."""
@@ -363,7 +387,7 @@ class Onic(nn.Module):
             y_hat, mu, sigma = self.context(y, mu, sigma)
         else:
             y_hat = mu + (y - mu) + (torch.round(y - mu) - (y - mu)).detach()
-        return y_hat, mu, _lower_bound(sigma, SCALE_MIN)
+        return y_hat, mu, scale_lower_bound(sigma, SCALE_MIN)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         gain, inv_gain, lam = self.gains(t)

@@ -270,3 +270,14 @@ def test_context_only_training_leaves_the_rest_untouched(tmp_path):
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in start.state_dict().items())
     assert any(v.abs().sum() > 0 for k, v in after.items() if k.startswith("context.") and k.endswith("out.weight"))
+
+
+def test_scale_bound_lets_gradients_raise_sigma_but_not_sink_it():
+    from export.model import SCALE_MIN, scale_lower_bound
+
+    x = torch.tensor([-1.0, 0.05, 0.2, 0.5], requires_grad=True)
+    y = scale_lower_bound(x, SCALE_MIN)
+    (y * torch.tensor([1.0, -1.0, 1.0, -1.0])).sum().backward()
+    assert torch.equal(y.detach(), x.detach().clamp_min(SCALE_MIN))
+    # x[0] is below the bound and descent would lower it further: blocked; x[1] would rise: passes.
+    assert x.grad.tolist() == [0.0, -1.0, 1.0, -1.0]
