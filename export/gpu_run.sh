@@ -20,6 +20,8 @@
 #   run(command="MINUTES=0.5 bash export/gpu_run.sh", carry=[".whl", "data/kodak", "data/train/a"])
 #   run(command="MINUTES=8 bash export/gpu_run.sh", carry=["data/train/b"], timeout_s=600)
 # The CPU test (tests/test_export.py) runs this same script with DEVICE=cpu at tiny scale.
+# Other knobs (environment): SLICES=16,16,32,64,64 adds the channel-conditional entropy model
+# (measured behind on the CPU: README), BF16=0 trains in fp32, LR, BATCH, CROP, RESUME, FP32_HYPER.
 set -euo pipefail
 # The device has no constriction: install the carried wheel unless it is already importable.
 python3 -c "import constriction" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
