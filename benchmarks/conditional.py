@@ -9,7 +9,9 @@ every quality with real file sizes, and the table gives, per checkpoint:
 - the median encode and decode time at 768×512 (the first image) and at 12 MP
   (that image upscaled), on this machine, in this run;
 - the integer path's rate cost: the y bytes coded with its indexes against
-  indexes from the float σ of the PyTorch model (the same symbols either way).
+  indexes from the float σ of the PyTorch model (the same symbols either way);
+- with ``--big-megapixels N``, the peak memory of an N-megapixel round trip in a
+  fresh process (codec.speed.peak_rss_round_trip).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from PIL import Image
 from codec import api, bench, entropy, intscale, tiling
 from codec.bdrate import bd_rate
 from codec.session import Bundle
-from codec.speed import large_image, median_ms
+from codec.speed import large_image, median_ms, peak_rss_round_trip
 from export import bundle as export_bundle
 from export import tables
 from export.train import load_model
@@ -52,7 +54,7 @@ def float_sigma_bytes(model, bundle: Bundle, im: Image.Image, quality: int) -> t
 
 
 def measure(ckpt: str, images: list, qualities: list[int], calibration: list[np.ndarray], repeat: int,
-            tmp: Path, megapixels: float) -> dict:
+            tmp: Path, megapixels: float, big_megapixels: float = 0.0) -> dict:
     out = tmp / Path(ckpt).stem
     manifest = export_bundle.export_bundle(ckpt, out, calibration=calibration)
     b = Bundle(out)
@@ -70,7 +72,11 @@ def measure(ckpt: str, images: list, qualities: list[int], calibration: list[np.
         data = api.compress(im, mid, b)
         times[name] = (median_ms(lambda im=im: api.compress(im, mid, b), repeat),
                        median_ms(lambda data=data: api.decompress(data, b), repeat))
-    return {"name": Path(ckpt).name, "architecture": manifest["architecture"], "bpp": r["bpp"],
+    memory = None
+    if big_megapixels:
+        side = (big_megapixels * 1e6 / 1.5) ** 0.5
+        memory = peak_rss_round_trip(round(side * 1.5), round(side), mid, str(out))
+    return {"name": Path(ckpt).name, "memory": memory, "architecture": manifest["architecture"], "bpp": r["bpp"],
             "psnr": r["psnr-rgb"], "times": times, "int_cost": sum(ints) / sum(floats) - 1, "mid": mid}
 
 
@@ -84,12 +90,14 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--limit", type=int, default=0, help="only the first N images (tests)")
     p.add_argument("--megapixels", type=float, default=12.0, help="size of the large image timed")
+    p.add_argument("--big-megapixels", type=float, default=0.0, help="also a round trip of this size for peak RSS")
     a = p.parse_args()
     torch.set_grad_enabled(False)
     images = bench.load_images(a.folder, a.limit)
     calibration = export_bundle.calibration_images(a.calibration, a.calibration_images)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [measure(c, images, a.qualities, calibration, a.repeat, Path(tmp), a.megapixels) for c in a.checkpoints]
+        rows = [measure(c, images, a.qualities, calibration, a.repeat, Path(tmp), a.megapixels,
+                        a.big_megapixels) for c in a.checkpoints]
     ref = rows[0]
     print(f"{len(images)} images from {a.folder}, real file sizes; {bench.machine()}")
     print(f"{'checkpoint':<24} {'quality':>7} {'bpp':>7} {'PSNR':>6}")
@@ -105,6 +113,11 @@ def main() -> None:
         (e1, d1), (e2, d2) = r["times"]["small"], r["times"]["big"]
         print(f"{r['name']:<24} {bd:>+7.1f}% {e1:>6.0f}ms {d1:>6.0f}ms {e2 / 1000:>7.2f}s {d2 / 1000:>7.2f}s "
               f"{100 * r['int_cost']:>+8.2f}%  {r['architecture']}")
+    for r in rows:
+        if r["memory"]:
+            m = r["memory"]
+            print(f"{r['name']:<24} {m['megapixels']:.1f} MP round trip ({m['size']}): peak RSS "
+                  f"{m['peak_rss_mb']:.0f} MB, encode {m['encode_s']:.1f} s, decode {m['decode_s']:.1f} s")
     print(f"\nBD-rate: RGB PSNR against {ref['name']}; times: median of {a.repeat} at quality {ref['mid']}; "
           f"int. path: y bytes with integer against float-σ indexes at quality {ref['mid']}")
 

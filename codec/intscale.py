@@ -94,20 +94,16 @@ ACC_MAX = 2**47  # |acc| · mult (< 2**15) must stay inside int64; with shift �
 MAX_SHIFT = 46  # changes no result, since every |acc| ≥ 2**(shift + 1) saturates at ACT_MAX anyway
 
 
-def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """round(acc · mult / 2**shift) per channel, clipped to int16 range."""
-    m = mult.reshape(-1, 1, 1)
-    s = shift.reshape(-1, 1, 1)
-    acc = np.clip(acc, -ACC_MAX, ACC_MAX)  # only hostile ẑ times large inverse gains come near it
-    y = np.right_shift(acc * m + np.left_shift(1, s - 1), s)
-    return np.clip(y, -ACT_MAX, ACT_MAX)
-
-
 def rescale(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """round(acc · mult / 2**shift) per channel, unclipped (the result stays far inside int64)."""
-    acc = np.clip(acc, -ACC_MAX, ACC_MAX)
-    return np.right_shift(acc * mult.reshape(-1, 1, 1) + np.left_shift(1, shift.reshape(-1, 1, 1) - 1),
-                          shift.reshape(-1, 1, 1))
+    acc = np.clip(acc, -ACC_MAX, ACC_MAX)  # only hostile ẑ times large inverse gains come near it
+    s = shift.reshape(-1, 1, 1)
+    return np.right_shift(acc * mult.reshape(-1, 1, 1) + np.left_shift(1, s - 1), s)
+
+
+def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """round(acc · mult / 2**shift) per channel, clipped to int16 range."""
+    return np.clip(rescale(acc, mult, shift), -ACT_MAX, ACT_MAX)
 
 
 def leaky_relu(x: np.ndarray) -> np.ndarray:

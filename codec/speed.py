@@ -133,18 +133,21 @@ def startup_ms(small_onic: Path, repeat: int = 5) -> dict[str, float]:
     }
 
 
-def peak_rss_round_trip(width: int, height: int, quality: int) -> dict:
-    """Compress and decompress a synthetic photo-like image of width × height in a fresh process."""
+def peak_rss_round_trip(width: int, height: int, quality: int, bundle: str | None = None) -> dict:
+    """Compress and decompress a synthetic photo-like image of width × height in a fresh process,
+    with the bundle folder ``bundle`` (default: the shipped one)."""
     code = f"""
 import resource, time, numpy as np
 from PIL import Image
 import codec
+from codec.session import Bundle, default_bundle
+bundle = Bundle({bundle!r}) if {bundle!r} else default_bundle()
 rng = np.random.default_rng(0)
 small = rng.integers(0, 256, size=({height} // 64 + 1, {width} // 64 + 1, 3), dtype=np.uint8)
 image = Image.fromarray(small).resize(({width}, {height}), Image.BICUBIC)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter(); data = codec.compress(image, {quality}); t1 = time.perf_counter()
-out = codec.decompress(data); t2 = time.perf_counter()
+t0 = time.perf_counter(); data = codec.compress(image, {quality}, bundle); t1 = time.perf_counter()
+out = codec.decompress(data, bundle); t2 = time.perf_counter()
 assert out.size == image.size
 print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, t1 - t0, t2 - t1, len(data))
 """

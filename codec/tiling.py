@@ -72,23 +72,28 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
     return y, hyper_encode(bundle, y)
 
 
-def _z_bands(graph: Callable[[np.ndarray], np.ndarray], x: np.ndarray, zh: int, rows_in: int,
-             rows_out: int) -> np.ndarray:
-    """graph over bands of z rows: x (1, C, zh·rows_in, w) → (C', zh·rows_out, w') float32."""
-    if zh <= BAND + 2 * BAND_MARGIN:
-        return graph(x)[0]
+def _row_bands(graph: Callable[..., np.ndarray], rows: int, band: int, margin: int, rows_in: int, rows_out: int,
+               **inputs: np.ndarray) -> np.ndarray:
+    """graph over bands of ``rows`` rows, ``margin`` of context per side: inputs (1, C, rows·rows_in, w)
+    → (C', rows·rows_out, w') float32. A band's margin must cover the graph's reach."""
+    if rows <= band + 2 * margin:
+        return graph(**inputs)[0]
     out = None
-    for r0, r1, w0, w1 in _spans(zh, BAND, BAND_MARGIN):
-        t = graph(np.ascontiguousarray(x[:, :, w0 * rows_in : w1 * rows_in]))
+    for r0, r1, w0, w1 in _spans(rows, band, margin):
+        t = graph(**{k: np.ascontiguousarray(v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()})
         if out is None:
-            out = np.empty((t.shape[1], zh * rows_out, t.shape[3]), dtype=np.float32)
+            out = np.empty((t.shape[1], rows * rows_out, t.shape[3]), dtype=np.float32)
         out[:, r0 * rows_out : r1 * rows_out] = t[0, :, (r0 - w0) * rows_out : (r1 - w0) * rows_out]
     return out
 
 
+def _graph(bundle: Bundle, name: str) -> Callable[..., np.ndarray]:
+    return lambda **inputs: bundle.run(name, **inputs)[0]
+
+
 def hyper_encode(bundle: Bundle, y: np.ndarray) -> np.ndarray:
     """y (M, h, w) → z (N, h/4, w/4) by h_a, in bands of z rows."""
-    return _z_bands(lambda t: bundle.run("hyper_encoder", y=t)[0], y[None], y.shape[1] // HYPER, HYPER, 1)
+    return _row_bands(_graph(bundle, "hyper_encoder"), y.shape[1] // HYPER, BAND, BAND_MARGIN, HYPER, 1, y=y[None])
 
 
 def z_symbols(bundle: Bundle, z: np.ndarray, quality: int) -> np.ndarray:
@@ -101,29 +106,12 @@ def z_symbols(bundle: Bundle, z: np.ndarray, quality: int) -> np.ndarray:
 def hyper_decode(bundle: Bundle, z_sym: np.ndarray, quality: int) -> np.ndarray:
     """ẑ symbols (N, h, w) → μ (M, 4h, 4w) by h_s, in bands of z rows (σ is the integer path's job)."""
     z = bundle.hyper_input(z_sym, quality)[None]
-    return _z_bands(lambda t: bundle.run("hyper_decoder", z_hat=t)[0], z, z.shape[2], 1, HYPER)
+    return _row_bands(_graph(bundle, "hyper_decoder"), z.shape[2], BAND, BAND_MARGIN, 1, HYPER, z_hat=z)
 
 
 # Rows of y per band of a slice graph, and of context (they reach 2 rows). Seven sessions each keep
 # buffers of their largest band: 64-row bands measured 1.16 GB of peak memory at 50 MP, 16-row ones 0.64.
 Y_BAND, Y_MARGIN = 16, 2
-
-
-def _y_bands(graph: Callable[..., np.ndarray], h: int, **inputs: np.ndarray) -> np.ndarray:
-    """graph over bands of y rows: inputs (C, h, w) each → (C', h, w) float32."""
-    if h <= Y_BAND + 2 * Y_MARGIN:
-        return graph(**{k: v[None] for k, v in inputs.items()})[0]
-    out = None
-    for r0, r1, w0, w1 in _spans(h, Y_BAND, Y_MARGIN):
-        t = graph(**{k: np.ascontiguousarray(v[None, :, w0:w1]) for k, v in inputs.items()})
-        if out is None:
-            out = np.empty((t.shape[1], h, t.shape[3]), dtype=np.float32)
-        out[:, r0:r1] = t[0, :, r0 - w0 : r1 - w0]
-    return out
-
-
-def _graph(bundle: Bundle, name: str) -> Callable[..., np.ndarray]:
-    return lambda **inputs: bundle.run(name, **inputs)[0]
 
 
 def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
@@ -138,13 +126,15 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray, y: 
     h = mu_h.shape[1]
     for k, (a, b) in enumerate(bundle.slices):
         if k:
-            mu = _y_bands(_graph(bundle, f"slice_mean{k}"), h, mu_h=mu_h, y_prev=y_hat[:a])
+            mu = _row_bands(_graph(bundle, f"slice_mean{k}"), h, Y_BAND, Y_MARGIN, 1, 1,
+                            mu_h=mu_h[None], y_prev=y_hat[None, :a])
         else:
             mu = mu_h[a:b]
         if y is not None:
             y_sym[a:b] = np.round(np.clip(y[a:b] - mu, -(2**30), 2**30))  # escapes refuse beyond 2**24
         y_hat[a:b] = mu + y_sym[a:b]
-        y_hat[a:b] = _y_bands(_graph(bundle, f"slice_lrp{k}"), h, mu_h=mu_h, y_upto=y_hat[:b])
+        y_hat[a:b] = _row_bands(_graph(bundle, f"slice_lrp{k}"), h, Y_BAND, Y_MARGIN, 1, 1,
+                                mu_h=mu_h[None], y_upto=y_hat[None, :b])
     return y_hat
 
 

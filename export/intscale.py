@@ -134,11 +134,7 @@ def quantize(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]],
         (d1.weight, d1.bias, 1),
         (c2.weight[M:], c2.bias[M:], 0),  # only the σ half of the last conv
     ]):
-        sw = _weight_scale(w, out_axis)
-        shape = [1] * w.dim()
-        shape[out_axis] = -1
-        wq = torch.round(w.double() / torch.from_numpy(sw).view(shape)).to(torch.int64).numpy()
-        p[f"w{i}"] = wq.astype(np.int16)
+        p[f"w{i}"], sw = _quantize_weight(w, out_axis)
         unit = s_in[i] * sw  # value of one accumulator step, per output channel
         p[f"b{i}"] = np.round(b.double().numpy() / unit).astype(np.int64)
         if i < 2:

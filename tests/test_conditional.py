@@ -223,13 +223,19 @@ def test_files_of_an_earlier_default_model_name_the_release_that_decodes_them(bu
     assert "release" not in str(e.value)
 
 
-def test_training_adds_slices_to_a_resumed_model(tmp_path):
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """Two small training images."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(2):
+        random_image(96, 96, seed=i).save(folder / f"{i}.png")
+    return folder
+
+
+def test_training_adds_slices_to_a_resumed_model(tmp_path, data):
     from export.train import TrainConfig, load_model, train
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(2):
-        random_image(96, 96, seed=i).save(data / f"{i}.png")
     cfg = TrainConfig(data=str(data), crop=64, batch_size=2, N=8, M=12, max_steps=2, out=str(tmp_path / "a"))
     first = train(cfg)
     cfg.resume, cfg.max_steps, cfg.slices, cfg.out = str(first), 4, "4,8", str(tmp_path / "b")
@@ -255,13 +261,9 @@ def test_benchmark_prints_its_table(tmp_path, sliced):
     assert "BD-rate" in r.stdout and "channel-conditional" in r.stdout
 
 
-def test_context_only_training_leaves_the_rest_untouched(tmp_path):
+def test_context_only_training_leaves_the_rest_untouched(tmp_path, data):
     from export.train import TrainConfig, load_model, train
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(2):
-        random_image(96, 96, seed=i).save(data / f"{i}.png")
     cfg = TrainConfig(data=str(data), crop=64, batch_size=2, N=8, M=12, max_steps=1, out=str(tmp_path / "a"))
     start, _ = load_model(train(cfg))
     cfg.resume, cfg.max_steps, cfg.slices, cfg.context_only = str(tmp_path / "a" / "ckpt.pt"), 4, "4,8", True
