@@ -19,7 +19,8 @@ DEFAULT_QUALITY = 75
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
 
 
-def _to_image(image: ImageLike) -> Image.Image:
+def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS) -> Image.Image:
+    """A PIL image; a file's size is checked (``bitstream.check_size``) before its pixels are read."""
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, np.ndarray):
@@ -32,6 +33,7 @@ def _to_image(image: ImageLike) -> Image.Image:
         raise OnicError(f"numpy input must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
     try:
         with Image.open(image) as im:
+            bitstream.check_size(im.width, im.height, max_pixels)
             im.load()
             return im
     except (OSError, Image.DecompressionBombError) as e:
@@ -90,21 +92,23 @@ def _check_quality(quality: int) -> int:
     return int(quality)
 
 
-def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | None = None) -> bytes:
+def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | None = None,
+             max_pixels: int | None = bitstream.MAX_PIXELS) -> bytes:
     """Encode an image (PIL image, uint8 array or path) as .onic bytes.
 
     ``quality`` runs from 0 (smallest) to 100 (best); a higher quality never
     gives a smaller file for the same image. L, LA, RGB and RGBA are coded as
     such (alpha losslessly); ICC profile and EXIF are kept. 16-bit, palette
-    and CMYK input is converted with an ``OnicWarning``.
+    and CMYK input is converted with an ``OnicWarning``. Images wider or taller
+    than ``bitstream.MAX_SIDE``, or whose area padded to multiples of 64 exceeds
+    ``max_pixels`` (None: no limit), are refused before any work.
     """
     quality = _check_quality(quality)
     bundle = bundle or default_bundle()
-    image = _to_image(image)
+    image = _to_image(image, max_pixels)
+    bitstream.check_size(image.width, image.height, max_pixels)
     rgb, mode, alpha = _pixels(image)
     height, width = rgb.shape[:2]
-    if width * height > bitstream.MAX_PIXELS:
-        raise OnicError(f"image of {width}x{height} exceeds the limit of {bitstream.MAX_PIXELS} pixels")
     gain, _ = bundle.gains(quality)
     y, z = tiling.analyse(bundle, rgb, gain)
     z_sym = tiling.z_symbols(bundle, z, quality)
@@ -152,6 +156,11 @@ def decode_latents(data: bytes | bitstream.Container, bundle: Bundle | None = No
     s = bundle.stride
     n_z = len(bundle.z_tables)
     z_shape = (n_z, -(-h.height // s), -(-h.width // s))
+    # Both sections must have room for their symbols before anything image-sized exists.
+    z_count = z_shape[1] * z_shape[2]
+    entropy.check_room(c.z, z_count * float(bundle.z_tables.min_bits.sum()), n_z * z_count, "hyperprior")
+    y_count = int(bundle.manifest["config"]["M"]) * z_count * (s // tiling.LATENT) ** 2
+    entropy.check_room(c.y, y_count * float(bundle.y_tables.min_bits.min()), y_count, "latent")
     z_ids = np.broadcast_to(np.arange(n_z)[:, None, None], z_shape)
     with profile.stage("entropy coding"):
         z_sym = entropy.decode(c.z, z_ids, bundle.z_tables)
@@ -183,7 +192,7 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
     with profile.stage("container"):
         c = bitstream.unpack(bytes(data), max_pixels)
     h, z_sym, y_sym = decode_latents(c, bundle)
-    alpha = bitstream.inflate_alpha(c.chunks[b"ALPH"], h.width, h.height) if b"ALPH" in c.chunks else None
+    alpha = c.alpha
     y_hat = tiling.hyper_decode(bundle, z_sym, h.quality)
     _, inv_gain = bundle.gains(h.quality)
     if bundle.slices:
@@ -205,7 +214,8 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
 
 
 def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float | None = None,
-                       bundle: Bundle | None = None) -> tuple[bytes, int]:
+                       bundle: Bundle | None = None,
+                       max_pixels: int | None = bitstream.MAX_PIXELS) -> tuple[bytes, int]:
     """Search the quality for a target: the largest whose bpp ≤ ``bpp``, or the smallest whose PSNR ≥ ``psnr``.
 
     Binary search over 0–100 (file size and PSNR grow with quality), about
@@ -216,14 +226,15 @@ def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float |
 
     if (bpp is None) == (psnr is None):
         raise OnicError("give exactly one of a target bpp and a target PSNR")
-    image = _to_image(image)
+    image = _to_image(image, max_pixels)
+    bitstream.check_size(image.width, image.height, max_pixels)
     bundle = bundle or default_bundle()
     pixels = image.width * image.height
     cache: dict[int, bytes] = {}
 
     def encode(q: int) -> bytes:
         if q not in cache:
-            cache[q] = compress(image, q, bundle)
+            cache[q] = compress(image, q, bundle, max_pixels)
         return cache[q]
 
     def meets(q: int) -> bool:

@@ -21,7 +21,8 @@ Known chunks: ALPH (critical; the alpha plane, zlib-deflated, exactly width ×
 height bytes once inflated), iccp (ICC profile), exif (EXIF block).
 
 Everything is validated before any pixel buffer or graph run: a parser that
-reads an honest header never allocates more than that header describes.
+reads an honest header never allocates more than that header describes, and
+the header's size is bounded (``check_size``) before anything else.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ CRC = struct.Struct("<I")
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 KNOWN_CHUNKS = {b"ALPH", b"iccp", b"exif"}
 MAX_PIXELS = 2**28  # default limit (about 268 megapixels), like Pillow's decompression-bomb guard
+MAX_SIDE = 65535  # widest and tallest image, on both sides of the codec (JPEG's limit)
+PAD = 64  # the work of every model grows with the area padded to this grid (the coarsest latent stride)
 
 
 class OnicError(ValueError):
@@ -71,6 +74,27 @@ class Container:
     z: bytes
     y: bytes
     chunks: dict[bytes, bytes] = field(default_factory=dict)
+    alpha: bytes | None = None  # the inflated ALPH plane, width × height bytes
+
+
+def padded_area(width: int, height: int) -> int:
+    """Pixels a model works on for an image of this size: each side rounded up to ``PAD``."""
+    return -(-width // PAD) * PAD * (-(-height // PAD) * PAD)
+
+
+def check_size(width: int, height: int, max_pixels: int | None = MAX_PIXELS) -> None:
+    """Refuse a size whose sides exceed ``MAX_SIDE`` or whose padded area exceeds ``max_pixels``.
+
+    The padded area, not width × height, bounds the work: a 4,194,304 × 1 image
+    is run as 4,194,304 × 64 pixels.
+    """
+    if width < 1 or height < 1:
+        raise OnicError(f"bad image size {width}x{height}")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise OnicError(f"image of {width}x{height} exceeds the limit of {MAX_SIDE} pixels per side")
+    if max_pixels is not None and padded_area(width, height) > max_pixels:
+        raise OnicError(f"image of {width}x{height} (padded to multiples of {PAD}: {padded_area(width, height)} "
+                        f"pixels) exceeds the limit of {max_pixels} pixels")
 
 
 def pack(header: Header, z: bytes, y: bytes, chunks: dict[bytes, bytes] | None = None) -> bytes:
@@ -111,8 +135,7 @@ def parse_header(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Header:
                         f"(this onic runs version {INDEX_PATH_VERSION})")
     if width < 1 or height < 1:
         raise OnicError(f"bad header: image size {width}x{height}")
-    if max_pixels is not None and width * height > max_pixels:
-        raise OnicError(f"image of {width}x{height} exceeds the limit of {max_pixels} pixels")
+    check_size(width, height, max_pixels)
     if zlen % 4 or ylen % 4:
         raise OnicError("bad header: section lengths must be multiples of 4")
     return Header(MODES[mode], quality, model_id.hex(), width, height, zlen, ylen, version, index_path)
@@ -120,6 +143,7 @@ def parse_header(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Header:
 
 def _parse_chunks(region: bytes) -> dict[bytes, bytes]:
     chunks: dict[bytes, bytes] = {}
+    seen: set[bytes] = set()
     pos = 0
     while pos < len(region):
         if len(region) - pos < CHUNK.size:
@@ -129,8 +153,9 @@ def _parse_chunks(region: bytes) -> dict[bytes, bytes]:
             raise OnicError(f"bad chunk: type {kind!r} is not four ASCII letters")
         if length > len(region) - pos - CHUNK.size:
             raise OnicError(f"bad chunk: {kind.decode()} claims {length} bytes, the file has fewer")
-        if kind in chunks:
+        if kind in seen:
             raise OnicError(f"bad chunk: {kind.decode()} appears twice")
+        seen.add(kind)
         if kind not in KNOWN_CHUNKS and kind[:1].isupper():
             raise OnicError(f"unknown critical chunk {kind.decode()} (needs a newer onic)")
         if kind in KNOWN_CHUNKS:
@@ -152,7 +177,9 @@ def unpack(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Container:
     chunks = _parse_chunks(data[y_end : -CRC.size])
     if (b"ALPH" in chunks) != (header.mode in ("LA", "RGBA")):
         raise OnicError(f"bad file: mode {header.mode} {'needs' if 'A' in header.mode else 'forbids'} an ALPH chunk")
-    return Container(header, data[HEADER.size : z_end], data[z_end:y_end], chunks)
+    # The alpha plane is checked here, before any entropy decoding: a bad chunk costs nothing.
+    alpha = inflate_alpha(chunks[b"ALPH"], header.width, header.height) if b"ALPH" in chunks else None
+    return Container(header, data[HEADER.size : z_end], data[z_end:y_end], chunks, alpha)
 
 
 def inflate_alpha(chunk: bytes, width: int, height: int) -> bytes:
@@ -164,4 +191,6 @@ def inflate_alpha(chunk: bytes, width: int, height: int) -> bytes:
         raise OnicError(f"bad ALPH chunk: {e}") from None
     if len(plane) != width * height or not d.eof:
         raise OnicError(f"bad ALPH chunk: inflates to {len(plane)}+ bytes, expected {width * height}")
+    if d.unused_data:
+        raise OnicError(f"bad ALPH chunk: {len(d.unused_data)} bytes after its zlib stream")
     return plane

@@ -23,6 +23,10 @@ import numpy as np
 from codec.bitstream import OnicError
 
 MAX_ESCAPE_BITS = 24  # residuals must be below 2**24 (constriction's Uniform limit)
+# A range coder's output holds at least the information content of its symbols, less
+# the few bits of its final state. Decoding more than that means reading past the end.
+# Per symbol, a little more: constriction codes with its own rounding of the tables.
+SLACK_BITS, SLACK_PER_SYMBOL = 96, 2.0**-10
 
 
 class TableSet:
@@ -38,6 +42,17 @@ class TableSet:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    @cached_property
+    def bits(self) -> np.ndarray:
+        """Information content −log2 p of every entry, in the layout of ``values``."""
+        totals = np.add.reduceat(self.values.astype(np.float64), self.starts[:-1])
+        return -np.log2(self.values / np.repeat(totals, self.lengths))
+
+    @cached_property
+    def min_bits(self) -> np.ndarray:
+        """The fewest bits any one symbol coded with each table takes (its most probable entry)."""
+        return np.minimum.reduceat(self.bits, self.starts[:-1])
 
     @cached_property
     def models(self) -> list:
@@ -100,6 +115,16 @@ class Decoder:
         if len(data) % 4:
             raise OnicError("corrupt entropy-coded data (not whole 32-bit words)")
         self._dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        self._room = 8 * len(data) + SLACK_BITS  # bits the stream can hold
+        self._read = 0.0  # information content decoded so far
+
+    def _spend(self, bits: float, count: int) -> None:
+        # constriction reads zeros past the end of the data instead of failing; a stream too
+        # short for its symbols shows up as more information decoded than it has room for.
+        self._read += bits - SLACK_PER_SYMBOL * count
+        if self._read > self._room:
+            raise OnicError(f"corrupt entropy-coded data: {self._room - SLACK_BITS} bits cannot hold the "
+                            f"symbols of this image (the stream ends early)")
 
     def read(self, ids: np.ndarray, tables: TableSet) -> np.ndarray:
         """The next part: int32 symbols of the shape of ``ids``."""
@@ -112,10 +137,14 @@ class Decoder:
             for k in np.flatnonzero(np.diff(bounds)):
                 a, b = bounds[k], bounds[k + 1]
                 idx = self._dec.decode(tables.models[k], int(b - a))
+                self._spend(float(tables.bits[tables.starts[k] + idx].sum()), len(idx))
                 below[a:b], above[a:b] = idx == 0, idx == tables.lengths[k] - 1
                 s[a:b] = idx + tables.offsets[k]
             esc = np.flatnonzero(below | above)
-            residual = _decode_residuals(self._dec, len(esc))
+            residual, bits = _decode_residuals(self._dec, len(esc))
+            self._spend(bits, len(esc))
+        except OnicError:
+            raise
         except BaseException as e:
             # constriction reports invalid data as AssertionError or ValueError, and a Rust panic
             # as pyo3's PanicException (a BaseException); only interrupts pass through.
@@ -126,6 +155,17 @@ class Decoder:
         out = np.empty_like(s)
         out[order] = s
         return out.reshape(shape)
+
+
+def check_room(data: bytes, min_bits: float, count: int, section: str) -> None:
+    """Refuse a section shorter than the fewest bits its ``count`` symbols can take (``min_bits``).
+
+    A cheap test before any decoding: a 36-byte file claiming a huge image fails here.
+    """
+    room = 8 * len(data) + SLACK_BITS + SLACK_PER_SYMBOL * count
+    if min_bits > room:
+        raise OnicError(f"truncated file: the {section} section has {len(data)} bytes, "
+                        f"an image of this size needs at least {int(min_bits - SLACK_BITS) // 8}")
 
 
 def encode(symbols: np.ndarray, ids: np.ndarray, tables: TableSet) -> bytes:
@@ -152,9 +192,10 @@ def _encode_residuals(enc, r: np.ndarray) -> None:
         enc.encode((r[long] - size).astype(np.int32), uniform, size.astype(np.int32))
 
 
-def _decode_residuals(dec, count: int) -> np.ndarray:
+def _decode_residuals(dec, count: int) -> tuple[np.ndarray, float]:
+    """The residuals and their information content in bits."""
     if not count:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), 0.0
     uniform = constriction.stream.model.Uniform()
     nbits = dec.decode(uniform, np.full(count, MAX_ESCAPE_BITS + 1, dtype=np.int32)).astype(np.int64)
     r = np.where(nbits >= 1, np.left_shift(1, np.maximum(nbits - 1, 0)), 0).astype(np.int64)
@@ -162,4 +203,4 @@ def _decode_residuals(dec, count: int) -> np.ndarray:
     if long.any():
         size = np.left_shift(1, nbits[long] - 1).astype(np.int32)
         r[long] += dec.decode(uniform, size)
-    return r
+    return r, count * float(np.log2(MAX_ESCAPE_BITS + 1)) + float(np.maximum(nbits - 1, 0).sum())

@@ -60,15 +60,15 @@ def test_chunks_round_trip_and_unknown_ancillary_skipped():
         (with_chunks(b"\0\0"), "stray bytes"),
         (with_chunks(mode=4), "needs an ALPH chunk"),
         (with_chunks(chunk(b"ALPH", zlib.compress(bytes(64 * 32)))), "forbids an ALPH chunk"),
-        (with_chunks(chunk(b"ALPH", b"not zlib"), mode=4), None),
+        (with_chunks(chunk(b"zzzz", b"a"), chunk(b"zzzz", b"b")), "zzzz appears twice"),
+        (with_chunks(chunk(b"ALPH", b"not zlib"), mode=4), "bad ALPH chunk"),
+        (with_chunks(chunk(b"ALPH", b"x"), mode=4), "bad ALPH chunk"),
+        (with_chunks(chunk(b"ALPH", zlib.compress(bytes(64 * 32)) + b"tail"), mode=4), "4 bytes after"),
+        (with_chunks(chunk(b"ALPH", zlib.compress(bytes(64 * 32 - 1))), mode=4), "expected 2048"),
     ],
 )
 def test_bad_chunks(data, message):
-    if message is None:  # a well-formed container whose alpha plane is broken: found when inflating
-        c = bitstream.unpack(data)
-        with pytest.raises(OnicError, match="bad ALPH chunk"):
-            bitstream.inflate_alpha(c.chunks[b"ALPH"], 64, 32)
-        return
+    """Every chunk, the alpha plane's zlib stream included, is checked by unpack: before any entropy decoding."""
     with pytest.raises(OnicError, match=message):
         bitstream.unpack(data)
 
@@ -115,6 +115,21 @@ def test_flipped_bit_fails_the_crc():
     data[40] ^= 0x10
     with pytest.raises(OnicError, match="CRC32"):
         bitstream.unpack(bytes(data))
+
+
+@pytest.mark.parametrize("width, height", [(65536, 1), (1, 65536), (2**32 - 1, 1)])
+def test_side_limit(width, height):
+    with pytest.raises(OnicError, match="limit of 65535 pixels per side"):
+        bitstream.parse_header(make(width=width, height=height), max_pixels=None)
+
+
+def test_pixel_limit_counts_the_padded_area():
+    """A 65535 × 1 image costs what 65536 × 64 does: the limit counts that."""
+    assert bitstream.padded_area(65535, 1) == 65536 * 64
+    assert bitstream.padded_area(64, 64) == bitstream.padded_area(1, 1) == 4096
+    with pytest.raises(OnicError, match="padded to multiples of 64: 4194304 pixels"):
+        bitstream.parse_header(make(width=65535, height=1), max_pixels=65536 * 63)
+    assert bitstream.parse_header(make(width=65535, height=1), max_pixels=65536 * 64).width == 65535
 
 
 def test_pixel_limit_is_configurable():
