@@ -19,8 +19,12 @@ DEFAULT_QUALITY = 75
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
 
 
-def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS) -> Image.Image:
-    """A PIL image; a file's size is checked (``bitstream.check_size``) before its pixels are read."""
+def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """A PIL image; a file's size is checked (``bitstream.check_size``) before its pixels are read.
+
+    Any failure of Pillow to read the file (OSError, ValueError of a bad chunk,
+    a decompression bomb…) becomes one ``OnicError`` naming ``name`` or the path.
+    """
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, np.ndarray):
@@ -31,13 +35,26 @@ def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS) -
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)):
             return Image.fromarray(image)
         raise OnicError(f"numpy input must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
+    name = name or str(image)
     try:
         with Image.open(image) as im:
             bitstream.check_size(im.width, im.height, max_pixels)
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                warnings.warn(f"animated image: only the first of its {frames} frames is coded", OnicWarning,
+                              stacklevel=3)
             im.load()
             return im
-    except (OSError, Image.DecompressionBombError) as e:
-        raise OnicError(f"cannot read image {image}: {e}") from None
+    except (OnicError, MemoryError):
+        raise
+    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, struct.error… for bad files
+        raise OnicError(f"cannot read image {name}: {_describe(e)}") from None
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 class OnicWarning(UserWarning):
@@ -81,6 +98,12 @@ def _metadata(image: Image.Image, alpha: np.ndarray | None) -> dict[bytes, bytes
     if image.info.get("icc_profile"):
         chunks[b"iccp"] = bytes(image.info["icc_profile"])
     exif = image.info.get("exif")
+    if not exif and any(k.lower() == "raw profile type exif" for k in image.info):
+        # PNGs written by ImageMagick and exiftool keep EXIF as hex text; Pillow parses it for getexif().
+        try:
+            exif = image.getexif().tobytes()
+        except Exception:
+            warnings.warn("unreadable 'Raw profile type exif' text dropped", OnicWarning, stacklevel=3)
     if exif:
         chunks[b"exif"] = bytes(exif)
     return chunks
@@ -222,8 +245,6 @@ def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float |
     seven encodes. Returns the bytes and the quality chosen; if no quality
     meets the target, the closest end (0 or 100) with an ``OnicWarning``.
     """
-    from codec import metrics
-
     if (bpp is None) == (psnr is None):
         raise OnicError("give exactly one of a target bpp and a target PSNR")
     image = _to_image(image, max_pixels)
@@ -241,8 +262,7 @@ def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float |
         data = encode(q)
         if bpp is not None:
             return 8 * len(data) / pixels <= bpp
-        decoded = decompress(data, bundle)
-        return metrics.psnr(image.convert(decoded.mode), decoded) >= psnr
+        return psnr_of(image, data, bundle) >= psnr
 
     # bpp: meets() is true for low q; PSNR: true for high q. Find the boundary.
     lo, hi = 0, 100
@@ -261,3 +281,23 @@ def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float |
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if meets(mid) else (mid + 1, hi)
     return encode(lo), lo
+
+
+def reference(image: ImageLike) -> Image.Image:
+    """The image as onic codes it: 8 bits per sample (16-bit input scaled, not clipped), in L, LA, RGB or RGBA."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OnicWarning)
+        rgb, mode, alpha = _pixels(_to_image(image))
+    out = Image.fromarray(rgb, "RGB")
+    if mode in ("L", "LA"):
+        out = out.convert("L")
+    if alpha is not None:
+        out.putalpha(Image.fromarray(alpha, "L"))
+    return out
+
+
+def psnr_of(image: ImageLike, data: bytes, bundle: Bundle | None = None) -> float:
+    """RGB PSNR in dB of .onic ``data`` decoded, against the 8-bit ``reference`` of ``image`` it was coded from."""
+    from codec import metrics
+
+    return metrics.psnr(reference(image), decompress(data, bundle, max_pixels=None))

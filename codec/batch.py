@@ -1,25 +1,35 @@
 """One file's work for the CLI: compress or decompress, with errors and warnings as data.
 
 Functions here are top-level and take/return plain dataclasses so that
-``--jobs N`` can run them in worker processes; each process loads the model
-once (codec.session.default_bundle) and reuses it for every file it gets.
+``--jobs N`` can run them in worker processes; each process loads a model
+once (codec.session.bundle_at) and reuses it for every file it gets.
+
+Outputs never appear half-written: they are written to a temporary file in
+the destination folder and moved into place, without replacing an existing
+file unless asked (a hard link, which fails if the name exists, even as a
+dangling symlink). Every error names the user's paths, never the temporary one.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
 import tempfile
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codec.bitstream import OnicError
+from codec.bitstream import MAX_PIXELS, OnicError
 
 STDIO = "-"
+STDIN_NAME = "<stdin>"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".avif", ".jxl"}
+LOSSY_OUTPUTS = {"JPEG", "WEBP", "AVIF", "JXL"}
+DEFAULT_OUTPUT_QUALITY = 95  # for lossy output formats: Pillow's defaults (75, 80) would lose visibly more
 
 
 class Failure(Exception):
@@ -35,7 +45,11 @@ class Job:
     target_bpp: float | None = None
     target_psnr: float | None = None
     verbose: bool = False
-    max_pixels: int = 2**28
+    max_pixels: int | None = MAX_PIXELS
+    psnr: bool = False  # compress: decode the output and report its PSNR (costs a decode)
+    output_quality: int = DEFAULT_OUTPUT_QUALITY  # decompress: quality of lossy output formats
+    model: str | None = None  # a bundle folder; None is the shipped model
+    debug: bool = False  # put the traceback of an unexpected error in the message
 
 
 @dataclass
@@ -47,24 +61,88 @@ class Result:
     data: bytes | None = None  # output bytes when dst is stdout
 
 
-def write_atomic(path: Path, write: Callable[[Path], None], force: bool) -> None:
-    """Write through a temporary file in the same folder, then rename: no partial outputs."""
-    if path.exists() and not force:
-        raise Failure(f"{path} exists (use --force to overwrite)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+def display(path: str) -> str:
+    """A path as messages show it: '-' is stdin."""
+    return STDIN_NAME if path == STDIO else path
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+_umask: int | None = None
+
+
+def _new_file_mode() -> int:
+    """0o666 less the process umask, as open() would create a file."""
+    global _umask
+    if _umask is None:
+        _umask = os.umask(0)
+        os.umask(_umask)
+    return 0o666 & ~_umask
+
+
+def _place(tmp: Path, path: Path, force: bool) -> None:
+    """Move the finished temporary file to ``path``; without ``force``, never over an existing name."""
+    if force:
+        os.replace(tmp, path)
+        return
     try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        tmp.replace(path)
+        os.link(tmp, path)  # atomic, and fails if the name exists (a dangling symlink included)
+    except FileExistsError:
+        raise Failure(f"{path} exists (use --force to overwrite)") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        # No hard links here (some network and FAT file systems): reserve the name exclusively.
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            raise Failure(f"{path} exists (use --force to overwrite)") from None
+        os.replace(tmp, path)
+
+
+def write_atomic(path: Path, write: Callable[[Path], None], force: bool) -> None:
+    """Write through a temporary file in the same folder, then move it into place: no partial outputs.
+
+    A new file gets the umask's permissions; an overwritten one keeps its own.
+    The temporary file is removed on every failure and interruption (the CLI
+    turns SIGTERM and SIGHUP into exceptions for that).
+    """
+    if not force and os.path.lexists(path):
+        raise Failure(f"{path} exists (use --force to overwrite)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise Failure(f"cannot create the folder of {path}: {_reason(e)}") from None
+    try:
+        mode = os.stat(path).st_mode & 0o7777 if force and path.exists() else _new_file_mode()
+        fd, name = tempfile.mkstemp(prefix=".onic-", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise Failure(f"cannot write {path}: {_reason(e)}") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        try:
+            write(tmp)
+            os.chmod(tmp, mode)
+            _place(tmp, path, force)
+        except (Failure, OnicError, MemoryError):
+            raise
+        except Exception as e:  # Pillow's encoders raise OSError, ValueError, KeyError, struct.error…
+            raise Failure(f"cannot write {path}: {_reason(e)}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def read_input(src: str) -> bytes:
     """Bytes of a file, or of stdin for '-'."""
-    return sys.stdin.buffer.read() if src == STDIO else Path(src).read_bytes()
+    try:
+        return sys.stdin.buffer.read() if src == STDIO else Path(src).read_bytes()
+    except OSError as e:
+        raise Failure(f"cannot read {display(src)}: {_reason(e)}") from None
 
 
 def _run(job: Job, work: Callable[[Job], tuple[bytes | None, str]]) -> Result:
@@ -76,13 +154,17 @@ def _run(job: Job, work: Callable[[Job], tuple[bytes | None, str]]) -> Result:
         except (OnicError, Failure) as e:
             data, message, ok = None, str(e), False
         except OSError as e:
-            data, message, ok = None, f"{e.strerror or e}: {e.filename}" if e.filename else str(e), False
+            data, message, ok = None, f"{_reason(e)}: {e.filename or display(job.src)}", False
         except MemoryError:
             data, message, ok = None, "out of memory", False
+        except Exception as e:  # a bug: still one line, unless --debug asks for the traceback
+            data, ok = None, False
+            message = (f"internal error: {type(e).__name__}: {e}\n{traceback.format_exc().rstrip()}" if job.debug
+                       else f"internal error: {type(e).__name__}: {e} (onic --debug shows the traceback)")
     from codec.api import OnicWarning
 
     notes = [str(w.message) for w in caught if issubclass(w.category, OnicWarning)]
-    return Result(job.src, ok, message, notes, data)
+    return Result(display(job.src), ok, message, notes, data)
 
 
 def compress_file(job: Job) -> Result:
@@ -94,29 +176,34 @@ def decompress_file(job: Job) -> Result:
 
 
 def _compress(job: Job) -> tuple[bytes | None, str]:
-    from codec import api, metrics
+    from codec import api
+    from codec.session import bundle_at
 
+    bundle = bundle_at(job.model)
     source = io.BytesIO(read_input(job.src)) if job.src == STDIO else job.src
-    image = api._to_image(source)
+    image = api._to_image(source, job.max_pixels, name=display(job.src))
     if job.target_bpp is not None or job.target_psnr is not None:
-        data, quality = api.compress_to_target(image, bpp=job.target_bpp, psnr=job.target_psnr)
+        data, quality = api.compress_to_target(image, bpp=job.target_bpp, psnr=job.target_psnr, bundle=bundle,
+                                               max_pixels=job.max_pixels)
     else:
-        data, quality = api.compress(image, job.quality), job.quality
+        data, quality = api.compress(image, job.quality, bundle, job.max_pixels), job.quality
     out = None
     if job.dst == STDIO:
         out = data
     else:
         write_atomic(Path(job.dst), lambda p: p.write_bytes(data), job.force)
     line = ""
-    if job.verbose:
-        h = api.read_header(data)
-        psnr = metrics.psnr(image.convert(h.mode), api.decompress(data))
-        line = (f"{job.src} -> {job.dst}: {len(data)} bytes, {8 * len(data) / (h.width * h.height):.4f} bpp, "
-                f"PSNR {psnr:.2f} dB at quality {quality}")
+    if job.verbose or job.psnr:
+        h = api.read_header(data, None)
+        line = (f"{display(job.src)} -> {display(job.dst)}: {len(data)} bytes, "
+                f"{8 * len(data) / (h.width * h.height):.4f} bpp at quality {quality}")
+        if job.psnr:
+            line += f", PSNR {api.psnr_of(image, data, bundle):.2f} dB"
     return out, line
 
 
 def output_format(dst: str, default: str = "PNG") -> str:
+    """The Pillow format that writes ``dst``, judged by its extension."""
     from PIL import Image
 
     if dst == STDIO:
@@ -130,10 +217,13 @@ def output_format(dst: str, default: str = "PNG") -> str:
 
 def _decompress(job: Job) -> tuple[bytes | None, str]:
     from codec import api
+    from codec.session import bundle_at
 
     fmt = output_format(job.dst)
-    image = api.decompress(read_input(job.src), max_pixels=job.max_pixels)
+    image = api.decompress(read_input(job.src), bundle_at(job.model), max_pixels=job.max_pixels)
     kwargs = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
+    if fmt in LOSSY_OUTPUTS:
+        kwargs["quality"] = job.output_quality
     if fmt == "JPEG" and image.mode in ("RGBA", "LA"):
         raise Failure(f"cannot write {job.dst}: JPEG has no alpha channel (use PNG or WebP)")
 
@@ -142,10 +232,13 @@ def _decompress(job: Job) -> tuple[bytes | None, str]:
 
     if job.dst == STDIO:
         buf = io.BytesIO()
-        save(buf)
+        try:
+            save(buf)
+        except Exception as e:
+            raise Failure(f"cannot write {fmt} to stdout: {_reason(e)}") from None
         return buf.getvalue(), ""
     write_atomic(Path(job.dst), save, job.force)
-    return None, f"{job.src} -> {job.dst}" if job.verbose else ""
+    return None, f"{display(job.src)} -> {job.dst}" if job.verbose else ""
 
 
 def expand_inputs(inputs: tuple[str, ...], suffixes: set[str]) -> list[str]:

@@ -57,13 +57,14 @@ def _pillow_codec(name: str, fmt: str, description: str, qualities: list[int], *
     return Codec(name, description, qualities, encode, decode)
 
 
-def _onic() -> Codec:
+def _onic(model: str | os.PathLike | None = None) -> Codec:
     import codec
-    from codec.session import default_bundle
+    from codec.session import bundle_at
 
-    b = default_bundle()
+    b = bundle_at(model)
     return Codec("onic", f"onic {codec.__version__}, model {b.model_id}, onnxruntime CPU",
-                 list(range(0, 101, 10)), lambda im, q: codec.compress(im, quality=q), codec.decompress)
+                 list(range(0, 101, 10)), lambda im, q: codec.compress(im, quality=q, bundle=b),
+                 lambda data: codec.decompress(data, bundle=b))
 
 
 def _jpeg(subsampling: int, label: str) -> Callable[[], Codec]:
@@ -280,9 +281,11 @@ def _pct(v: float) -> str:
 
 def run(folder: str | os.PathLike, codecs: list[str], qualities: list[int] | None = None,
         out: str | os.PathLike = "results", anchors: Iterable[str | os.PathLike] = (), limit: int = 0,
-        warn: Callable[[str], None] = print, update: bool = False) -> dict:
+        warn: Callable[[str], None] = print, update: bool = False,
+        model: str | os.PathLike | None = None) -> dict:
     """Run the benchmark and write DIR_NAME.json, .csv and _rd.png into ``out``; returns the report.
 
+    ``model`` is a bundle folder for onic (default: the shipped model).
     ``update`` keeps the other codecs of an earlier DIR_NAME.json in ``out`` (same
     image count) and replaces only those run now: after retraining, rerun onic alone.
     """
@@ -301,7 +304,7 @@ def run(folder: str | os.PathLike, codecs: list[str], qualities: list[int] | Non
         if name not in CODECS:
             raise ValueError(f"unknown codec {name!r} (choose from {', '.join(CODECS)})")
         try:
-            c = CODECS[name]()
+            c = _onic(model) if name == "onic" else CODECS[name]()
         except Unavailable as e:
             warn(f"skipping {name}: {e}")
             continue

@@ -2,14 +2,21 @@
 
 Exit codes: 0 success; 1 some files of a batch failed (the rest were done);
 2 bad usage or bad input (an unreadable image, a malformed .onic file, an
-output that exists without --force). Errors are one line on stderr; stdout
-carries only data ('-' outputs) and what a command is asked to print.
+output that exists without --force, an unwritable output) and internal
+errors; 130 interrupted (Ctrl-C), 128 + N on signal N (SIGTERM, SIGHUP);
+141 when stdout's reader went away (``onic info x | head -1``), quietly.
+Errors are one line on stderr (--debug adds the traceback of an internal
+error); stdout carries only data ('-' outputs) and what a command is asked
+to print.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +24,7 @@ import click
 
 from codec import __version__
 from codec.batch import (
+    DEFAULT_OUTPUT_QUALITY,
     IMAGE_SUFFIXES,
     STDIO,
     Failure,
@@ -24,12 +32,28 @@ from codec.batch import (
     Result,
     compress_file,
     decompress_file,
+    display,
     expand_inputs,
+    output_format,
     read_input,
 )
+from codec.bitstream import MAX_PIXELS
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 SAMPLE = Path(__file__).parent / "samples" / "parrots.png"
+_debug = False  # set by `onic --debug`
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised so that cleanup (temporary files) runs as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated(signum)
 
 
 def _fail(message: str) -> None:
@@ -45,15 +69,84 @@ def _guarded(fn: Callable[[], None]) -> None:
         fn()
     except (OnicError, Failure) as e:
         _fail(str(e))
+    except BrokenPipeError:
+        raise
     except OSError as e:
         _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
     except MemoryError:
         _fail("out of memory")
 
 
+def _quiet_broken_pipe() -> None:
+    """stdout's reader is gone: send the rest (and the interpreter's final flush) to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # not a real file descriptor (tests); nothing will be flushed to it
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
+class OnicGroup(click.Group):
+    """click's group, with every failure as one line and defined exit codes (see the module docstring)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                previous[sig] = signal.signal(sig, _raise_terminated)
+            except (ValueError, OSError):  # not the main thread
+                pass
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(EXIT_BAD_INPUT)
+        except click.ClickException as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
+            click.echo(f"onic: error: {e.format_message()}{hint}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("onic: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("onic: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except Terminated as e:
+            sys.exit(128 + e.signum)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        except MemoryError:
+            _fail("out of memory")
+        except Exception as e:  # a bug: one line, the traceback only when asked for
+            if _debug:
+                traceback.print_exc()
+            hint = "" if _debug else " (onic --debug shows the traceback)"
+            _fail(f"internal error: {type(e).__name__}: {e}{hint}")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
 def _plan(inputs: tuple[str, ...], output: str | None, out_dir: str | None, suffix: str,
           input_suffixes: set[str]) -> list[tuple[str, str]]:
-    """(source, destination) pairs, or a usage error."""
+    """(source, destination) pairs, checked as a whole before any work, or a usage error."""
     sources = expand_inputs(inputs, input_suffixes)
     if not sources:
         raise click.UsageError("no input files")
@@ -64,12 +157,30 @@ def _plan(inputs: tuple[str, ...], output: str | None, out_dir: str | None, suff
     if output and len(sources) > 1:
         raise click.UsageError("-o/--output takes one input; use --out-dir for several")
     if output:
-        return [(sources[0], output)]
-    if out_dir:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        plan = [(sources[0], output)]
+    elif out_dir:
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise click.UsageError(f"--out-dir {out_dir} is a file, not a folder")
         stems = [Path(s).stem if s != STDIO else "stdin" for s in sources]
-        return [(s, str(Path(out_dir) / (stem + suffix))) for s, stem in zip(sources, stems, strict=True)]
-    return [(s, STDIO if s == STDIO else str(Path(s).with_suffix(suffix))) for s in sources]
+        plan = [(s, str(Path(out_dir) / (stem + suffix))) for s, stem in zip(sources, stems, strict=True)]
+    else:
+        plan = [(s, STDIO if s == STDIO else str(Path(s).with_suffix(suffix))) for s in sources]
+    seen: dict[str, str] = {}
+    for src, dst in plan:
+        if dst == STDIO:
+            continue
+        if src != STDIO and _same_file(src, dst):
+            raise click.UsageError(f"{dst} is also the input: refusing to overwrite it")
+        key = os.path.normcase(os.path.abspath(dst))
+        if key in seen:  # a.png and a.jpg both make a.onic: refuse rather than keep one silently
+            raise click.UsageError(f"{seen[key]} and {src} would both write {dst}")
+        seen[key] = src
+    if out_dir:
+        try:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise click.UsageError(f"cannot create --out-dir {out_dir}: {e.strerror or e}") from None
+    return plan
 
 
 def _run_batch(worker: Callable[[Job], Result], jobs: list[Job], processes: int, quiet: bool) -> None:
@@ -94,12 +205,7 @@ def _run_batch(worker: Callable[[Job], Result], jobs: list[Job], processes: int,
     show_bar = not quiet and not single and sys.stderr.isatty()
     with click.progressbar(length=len(jobs), file=sys.stderr, label="onic") if show_bar else _NoBar() as bar:
         if processes > 1 and not single:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(max_workers=processes) as pool:
-                for r in pool.map(worker, jobs):
-                    report(r)
-                    bar.update(1)
+            _run_pool(worker, jobs, processes, lambda r: (report(r), bar.update(1)))
         else:
             for job in jobs:
                 report(worker(job))
@@ -108,6 +214,26 @@ def _run_batch(worker: Callable[[Job], Result], jobs: list[Job], processes: int,
         if not single:
             click.echo(f"onic: {failures} of {len(jobs)} files failed", err=True)
         sys.exit(EXIT_BAD_INPUT if single else EXIT_SOME_FAILED)
+
+
+def _run_pool(worker: Callable[[Job], Result], jobs: list[Job], processes: int,
+              done: Callable[[Result], object]) -> None:
+    """Jobs in worker processes, results in order; an interruption cancels what has not started."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(max_workers=min(processes, len(jobs)))
+    try:
+        futures = [pool.submit(worker, job) for job in jobs]
+        for job, future in zip(jobs, futures, strict=True):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                _fail(f"a worker process died (killed, or out of memory?) while coding {display(job.src)}; "
+                      f"files from it on were not done")
+            done(result)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _NoBar:
@@ -121,10 +247,14 @@ class _NoBar:
         pass
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=__doc__.split("\n\n")[1])
+@click.group(cls=OnicGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=__doc__.split("\n\n")[1])
 @click.version_option(__version__, "--version", prog_name="onic")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar="ONIC_DEBUG", help="Show the traceback of an internal error.")
+def main(debug: bool) -> None:
     """onic: a learned image codec (PyTorch-trained, ONNX-run)."""
+    global _debug
+    _debug = debug
 
 
 _batch_options = [
@@ -135,6 +265,11 @@ _batch_options = [
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
     click.option("-v", "--verbose", is_flag=True, help="One line per file on stderr."),
     click.option("--quiet", is_flag=True, help="No warnings or progress bar."),
+    click.option("--model", type=click.Path(file_okay=False),
+                 help="A model bundle folder (made by export.bundle) instead of the shipped model."),
+    click.option("--max-pixels", type=click.IntRange(1), default=MAX_PIXELS, show_default=True,
+                 help="Refuse images whose area, each side rounded up to 64 (the work the model does), is larger "
+                      "(decompression-bomb guard). Sides above 65535 are always refused."),
 ]
 
 
@@ -142,6 +277,11 @@ def batch_options(fn):
     for option in reversed(_batch_options):
         fn = option(fn)
     return fn
+
+
+def _warn(message: str, quiet: bool) -> None:
+    if not quiet:
+        click.echo(f"onic: warning: {message}", err=True)
 
 
 @main.command()
@@ -153,62 +293,101 @@ def batch_options(fn):
               help="Search the highest quality whose size is at most this many bits per pixel.")
 @click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True),
               help="Search the lowest quality whose RGB PSNR is at least this many dB.")
+@click.option("--psnr", is_flag=True,
+              help="Decode each output and print its PSNR (one line per file; costs a decode: about 1.5x the time "
+                   "and 3x the memory).")
 def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, force: bool,
-             verbose: bool, quiet: bool, quality: int, target_bpp: float | None, target_psnr: float | None) -> None:
+             verbose: bool, quiet: bool, model: str | None, max_pixels: int, quality: int,
+             target_bpp: float | None, target_psnr: float | None, psnr: bool) -> None:
     """Compress images (PNG, JPEG, … anything Pillow reads) to .onic.
 
     INPUTS are files, folders (their images) or '-' for stdin. Outputs go next
-    to the inputs with the suffix .onic, to --out-dir, or to -o for one input.
+    to the inputs with the suffix .onic, to --out-dir, or to -o for one input
+    (its folder is created if missing). -v prints size and bpp; --psnr adds
+    the PSNR, which needs a decode.
     """
     if target_bpp is not None and target_psnr is not None:
         raise click.UsageError("give --target-bpp or --target-psnr, not both")
     plan = _plan(inputs, output, out_dir, ".onic", IMAGE_SUFFIXES)
-    work = [Job(src, dst, force, quality, target_bpp, target_psnr, verbose) for src, dst in plan]
+    for _, dst in plan:
+        if dst != STDIO and Path(dst).suffix.lower() != ".onic":
+            from PIL import Image
+
+            fmt = Image.registered_extensions().get(Path(dst).suffix.lower())
+            if fmt and fmt != "ONIC":
+                _warn(f"{dst}: writing .onic data under the extension of {fmt} files", quiet)
+    work = [Job(src, dst, force, quality, target_bpp, target_psnr, verbose, max_pixels, psnr=psnr, model=model,
+                debug=_debug) for src, dst in plan]
     _run_batch(compress_file, work, jobs, quiet)
+
+
+def _check_format(ctx, param, value: str) -> str:
+    fmt = value.lstrip(".").lower()
+    if not fmt or not fmt.isalnum():
+        raise click.BadParameter(f"{value!r} is not an image extension such as png, webp or tif")
+    try:
+        output_format("x." + fmt)
+    except Failure:
+        raise click.BadParameter(f"{value!r} is not an image format this Pillow writes") from None
+    return fmt
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @batch_options
-@click.option("--format", "fmt", default="png", show_default=True,
+@click.option("--format", "fmt", default="png", show_default=True, callback=_check_format,
               help="Output extension when the name is not given (-o names it by its extension).")
-@click.option("--max-pixels", type=click.IntRange(1), default=2**28, show_default=True,
-              help="Refuse files whose header describes more pixels (decompression-bomb guard).")
+@click.option("--output-quality", type=click.IntRange(0, 100), default=DEFAULT_OUTPUT_QUALITY, show_default=True,
+              help="Quality of lossy output formats (JPEG, WebP, AVIF, JPEG XL); PNG and TIFF are lossless.")
 def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, force: bool,
-               verbose: bool, quiet: bool, fmt: str, max_pixels: int) -> None:
+               verbose: bool, quiet: bool, model: str | None, max_pixels: int, fmt: str,
+               output_quality: int) -> None:
     """Decompress .onic files to PNG (or any format Pillow writes, by extension).
 
     INPUTS are files, folders (their .onic files) or '-' for stdin; '-o -'
     writes PNG to stdout. ICC profiles and EXIF are written back where the
     output format supports them.
     """
-    plan = _plan(inputs, output, out_dir, "." + fmt.lstrip(".").lower(), {".onic"})
-    work = [Job(src, dst, force, verbose=verbose, max_pixels=max_pixels) for src, dst in plan]
+    plan = _plan(inputs, output, out_dir, "." + fmt, {".onic"})
+    work = [Job(src, dst, force, verbose=verbose, max_pixels=max_pixels, output_quality=output_quality,
+                model=model, debug=_debug) for src, dst in plan]
     _run_batch(decompress_file, work, jobs, quiet)
 
 
 @main.command()
-@click.argument("input", type=click.Path(dir_okay=False))
-def info(input: str) -> None:
-    """Print the header fields and chunks of an .onic file ('-' reads stdin)."""
+@click.argument("inputs", nargs=-1, required=True)
+def info(inputs: tuple[str, ...]) -> None:
+    """Print the header fields and chunks of .onic files ('-' reads stdin).
 
-    def body() -> None:
-        from codec import bitstream
+    Several files are printed one after another, separated by a blank line; a
+    bad file is reported and the others are still printed.
+    """
+    from codec import bitstream
+    from codec.bitstream import OnicError
 
-        data = read_input(input)
-        c = bitstream.unpack(data)
+    failures = 0
+    for n, path in enumerate(inputs):
+        try:
+            data = read_input(path)
+            c = bitstream.unpack(data)
+        except (OnicError, Failure) as e:
+            failures += 1
+            click.echo(f"onic: error: {e}" if len(inputs) == 1 else f"onic: error: {display(path)}: {e}", err=True)
+            continue
         h = c.header
         chunks = ", ".join(f"{k.decode()} ({len(v)} bytes)" for k, v in c.chunks.items()) or "none"
         rows = [
-            ("file", input), ("format version", h.version), ("index path", h.index_path), ("model id", h.model_id),
-            ("width", h.width), ("height", h.height), ("mode", h.mode), ("quality", h.quality),
-            ("hyperprior bytes", h.z_length), ("latent bytes", h.y_length), ("chunks", chunks),
-            ("file bytes", len(data)), ("bpp", f"{8 * len(data) / (h.width * h.height):.4f}"),
+            ("file", display(path)), ("format version", h.version), ("index path", h.index_path),
+            ("model id", h.model_id), ("width", h.width), ("height", h.height), ("mode", h.mode),
+            ("quality", h.quality), ("hyperprior bytes", h.z_length), ("latent bytes", h.y_length),
+            ("chunks", chunks), ("file bytes", len(data)), ("bpp", f"{8 * len(data) / (h.width * h.height):.4f}"),
         ]
+        if n:
+            click.echo()
         for k, v in rows:
             click.echo(f"{k + ':':<18}{v}")
-
-    _guarded(body)
+    if failures:
+        sys.exit(EXIT_BAD_INPUT if len(inputs) == 1 else EXIT_SOME_FAILED)
 
 
 def _int_list(ctx, param, value: str | None) -> list[int] | None:
@@ -237,8 +416,10 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
                    "upscale of it, beside Pillow's decoders.")
 @click.option("--compressai-python", type=click.Path(exists=True, dir_okay=False),
               help="With --speed: a Python that has compressai, to time its model of the same size.")
+@click.option("--model", type=click.Path(file_okay=False),
+              help="A model bundle folder (made by export.bundle) for onic instead of the shipped model.")
 def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, anchors: tuple[str, ...],
-          limit: int, update: bool, speed: bool, compressai_python: str | None) -> None:
+          limit: int, update: bool, speed: bool, compressai_python: str | None, model: str | None) -> None:
     """Rate-distortion and speed of onic against JPEG, WebP, AVIF and JPEG XL on FOLDER.
 
     Needs the [bench] extra (matplotlib, scipy, tqdm, pillow-jxl-plugin).
@@ -254,14 +435,21 @@ def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, ancho
         return
 
     def body() -> None:
-        try:
-            from codec import bench as b
-        except ImportError as e:
-            raise Failure(f"onic bench needs the [bench] extra: {e}") from None
+        import importlib.util
+
+        # Before any work: the plots and tables need these, and a run takes minutes.
+        missing = [m for m in ("matplotlib", "scipy", "tqdm") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise Failure(f"onic bench needs the [bench] extra (pip install 'onic[bench]'): "
+                          f"{', '.join(missing)} not installed")
+        from codec import bench as b
+        from codec.session import bundle_at
+
+        bundle_at(model)  # a bad --model fails now, not after the other codecs ran
         names = [c.strip() for c in codecs.split(",") if c.strip()]
         try:
             report = b.run(folder, names, qualities, out, anchors, limit,
-                           warn=lambda m: click.echo(f"onic: warning: {m}", err=True), update=update)
+                           warn=lambda m: click.echo(f"onic: warning: {m}", err=True), update=update, model=model)
         except ValueError as e:
             raise Failure(str(e)) from None
         click.echo(b.format_table(report))

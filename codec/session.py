@@ -220,3 +220,20 @@ def default_bundle() -> Bundle:
         if _default is None:
             _default = Bundle(DEFAULT_BUNDLE)
         return _default
+
+
+_loaded: dict[str, Bundle] = {}
+_loaded_lock = threading.Lock()
+
+
+def bundle_at(path: str | os.PathLike | None) -> Bundle:
+    """The model bundle in a folder (None: the shipped one), loaded once per process."""
+    if path is None:
+        return default_bundle()
+    key = os.path.realpath(path)
+    with _loaded_lock:
+        if key not in _loaded:
+            if not Path(key, "manifest.json").is_file():
+                raise OnicError(f"no model bundle at {path} (a folder with manifest.json, made by export.bundle)")
+            _loaded[key] = Bundle(key)
+        return _loaded[key]

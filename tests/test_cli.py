@@ -48,7 +48,9 @@ def test_verbose_and_default_output_name(tmp_path):
     src.write_bytes(SAMPLE.read_bytes())
     r = run_onic("compress", str(src), "-v")
     assert r.returncode == 0 and (tmp_path / "photo.onic").exists()
-    assert b"bpp" in r.stderr and b"PSNR" in r.stderr and r.stdout == b""
+    assert b"bpp" in r.stderr and b"PSNR" not in r.stderr and r.stdout == b""  # -v does not decode
+    r = run_onic("compress", str(src), "--psnr", "--force")
+    assert r.returncode == 0 and b"bpp" in r.stderr and b"PSNR" in r.stderr
     r = run_onic("decompress", str(tmp_path / "photo.onic"), "-o", str(tmp_path / "photo.webp"))
     assert r.returncode == 0
     with Image.open(tmp_path / "photo.webp") as im:
