@@ -345,10 +345,30 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
     return manifest
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "codec" / "models" / "default"
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse to replace an existing bundle without ``force``, and anything but a bundle ever.
+
+    Replacing the shipped model changes its id: every file made with it then fails
+    to decode (unless ``--supersedes`` shows the new bundle decodes them).
+    """
+    if not out.exists():
+        return
+    if not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file()):
+        raise SystemExit(f"export.bundle: {out} exists and is not a model bundle; refusing to replace it")
+    if any(out.iterdir()) and not force:
+        shipped = " the shipped model (files made with it will stop decoding)" if out.resolve() == SHIPPED else ""
+        raise SystemExit(f"export.bundle: {out} holds{shipped or ' a bundle'}; pass --force to replace it")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Export a checkpoint as an onic model bundle.")
     p.add_argument("checkpoint")
-    p.add_argument("out", help="bundle folder to (re)write, e.g. codec/models/default")
+    p.add_argument("out", help="bundle folder to write, e.g. runs/cpu/bundle (an existing bundle needs --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing bundle, the shipped codec/models/default included")
     p.add_argument("--name", default="default")
     p.add_argument("--calibration", default="../shared/data/train",
                    help="folder of training images for the integer scale path's ranges (never Kodak)")
@@ -358,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--supersedes", help="an earlier bundle of the same weights whose files must still decode "
                    "(may be OUT itself; read before OUT is rewritten)")
     a = p.parse_args(argv)
+    check_out(Path(a.out), a.force)
     m = export_bundle(a.checkpoint, a.out, a.name, calibration_images(a.calibration, a.calibration_images),
                       a.position_floor, a.supersedes)
     print(f"wrote {a.out}: model id {m['model_id']}, N={m['config']['N']} M={m['config']['M']}")

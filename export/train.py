@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import random
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,42 +34,42 @@ from export.model import DEFAULT_LAMBDAS, ModelConfig, Onic, rd_loss
 @dataclass
 class TrainConfig:
     # data
-    data: str = "../shared/data/train"
+    data: str = "../shared/data/train"  # folder of training photos (subfolders too); never the test set
     crop: int = 128  # 256 on a GPU; 128 keeps CPU steps near 0.2 s
-    batch_size: int = 8
+    batch_size: int = 8  # crops per step
     max_images: int = 0  # 0 = every image in the folder
     # model (ModelConfig)
-    N: int = 64
-    M: int = 96
+    N: int = 64  # channels of the transforms and of z
+    M: int = 96  # channels of the latent y
     lambdas: str = ""  # comma-separated λ ladder for a new model; empty = model.DEFAULT_LAMBDAS
     hyper_gains: bool = False  # gain units on z too; also adds them (as identity) to a resumed model without
     slices: str = ""  # channel slices of y, e.g. "16,16,32,32": the channel-conditional entropy model;
     # also adds it (its networks start at zero, so as identity) to a resumed hyperprior model
     context_only: bool = False  # train only the slice networks; the transforms, gains and priors stay fixed
     # optimizer
-    lr: float = 3e-4
-    warmup_steps: int = 200
+    lr: float = 3e-4  # Adam learning rate after warm-up
+    warmup_steps: int = 200  # linear warm-up of the learning rate
     gain_lr_mult: float = 1.0  # learning-rate factor for the gain tables (one scalar per rung and channel)
-    clip_grad: float = 1.0
-    max_steps: int = 1_000_000
+    clip_grad: float = 1.0  # gradient norm clip
+    max_steps: int = 1_000_000  # stop after this step (the budget usually ends a run first)
     max_minutes: float = 60.0  # wall-clock budget; the run checkpoints and stops at it
     decay_at: float = 0.85  # fraction of the budget after which lr drops tenfold
     decay_step: int = 0  # or: the step from which it drops (0 = by decay_at); comparisons at equal steps use it
     # speed (GPU): bf16 autocast for the transforms (likelihoods stay fp32), channels-last, torch.compile
     device: str = "auto"  # auto = cuda when available
-    bf16: bool = False
+    bf16: bool = False  # bf16 autocast for the transforms
     fp32_hyper: bool = False  # with bf16: keep h_a, h_s and the gains (the rate side) in fp32
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool = False  # channels-last memory format
+    compile: bool = False  # torch.compile the model
     # io
-    out: str = "runs/cpu"
+    out: str = "runs/cpu"  # folder for ckpt.pt, weights.pt, log and eval.jsonl
     resume: str = ""  # a checkpoint to continue from (weights, ladder, step)
     kodak: str = ""  # folder for the periodic evaluation; empty = none
-    eval_images: int = 4
-    eval_every: int = 1000
+    eval_images: int = 4  # Kodak images per periodic evaluation (judge checkpoints on all 24 later)
+    eval_every: int = 1000  # steps between evaluations and checkpoints
     snapshots: bool = False  # also keep fp16 weights of every evaluated step (weights_STEP.pt), to pick the best later
-    log_every: int = 50
-    seed: int = 0
+    log_every: int = 50  # steps between log lines
+    seed: int = 0  # seed of crops, λ draws and initial weights
     threads: int = 0  # torch threads; 0 = torch's default
 
 
@@ -183,7 +185,7 @@ def save_checkpoint(path: Path, model: Onic, opt: torch.optim.Optimizer, step: i
     tmp.replace(path)
 
 
-def save_weights(path: Path, model: Onic, step: int, half: bool = False) -> None:
+def save_weights(path: Path, model: Onic, step: int, half: bool = False, cfg: TrainConfig | None = None) -> None:
     """Weights only (what the repo keeps for later runs to resume from): no optimizer state.
 
     ``half`` stores floats as fp16 so that the full-size model stays under 16 MiB a file
@@ -193,7 +195,8 @@ def save_weights(path: Path, model: Onic, step: int, half: bool = False) -> None
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     tmp = Path(path).with_suffix(".tmp")
-    torch.save({"model": state, "model_config": model.cfg.to_dict(), "step": step}, tmp)
+    extra = {"config": {k: getattr(cfg, k) for k in RESUMED}} if cfg else {}
+    torch.save({"model": state, "model_config": model.cfg.to_dict(), "step": step, **extra}, tmp)
     tmp.replace(path)
 
 
@@ -222,6 +225,20 @@ def load_model(path: str | Path) -> tuple[Onic, dict]:
     return model, ckpt
 
 
+def restore_run_settings(cfg: TrainConfig, ckpt: dict) -> None:
+    """A resumed run keeps the crop and batch of the run it continues, unless given again."""
+    saved = ckpt.get("config", {})
+    given = getattr(cfg, "given", frozenset(RESUMED))  # called from Python: cfg is as meant
+    for key in RESUMED:
+        if key in given:
+            continue
+        if key in saved:
+            setattr(cfg, key, type(getattr(cfg, key))(saved[key]))
+            print(f"resume: {key} {getattr(cfg, key)} from the checkpoint")
+        else:
+            print(f"resume: the checkpoint does not record its {key}; using {getattr(cfg, key)}")
+
+
 def train(cfg: TrainConfig) -> Path:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -238,6 +255,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.resume:
         model, ckpt = load_model(cfg.resume)
         step = int(ckpt["step"])
+        restore_run_settings(cfg, ckpt)
         if cfg.hyper_gains and not model.cfg.hyper_gains:
             model = add_hyper_gains(model)
             ckpt.pop("optimizer", None)
@@ -290,9 +308,9 @@ def train(cfg: TrainConfig) -> Path:
         if kodak and step % cfg.eval_every == 0 and step > first_step:
             log_evaluation(model, kodak, step, (time.time() - start) / 60, eval_log)
             save_checkpoint(ckpt_path, model, opt, step, cfg)
-            save_weights(out / "weights.pt", model, step, half=True)
+            save_weights(out / "weights.pt", model, step, half=True, cfg=cfg)
             if cfg.snapshots:
-                save_weights(out / f"weights_{step}.pt", model, step, half=True)
+                save_weights(out / f"weights_{step}.pt", model, step, half=True, cfg=cfg)
 
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps)
         late = time.time() - start > cfg.decay_at * cfg.max_minutes * 60
@@ -333,19 +351,45 @@ def train(cfg: TrainConfig) -> Path:
     if kodak and step % cfg.eval_every:  # the final state too, so that a run's last numbers are logged
         log_evaluation(model, kodak, step, (time.time() - start) / 60, eval_log)
     save_checkpoint(ckpt_path, model, opt, step, cfg)
-    save_weights(out / "weights.pt", model, step, half=True)
+    save_weights(out / "weights.pt", model, step, half=True, cfg=cfg)
     minutes = (time.time() - start) / 60
     print(f"saved {ckpt_path} at step {step}: {step - first_step} steps in {minutes:.1f} min, "
           f"{(step - first_step) * cfg.batch_size / max(minutes * 60, 1e-9):.0f} img/s overall")
     return ckpt_path
 
 
+def _field_help() -> dict[str, str]:
+    """Each TrainConfig field's comment in the source above: the one place its meaning is written."""
+    helps: dict[str, str] = {}
+    last = None
+    for line in inspect.getsource(TrainConfig).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", line)
+        if m:
+            last = m.group(1)
+            helps[last] = m.group(2) or ""
+        elif last and re.match(r"\s+#\s*(.*)$", line) and helps[last]:
+            helps[last] += " " + line.strip().lstrip("#").strip()
+        else:
+            last = None
+    return helps
+
+
+RESUMED = ("crop", "batch_size")  # run settings a resumed run keeps unless given again
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m export.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    helps = _field_help()
     for f in dataclasses.fields(TrainConfig):
         kind = (lambda v: bool(int(v))) if isinstance(f.default, bool) else type(f.default)
-        parser.add_argument(f"--{f.name}", type=kind, default=f.default)
-    return TrainConfig(**vars(parser.parse_args(argv)))
+        metavar = "0|1" if isinstance(f.default, bool) else f.name.upper()
+        parser.add_argument(f"--{f.name}", type=kind, default=None, metavar=metavar,
+                            help=f"{helps.get(f.name, '')} (default: {f.default!r})")
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    cfg = TrainConfig(**given)
+    cfg.given = frozenset(given)  # what the command line set, so that --resume can restore the rest
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -341,3 +341,50 @@ def test_ladder_benchmark_prints_every_position(tiny, data):
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.startswith(ckpt)]
     assert len(rows) == 6 and "BD-rate" in r.stdout
+
+
+def test_export_refuses_to_replace_a_bundle_without_force(tiny, tmp_path):
+    """Following the README once silently replaced the shipped model; now it takes --force."""
+    out, calibration = tmp_path / "bundle", tmp_path / "calibration"
+    calibration.mkdir()
+    random_image(128, 128).save(calibration / "a.png")
+    args = [str(tiny[1].parent / "tiny.pt"), str(out), "--calibration", str(calibration), "--calibration_images", "1"]
+    export_bundle.main(args)
+    manifest = (out / "manifest.json").read_bytes()
+    with pytest.raises(SystemExit, match="--force"):
+        export_bundle.main(args)
+    assert (out / "manifest.json").read_bytes() == manifest
+    with pytest.raises(SystemExit, match="shipped model"):
+        export_bundle.check_out(export_bundle.SHIPPED, force=False)
+    export_bundle.check_out(export_bundle.SHIPPED, force=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(SystemExit, match="not a model bundle"):
+        export_bundle.check_out(tmp_path / "mine", force=True)
+
+
+def test_train_help_shows_every_field_with_its_meaning_and_default(capsys):
+    from export.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--crop CROP 256 on a GPU" in text and "(default: 128)" in text
+    assert "--batch_size BATCH_SIZE crops per step (default: 8)" in text
+
+
+def test_resume_restores_crop_and_batch_unless_given(tmp_path, data):
+    from export.train import parse_args
+
+    run = tmp_path / "run"
+    first = parse_args(["--data", str(data), "--crop", "64", "--batch_size", "3", "--N", "8", "--M", "12",
+                        "--max_steps", "1", "--out", str(run), "--warmup_steps", "1"])
+    ckpt = train(first)
+    for weights in (ckpt, run / "weights.pt"):
+        cfg = parse_args(["--data", str(data), "--resume", str(weights), "--max_steps", "2", "--out", str(run)])
+        train(cfg)
+        assert (cfg.crop, cfg.batch_size) == (64, 3)  # not the defaults, 128 and 8
+    cfg = parse_args(["--data", str(data), "--resume", str(ckpt), "--batch_size", "2", "--max_steps", "3",
+                      "--out", str(run)])
+    train(cfg)
+    assert (cfg.crop, cfg.batch_size) == (64, 2)
