@@ -216,13 +216,20 @@ def _run_batch(worker: Callable[[Job], Result], jobs: list[Job], processes: int,
         sys.exit(EXIT_BAD_INPUT if single else EXIT_SOME_FAILED)
 
 
+def _worker_signals() -> None:
+    """Workers leave interruptions to the main process: it cancels what has not started, and
+    each worker finishes its file (outputs appear whole or not at all), then exits quietly."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _run_pool(worker: Callable[[Job], Result], jobs: list[Job], processes: int,
               done: Callable[[Result], object]) -> None:
     """Jobs in worker processes, results in order; an interruption cancels what has not started."""
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(max_workers=min(processes, len(jobs)))
+    pool = ProcessPoolExecutor(max_workers=min(processes, len(jobs)), initializer=_worker_signals)
     try:
         futures = [pool.submit(worker, job) for job in jobs]
         for job, future in zip(jobs, futures, strict=True):

@@ -171,21 +171,26 @@ def _big_inputs(folder: Path, n: int = 6) -> list[str]:
     return sorted(str(p) for p in folder.iterdir())
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM),
                                        (signal.SIGHUP, 128 + signal.SIGHUP)])
-def test_signals_exit_with_their_code_and_leave_no_temporary(tmp_path, sig, code):
+def test_signals_exit_with_their_code_and_leave_no_temporary(tmp_path, sig, code, jobs):
     inputs = _big_inputs(tmp_path / "in")
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, "-m", "codec.cli", "compress", *inputs, "--out-dir", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Its own process group, as a shell job: the signal reaches the workers too, as Ctrl-C would.
+    p = subprocess.Popen([sys.executable, "-m", "codec.cli", "compress", *inputs, "--out-dir", str(out), "-j", jobs],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
     while not (out.exists() and any(out.iterdir())) and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.01)  # wait until the first output is in place: the command is past its start-up
-    p.send_signal(sig)
+    os.killpg(p.pid, sig)
     _, err = p.communicate(timeout=120)
     assert p.returncode == code, err
-    assert b"Traceback" not in err
+    assert b"Traceback" not in err and len(err.decode().strip().splitlines()) <= 1, err
+    time.sleep(0.5)  # workers finishing their file after the main process left
     assert leftovers(out) == []
+    for f in out.iterdir():
+        assert codec.read_header(f.read_bytes()).width == 1536  # whole files only
 
 
 def test_closed_stdout_ends_quietly(small_onic):
