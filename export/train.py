@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import random
 import re
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 
 from export.model import DEFAULT_LAMBDAS, ModelConfig, Onic, rd_loss
@@ -73,11 +75,15 @@ class TrainConfig:
     threads: int = 0  # torch threads; 0 = torch's default
 
 
-def load_images(folder: str, max_images: int, min_side: int) -> list[np.ndarray]:
-    """Decode every image under ``folder`` (subfolders too) once; training crops come from these arrays."""
+def load_images(folder: str, max_images: int, min_side: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
+    """Decode every image under ``folder`` (subfolders too) once; training crops come from these arrays.
+
+    With several ranks, each decodes and keeps only its shard (every ``world``-th image).
+    """
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if max_images:
         paths = paths[:max_images]
+    paths = paths[rank::world]
     images = []
     for p in paths:
         with Image.open(p) as im:
@@ -225,7 +231,7 @@ def load_model(path: str | Path) -> tuple[Onic, dict]:
     return model, ckpt
 
 
-def restore_run_settings(cfg: TrainConfig, ckpt: dict) -> None:
+def restore_run_settings(cfg: TrainConfig, ckpt: dict, log=print) -> None:
     """A resumed run keeps the crop and batch of the run it continues, unless given again."""
     saved = ckpt.get("config", {})
     given = getattr(cfg, "given", frozenset(RESUMED))  # called from Python: cfg is as meant
@@ -234,18 +240,55 @@ def restore_run_settings(cfg: TrainConfig, ckpt: dict) -> None:
             continue
         if key in saved:
             setattr(cfg, key, type(getattr(cfg, key))(saved[key]))
-            print(f"resume: {key} {getattr(cfg, key)} from the checkpoint")
+            log(f"resume: {key} {getattr(cfg, key)} from the checkpoint")
         else:
-            print(f"resume: the checkpoint does not record its {key}; using {getattr(cfg, key)}")
+            log(f"resume: the checkpoint does not record its {key}; using {getattr(cfg, key)}")
+
+
+def start_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) this joins the process group:
+    NCCL with one GPU per rank (LOCAL_RANK), gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if world == 1:
+        return 0, 1, torch.device("cuda" if cfg.device == "auto" and cuda else "cpu" if cfg.device == "auto"
+                                  else cfg.device)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), world, torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def _agree(flags: list[bool], device: torch.device, world: int) -> list[bool]:
+    """Each flag true on any rank is true on all: ranks must take the same branch (stop, decay)."""
+    if world == 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def replica_difference(model: torch.nn.Module, world: int) -> float:
+    """Largest difference between any rank's weights and rank 0's (0.0 when DDP kept them in step)."""
+    if world == 1:
+        return 0.0
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    diff = (flat - reference).abs().max().reshape(1)
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff.item())
 
 
 def train(cfg: TrainConfig) -> Path:
+    rank, world, device = start_distributed(cfg)
+    main_rank = rank == 0  # rank 0 alone writes checkpoints, logs and evaluations
+    log = print if main_rank else (lambda *a, **k: None)
     random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
@@ -255,7 +298,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.resume:
         model, ckpt = load_model(cfg.resume)
         step = int(ckpt["step"])
-        restore_run_settings(cfg, ckpt)
+        restore_run_settings(cfg, ckpt, log)
         if cfg.hyper_gains and not model.cfg.hyper_gains:
             model = add_hyper_gains(model)
             ckpt.pop("optimizer", None)
@@ -285,27 +328,39 @@ def train(cfg: TrainConfig) -> Path:
         try:
             opt.load_state_dict(ckpt["optimizer"])
         except ValueError:
-            print("optimizer state does not match; starting it fresh with a warm-up")
-    forward = torch.compile(model) if cfg.compile else model
+            log("optimizer state does not match; starting it fresh with a warm-up")
+    forward = model
+    if world > 1:
+        # DDP averages the gradients over ranks in backward: every rank steps the same weights.
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index
+                                                            is not None else None)
+    forward = torch.compile(forward) if cfg.compile else forward
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     rungs = len(model.cfg.lambdas)
 
     t0 = time.time()
-    images = [torch.from_numpy(a.copy()).to(device) for a in load_images(cfg.data, cfg.max_images, cfg.crop)]
-    kodak = load_images(cfg.kodak, cfg.eval_images, 1) if cfg.kodak else []
-    print(f"{len(images)} training images on {device} in {time.time() - t0:.1f}s; model N={model.cfg.N} "
+    images = [torch.from_numpy(a.copy()).to(device)
+              for a in load_images(cfg.data, cfg.max_images, cfg.crop, rank, world)]
+    if not images:
+        raise SystemExit(f"rank {rank}: no training images in its shard of {cfg.data}")
+    kodak = load_images(cfg.kodak, cfg.eval_images, 1) if cfg.kodak and main_rank else []
+    if world > 1:
+        log(f"{world} ranks ({dist.get_backend()}): each has its shard of the images and its own crops; "
+            f"batch {cfg.batch_size} per rank, {cfg.batch_size * world} per step")
+    log(f"{len(images)} training images on {device} in {time.time() - t0:.1f}s; model N={model.cfg.N} "
           f"M={model.cfg.M} slices {list(model.cfg.slices) or 'none'}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params; "
           f"crop {cfg.crop} batch {cfg.batch_size} bf16 {cfg.bf16} compile {cfg.compile}")
 
-    rng = random.Random(cfg.seed + step)
+    rng = random.Random(cfg.seed + step + 1_000_003 * rank)  # crops: per rank, and new after a resume
+    torch.manual_seed(cfg.seed + step + 1_000_003 * rank + 1)  # λ draws likewise
     start = last = time.time()
     first_step = step
     skipped = 0
     eval_log = out / "eval.jsonl"
     model.train()
     while step < cfg.max_steps:
-        if kodak and step % cfg.eval_every == 0 and step > first_step:
+        if cfg.kodak and main_rank and step % cfg.eval_every == 0 and step > first_step:
             log_evaluation(model, kodak, step, (time.time() - start) / 60, eval_log)
             save_checkpoint(ckpt_path, model, opt, step, cfg)
             save_weights(out / "weights.pt", model, step, half=True, cfg=cfg)
@@ -313,7 +368,9 @@ def train(cfg: TrainConfig) -> Path:
                 save_weights(out / f"weights_{step}.pt", model, step, half=True, cfg=cfg)
 
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps)
-        late = time.time() - start > cfg.decay_at * cfg.max_minutes * 60
+        elapsed = time.time() - start
+        late, over = _agree([elapsed > cfg.decay_at * cfg.max_minutes * 60, elapsed > cfg.max_minutes * 60],
+                            device, world)
         if step >= cfg.decay_step if cfg.decay_step else late:
             lr *= 0.1  # a final low-rate phase settles the weights (CompressAI's schedulers do the same)
         for g in opt.param_groups:
@@ -330,8 +387,8 @@ def train(cfg: TrainConfig) -> Path:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         if not torch.isfinite(norm):
             # One bad batch (a bf16 overflow, say) must not poison Adam's state and lose the run.
-            skipped += 1
-            print(f"step {step}: non-finite gradient, update skipped ({skipped} so far)")
+            skipped += 1  # the same on every rank: DDP made the gradients equal
+            log(f"step {step}: non-finite gradient, update skipped ({skipped} so far)")
             if skipped > 100:
                 raise SystemExit("more than 100 non-finite gradients: stopping with the last checkpoint")
             continue
@@ -342,19 +399,27 @@ def train(cfg: TrainConfig) -> Path:
             dt = (time.time() - last) / cfg.log_every
             last = time.time()
             psnr = 10 * math.log10(1 / max(losses["mse"].item(), 1e-10))
-            print(f"step {step}: loss {losses['loss'].item():.3f} bpp {losses['bpp'].item():.3f} "
-                  f"psnr {psnr:.2f} dB lr {lr:.1e} {dt * 1000:.0f} ms/step {cfg.batch_size / dt:.1f} img/s", flush=True)
-        if time.time() - start > cfg.max_minutes * 60:
-            print(f"wall-clock budget of {cfg.max_minutes} min reached at step {step}")
+            log(f"step {step}: loss {losses['loss'].item():.3f} bpp {losses['bpp'].item():.3f} "
+                f"psnr {psnr:.2f} dB lr {lr:.1e} {dt * 1000:.0f} ms/step {world * cfg.batch_size / dt:.1f} img/s",
+                flush=True)
+        if over:
+            log(f"wall-clock budget of {cfg.max_minutes} min reached at step {step}")
             break
 
-    if kodak and step % cfg.eval_every:  # the final state too, so that a run's last numbers are logged
-        log_evaluation(model, kodak, step, (time.time() - start) / 60, eval_log)
-    save_checkpoint(ckpt_path, model, opt, step, cfg)
-    save_weights(out / "weights.pt", model, step, half=True, cfg=cfg)
+    if world > 1:
+        difference = replica_difference(model, world)
+        log(f"replicas: largest weight difference from rank 0 across {world} ranks {difference:g}")
+    if main_rank:
+        if kodak and step % cfg.eval_every:  # the final state too, so that a run's last numbers are logged
+            log_evaluation(model, kodak, step, (time.time() - start) / 60, eval_log)
+        save_checkpoint(ckpt_path, model, opt, step, cfg)
+        save_weights(out / "weights.pt", model, step, half=True, cfg=cfg)
     minutes = (time.time() - start) / 60
-    print(f"saved {ckpt_path} at step {step}: {step - first_step} steps in {minutes:.1f} min, "
-          f"{(step - first_step) * cfg.batch_size / max(minutes * 60, 1e-9):.0f} img/s overall")
+    log(f"saved {ckpt_path} at step {step}: {step - first_step} steps in {minutes:.1f} min, "
+        f"{(step - first_step) * world * cfg.batch_size / max(minutes * 60, 1e-9):.0f} img/s overall")
+    if world > 1:
+        dist.barrier()  # the others wait until rank 0 has written
+        dist.destroy_process_group()
     return ckpt_path
 
 
