@@ -274,6 +274,9 @@ _batch_options = [
     click.option("--quiet", is_flag=True, help="No warnings or progress bar."),
     click.option("--model", type=click.Path(file_okay=False),
                  help="A model bundle folder (made by export.bundle) instead of the shipped model."),
+    click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                 help="Code the folder (or URI: s3://…) INPUT, subfolders too, on Ray into --out-dir, with a manifest; "
+                      "ADDRESS is a cluster ('auto', 'ray://host:10001'), none starts a local one. Needs onic[ray]."),
     click.option("--max-pixels", type=click.IntRange(1), default=MAX_PIXELS, show_default=True,
                  help="Refuse images whose area, each side rounded up to 64 (the work the model does), is larger "
                       "(decompression-bomb guard). Sides above 65535 are always refused."),
@@ -304,7 +307,7 @@ def _warn(message: str, quiet: bool) -> None:
               help="Decode each output and print its PSNR (one line per file; costs a decode: about 1.5x the time "
                    "and 3x the memory).")
 def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, force: bool,
-             verbose: bool, quiet: bool, model: str | None, max_pixels: int, quality: int,
+             verbose: bool, quiet: bool, model: str | None, ray_address: str | None, max_pixels: int, quality: int,
              target_bpp: float | None, target_psnr: float | None, psnr: bool) -> None:
     """Compress images (PNG, JPEG, … anything Pillow reads) to .onic.
 
@@ -315,6 +318,11 @@ def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, j
     """
     if target_bpp is not None and target_psnr is not None:
         raise click.UsageError("give --target-bpp or --target-psnr, not both")
+    if ray_address is not None:
+        if target_bpp is not None or target_psnr is not None or psnr:
+            raise click.UsageError("--ray codes at one --quality: no --target-bpp, --target-psnr or --psnr")
+        return _run_ray("compress", inputs, output, out_dir, ray_address, quiet, quality=quality, model=model,
+                        max_pixels=max_pixels)
     plan = _plan(inputs, output, out_dir, ".onic", IMAGE_SUFFIXES)
     for _, dst in plan:
         if dst != STDIO and Path(dst).suffix.lower() != ".onic":
@@ -326,6 +334,29 @@ def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, j
     work = [Job(src, dst, force, quality, target_bpp, target_psnr, verbose, max_pixels, psnr=psnr, model=model,
                 debug=_debug) for src, dst in plan]
     _run_batch(compress_file, work, jobs, quiet)
+
+
+def _run_ray(mode: str, inputs: tuple[str, ...], output: str | None, out_dir: str | None, address: str,
+             quiet: bool, **options) -> None:
+    """One folder or URI on Ray (codec.raydata); exit 0, or 1 when some files failed (see the manifest)."""
+    if len(inputs) != 1 or inputs[0] == STDIO or output or not out_dir:
+        raise click.UsageError("--ray takes one input folder or URI and --out-dir (no -o, no '-')")
+    def body() -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise Failure("--ray needs the [ray] extra (pip install 'onic[ray]')") from None
+        from codec import raydata
+
+        s = raydata.code_dataset(inputs[0], out_dir, mode, address=None if address == "local" else address,
+                                 **options)
+        if not quiet:
+            click.echo(f"onic: {s.files} files: {s.coded} coded, {s.skipped} skipped (done before), {s.failed} failed "
+                       f"in {s.seconds:.1f} s ({s.images_per_second:.1f} images/s); manifest {s.manifest}", err=True)
+        if s.failed:
+            sys.exit(EXIT_SOME_FAILED)
+
+    _guarded(body)
 
 
 def _check_format(ctx, param, value: str) -> str:
@@ -347,7 +378,7 @@ def _check_format(ctx, param, value: str) -> str:
 @click.option("--output-quality", type=click.IntRange(0, 100), default=DEFAULT_OUTPUT_QUALITY, show_default=True,
               help="Quality of lossy output formats (JPEG, WebP, AVIF, JPEG XL); PNG and TIFF are lossless.")
 def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, force: bool,
-               verbose: bool, quiet: bool, model: str | None, max_pixels: int, fmt: str,
+               verbose: bool, quiet: bool, model: str | None, ray_address: str | None, max_pixels: int, fmt: str,
                output_quality: int) -> None:
     """Decompress .onic files to PNG (or any format Pillow writes, by extension).
 
@@ -355,6 +386,9 @@ def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None,
     writes PNG to stdout. ICC profiles and EXIF are written back where the
     output format supports them.
     """
+    if ray_address is not None:
+        return _run_ray("decompress", inputs, output, out_dir, ray_address, quiet, fmt=fmt,
+                        output_quality=output_quality, model=model, max_pixels=max_pixels)
     plan = _plan(inputs, output, out_dir, "." + fmt, {".onic"})
     work = [Job(src, dst, force, verbose=verbose, max_pixels=max_pixels, output_quality=output_quality,
                 model=model, debug=_debug) for src, dst in plan]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
 import sys
 import zlib
 
@@ -159,3 +160,29 @@ def test_decoder_runs_where_torch_cannot_be_imported(tmp_path, sample_onic):
     r = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(src), str(out)], capture_output=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr.decode()
     assert b"decoded without torch" in r.stdout and out.exists()
+
+
+def test_no_module_of_the_runtime_imports_torch():
+    """Every import in codec/, nested ones included (raydata's actors, bench, speed), is checked."""
+    import ast
+
+    for path in (ROOT / "codec").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "torch" or n.startswith("torch.") for n in names), (path, ast.dump(node))
+
+
+WITHOUT_RAY = """
+import sys
+sys.modules["ray"] = None  # the base install: no Ray
+from codec.cli import main
+sys.argv = ["onic", "compress", sys.argv[1], "--out-dir", sys.argv[2], "--ray"]
+main()
+"""
+
+
+def test_ray_option_without_ray_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-c", WITHOUT_RAY, str(SAMPLE.parent), str(tmp_path / "out")],
+                       capture_output=True, cwd=ROOT)
+    assert "onic[ray]" in one_error_line(r)
