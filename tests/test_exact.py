@@ -171,3 +171,31 @@ def test_requantize_clip_changes_nothing_up_to_the_largest_shift():
         want = [max(-intscale.ACT_MAX, min(intscale.ACT_MAX, (int(a) * int(mult[0]) + (1 << (shift - 1))) >> shift))
                 for a in acc]
         assert got.tolist() == want
+
+
+def _reference_conv2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Integer convolution in int64, tap by tap: slow, obviously exact."""
+    c, h, wd = x.shape
+    o, _, k, _ = w.shape
+    p = k // 2
+    xp = np.pad(x.astype(np.int64), ((0, 0), (p, p), (p, p)))
+    out = np.zeros((o, h, wd), dtype=np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            out += np.einsum("oc,chw->ohw", w[:, :, ky, kx].astype(np.int64), xp[:, ky : ky + h, kx : kx + wd])
+    return out
+
+
+@pytest.mark.parametrize("c, o, k, h, w", [(144, 96, 3, 32, 48), (7, 5, 3, 1, 1), (3, 4, 5, 2, 9), (16, 8, 3, 300, 4)])
+def test_integer_conv2d_is_exact(c, o, k, h, w, monkeypatch):
+    """The output-shift convolution equals int64 arithmetic, at the largest values the bit limits allow,
+    and across row chunks (a small chunk size forces several)."""
+    from codec import intscale
+
+    rng = np.random.default_rng(c + h)
+    x = rng.integers(-intscale.ACT_MAX, intscale.ACT_MAX + 1, (c, h, w))
+    x[:, ::2] = intscale.ACT_MAX
+    weights = rng.integers(-(2**11) + 1, 2**11, (o, c, k, k))
+    assert (intscale.conv2d(x, weights) == _reference_conv2d(x, weights)).all()
+    monkeypatch.setattr(intscale, "CHUNK_ELEMENTS", 4096)
+    assert (intscale.conv2d(x, weights) == _reference_conv2d(x, weights)).all()
