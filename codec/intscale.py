@@ -150,14 +150,16 @@ def float_indexes(sigma: np.ndarray, scale_table: np.ndarray) -> np.ndarray:
 BAND, BAND_MARGIN = 16, 2  # rows of z per band, and of context per side (h_s reaches 7/4 rows of z)
 
 
-def _bands(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None):
-    """(first y row, last y row, accumulator of those rows) for bands of z rows.
+def _bands(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None, first: int = 0,
+           last: int | None = None):
+    """(first y row, last y row, accumulator of those rows) for bands of z rows (those starting
+    at ``first`` and before ``last``, in rows of z; default all).
 
     Bands keep the int64 activations small on large images; integer
     arithmetic makes the bands equal to the whole, exactly.
     """
     zh = z.shape[1]
-    for r0 in range(0, zh, BAND):
+    for r0 in range(first, zh if last is None else min(zh, last), BAND):
         r1 = min(zh, r0 + BAND)
         w0, w1 = max(0, r0 - BAND_MARGIN), min(zh, r1 + BAND_MARGIN)
         yield 4 * r0, 4 * r1, accumulate(z[:, w0:w1], p, z_inv)[:, 4 * (r0 - w0) : 4 * (r1 - w0)]
@@ -171,12 +173,29 @@ def _to_index(acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return out
 
 
-def indexes(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None) -> np.ndarray:
-    """Scale-table index per y element: the count of the channel's thresholds below its accumulator."""
+def indexes(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None,
+            workers: int = 1) -> np.ndarray:
+    """Scale-table index per y element: the count of the channel's thresholds below its accumulator.
+
+    ``workers`` threads take the bands of a large image (the products release the GIL);
+    each band's integers are the same whoever computes them.
+    """
     thresholds = p["thresholds"]  # (M, T) int64, ascending per row
     out = np.empty((thresholds.shape[0], 4 * z.shape[1], 4 * z.shape[2]), dtype=np.int16)
-    for a, b, acc in _bands(z, p, z_inv):
-        out[:, a:b] = _to_index(acc, thresholds)
+    rows = list(range(0, z.shape[1], BAND))
+
+    def band(r0: int) -> None:
+        for a, b, acc in _bands(z, p, z_inv, first=r0, last=r0 + 1):
+            out[:, a:b] = _to_index(acc, thresholds)
+
+    if workers > 1 and len(rows) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(workers, len(rows))) as pool:
+            list(pool.map(band, rows))
+    else:
+        for r0 in rows:
+            band(r0)
     return out
 
 
