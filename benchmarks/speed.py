@@ -1,7 +1,8 @@
 """Speed and memory benchmark (issue 5): prints a table, writes JSON.
 
     python benchmarks/speed.py ../shared/data/kodak/kodim23.png \\
-        [--compressai-python /path/to/venv/bin/python] [--big-megapixels 50] [--json results/speed.json]
+        [--compressai-python /path/to/venv/bin/python] [--big-megapixels 50] [--json results/speed.json] \\
+        [--model BUNDLE]   # e.g. the full-size model: python -m export.bundle export/checkpoints/full.pt runs/full
 
 CompressAI needs torch 2.14 and numpy<2, so it lives in a venv of its own:
     python -m venv ../caivenv && ../caivenv/bin/pip install torch==2.14.1 compressai
@@ -24,9 +25,10 @@ def main() -> None:
     p.add_argument("--megapixels", type=float, default=12.0, help="size of the upscaled photo-sized image")
     p.add_argument("--big-megapixels", type=float, default=0.0, help="also a round trip of this size for peak RSS")
     p.add_argument("--compressai-python")
+    p.add_argument("--model", help="a bundle folder (default: the shipped model), e.g. the full-size one")
     p.add_argument("--json")
     a = p.parse_args()
-    report = speed.run(a.image, a.quality, a.repeat, a.megapixels, a.compressai_python, a.big_megapixels)
+    report = speed.run(a.image, a.quality, a.repeat, a.megapixels, a.compressai_python, a.big_megapixels, a.model)
     print(speed.format_report(report))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

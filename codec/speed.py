@@ -25,7 +25,7 @@ from PIL import Image, features
 
 import codec
 from codec import profile
-from codec.session import default_bundle
+from codec.session import Bundle, bundle_at
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
@@ -55,11 +55,12 @@ def large_image(image: Image.Image, megapixels: float) -> Image.Image:
     return image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
 
 
-def onic_times(image: Image.Image, quality: int, repeat: int) -> dict:
-    data = codec.compress(image, quality)
+def onic_times(image: Image.Image, quality: int, repeat: int, bundle: Bundle | None = None) -> dict:
+    bundle = bundle or bundle_at(None)
+    data = codec.compress(image, quality, bundle)
     mp = image.width * image.height / 1e6
-    enc = median_ms(lambda: codec.compress(image, quality), repeat)
-    dec = median_ms(lambda: codec.decompress(data), repeat)
+    enc = median_ms(lambda: codec.compress(image, quality, bundle), repeat)
+    dec = median_ms(lambda: codec.decompress(data, bundle), repeat)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.onic"
         io_ms = median_ms(lambda: (path.write_bytes(data), path.read_bytes()), repeat)
@@ -67,8 +68,8 @@ def onic_times(image: Image.Image, quality: int, repeat: int) -> dict:
         "size": f"{image.width}x{image.height}", "bpp": 8 * len(data) / (mp * 1e6),
         "encode_ms": enc, "decode_ms": dec, "encode_mp_s": mp / enc * 1000, "decode_mp_s": mp / dec * 1000,
         "file_io_ms": io_ms,
-        "encode_stages_ms": _stages(lambda: codec.compress(image, quality), max(1, repeat // 2)),
-        "decode_stages_ms": _stages(lambda: codec.decompress(data), max(1, repeat // 2)),
+        "encode_stages_ms": _stages(lambda: codec.compress(image, quality, bundle), max(1, repeat // 2)),
+        "decode_stages_ms": _stages(lambda: codec.decompress(data, bundle), max(1, repeat // 2)),
     }
 
 
@@ -103,9 +104,9 @@ def pillow_decode_times(image: Image.Image, repeat: int) -> dict[str, dict]:
 PEER_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compressai_peer.py"
 
 
-def compressai_times(python: str, width: int, height: int, repeat: int) -> dict:
+def compressai_times(python: str, width: int, height: int, repeat: int, bundle: Bundle | None = None) -> dict:
     """CompressAI's mean-scale hyperprior of onic's size (random weights), run by another interpreter."""
-    cfg = default_bundle().manifest["config"]
+    cfg = (bundle or bundle_at(None)).manifest["config"]
     if not PEER_SCRIPT.exists():
         raise RuntimeError(f"the CompressAI comparison needs the onic source tree ({PEER_SCRIPT} is missing)")
     r = subprocess.run([python, str(PEER_SCRIPT), str(cfg["N"]), str(cfg["M"]), str(width), str(height),
@@ -169,32 +170,37 @@ def machine() -> dict:
 
 
 def run(image_path: str, quality: int = 75, repeat: int = 5, megapixels: float = 12.0,
-        compressai_python: str | None = None, big_megapixels: float = 0.0) -> dict:
+        compressai_python: str | None = None, big_megapixels: float = 0.0, model: str | None = None) -> dict:
+    """The whole report; ``model`` is a bundle folder (default: the shipped model)."""
+    bundle = bundle_at(model)
     with Image.open(image_path) as im:
         image = im.convert("RGB")
-    report: dict = {"machine": machine(), "image": Path(image_path).name, "quality": quality}
-    report["onic"] = onic_times(image, quality, repeat)
+    cfg = bundle.manifest["config"]
+    report: dict = {"machine": machine(), "image": Path(image_path).name, "quality": quality,
+                    "model": f"{bundle.model_id} (N={cfg['N']}, M={cfg['M']})"}
+    report["onic"] = onic_times(image, quality, repeat, bundle)
     report["pillow"] = pillow_decode_times(image, repeat)
     large = large_image(image, megapixels)
-    report["onic_large"] = onic_times(large, quality, max(1, repeat // 3))
+    report["onic_large"] = onic_times(large, quality, max(1, repeat // 3), bundle)
     report["pillow_large"] = pillow_decode_times(large, max(1, repeat // 3))
     if compressai_python:
-        report["compressai"] = compressai_times(compressai_python, image.width, image.height, repeat)
+        report["compressai"] = compressai_times(compressai_python, image.width, image.height, repeat, bundle)
     with tempfile.TemporaryDirectory() as tmp:
         small = Path(tmp) / "small.onic"
         small.write_bytes(codec.compress(image.crop((0, 0, 128, 128)), quality))
         report["startup"] = startup_ms(small)
     if big_megapixels:
         side = (big_megapixels * 1e6 / 1.5) ** 0.5
-        report["memory"] = peak_rss_round_trip(round(side * 1.5), round(side), quality)
+        report["memory"] = peak_rss_round_trip(round(side * 1.5), round(side), quality,
+                                               None if model is None else str(bundle.path))
     report["self_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
 
 
 def format_report(r: dict) -> str:
     m = r["machine"]
-    lines = [f"{m['cpu']}, {m['cpus']} CPUs, onnxruntime {m['onnxruntime']}; quality {r['quality']}; "
-             f"median of warm runs", ""]
+    lines = [f"{m['cpu']}, {m['cpus']} CPUs, onnxruntime {m['onnxruntime']}; model {r.get('model', '?')}; "
+             f"quality {r['quality']}; median of warm runs", ""]
     for key, label in (("onic", r["image"]), ("onic_large", "large")):
         o = r[key]
         lines += [f"onic on {label} ({o['size']}, {o['bpp']:.3f} bpp): encode {o['encode_ms']:.0f} ms "

@@ -60,16 +60,35 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
     if _whole(hp, wp):
         (y,) = bundle.run("analysis", x=_window(rgb, 0, hp, 0, wp), gain=gain)
         return y[0], hyper_encode(bundle, y[0])
-    y = None
-    for r0, r1, wr0, wr1 in _spans(hp, TILE, MARGIN):
-        for c0, c1, wc0, wc1 in _spans(wp, TILE, MARGIN):
-            (yt,) = bundle.run("analysis", x=_window(rgb, wr0, wr1, wc0, wc1), gain=gain)
-            if y is None:
-                y = np.empty((yt.shape[1], hp // LATENT, wp // LATENT), dtype=np.float32)
-            top, left = (r0 - wr0) // LATENT, (c0 - wc0) // LATENT
-            y[:, r0 // LATENT : r1 // LATENT, c0 // LATENT : c1 // LATENT] = \
-                yt[0, :, top : top + (r1 - r0) // LATENT, left : left + (c1 - c0) // LATENT]
+    y = np.empty((int(bundle.manifest["config"]["M"]), hp // LATENT, wp // LATENT), dtype=np.float32)
+    tiles = [(r, c) for r in _spans(hp, TILE, MARGIN) for c in _spans(wp, TILE, MARGIN)]
+    parallel = _parallel(bundle.tile_workers, len(tiles))
+
+    def run(tile) -> None:
+        (r0, r1, wr0, wr1), (c0, c1, wc0, wc1) = tile
+        (yt,) = bundle.run("analysis", x=_window(rgb, wr0, wr1, wc0, wc1), gain=gain, single_thread=parallel)
+        top, left = (r0 - wr0) // LATENT, (c0 - wc0) // LATENT
+        y[:, r0 // LATENT : r1 // LATENT, c0 // LATENT : c1 // LATENT] = \
+            yt[0, :, top : top + (r1 - r0) // LATENT, left : left + (c1 - c0) // LATENT]
+
+    _each(run, tiles, bundle.tile_workers if parallel else 1)
     return y, hyper_encode(bundle, y)
+
+
+def _parallel(workers: int, tiles: int) -> bool:
+    """Several tiles per worker: one thread per tile beats onnxruntime's threads within a graph
+    (synthesis 1024² 192 → 141 ms, 12 MP 2.29 → 1.68 s on 2 cores); with fewer it does not
+    (768×512, two tiles: 67 against 70 ms)."""
+    return workers > 1 and tiles >= 2 * workers
+
+
+def _each(fn: Callable, items: list, workers: int) -> None:
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fn, items))
+    else:
+        for item in items:
+            fn(item)
 
 
 def _row_bands(graph: Callable[..., np.ndarray], rows: int, band: int, margin: int, rows_in: int, rows_out: int,
@@ -168,13 +187,6 @@ def synthesize(bundle: Bundle, y_hat: np.ndarray, inv_gain: np.ndarray, height: 
         out[r0 * LATENT : r0 * LATENT + rows, c0 * LATENT : c0 * LATENT + cols] = \
             _to_uint8(x[0, :, top : top + rows, left : left + cols])
 
-    # Several tiles per worker: one thread per tile beats onnxruntime's threads within a graph
-    # (1024² 192 → 141 ms, 12 MP 2.29 → 1.68 s on 2 cores); with fewer it does not (768×512: 67 / 70 ms).
-    parallel = workers > 1 and len(tiles) >= 2 * workers
-    if parallel:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, tiles))
-    else:
-        for t in tiles:
-            run(t)
+    parallel = _parallel(workers, len(tiles))
+    _each(run, tiles, workers if parallel else 1)
     return out
