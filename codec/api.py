@@ -146,7 +146,9 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     else:
         y -= mu
         del mu
-        y_sym = np.round(np.clip(y, -(2**30), 2**30)).astype(np.int32)  # escapes refuse beyond 2**24
+        np.clip(y, -(2**30), 2**30, out=y)  # escapes refuse beyond 2**24; in place: y is the largest array
+        np.round(y, out=y)
+        y_sym = y.astype(np.int32)
         del y
         parts = [(y_sym, bundle.scale_indexes(z_sym, quality))]
     with profile.stage("entropy coding"):

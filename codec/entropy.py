@@ -90,14 +90,22 @@ class Encoder:
     def add(self, symbols: np.ndarray, ids: np.ndarray, tables: TableSet) -> None:
         """Append integer ``symbols`` (any shape), each with table ``ids`` (same shape)."""
         order, bounds = _groups(_check_ids(ids, tables), len(tables))
-        s = symbols.ravel()[order].astype(np.int64)
+        # int32 throughout (symbols of a 50 MP full-size image take 150 MB each way); only the
+        # escapes, few, widen to int64 for their distances.
+        symbols = np.asarray(symbols)
+        if symbols.dtype != np.int32 and symbols.size and (symbols.min() < -(2**31) or symbols.max() >= 2**31):
+            raise OnicError("latent value out of the codable range")
+        s = symbols.astype(np.int32, copy=False).ravel()[order]
         del order
         residuals = []
         for k in np.flatnonzero(np.diff(bounds)):
             seg = s[bounds[k] : bounds[k + 1]]
             lo, hi = int(tables.offsets[k]), int(tables.offsets[k] + tables.lengths[k] - 1)
-            self._enc.encode((np.clip(seg, lo, hi) - lo).astype(np.int32), tables.models[k])
-            esc = seg[(seg <= lo) | (seg >= hi)]
+            idx = np.clip(seg, lo, hi)
+            idx -= lo
+            self._enc.encode(idx, tables.models[k])
+            del idx
+            esc = seg[(seg <= lo) | (seg >= hi)].astype(np.int64)
             residuals.append(np.where(esc <= lo, lo - esc, esc - hi))
         residual = np.concatenate(residuals) if residuals else np.zeros(0, dtype=np.int64)
         if residual.size and residual.max() >= 2**MAX_ESCAPE_BITS:

@@ -50,6 +50,14 @@ def _row_chunks(rows: int, elements_per_row: int) -> list[tuple[int, int]]:
     return [(r, min(rows, r + step)) for r in range(0, rows, step)]
 
 
+def _padded(x: np.ndarray, p: int) -> np.ndarray:
+    """x (C, H, W) as float64 with p zeros on every side, in one allocation."""
+    c, h, w = x.shape
+    out = np.zeros((c, h + 2 * p, w + 2 * p), dtype=np.float64)
+    out[:, p : p + h, p : p + w] = x
+    return out
+
+
 def conv2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Exact integer Conv2d, stride 1, padding k//2: x (C, H, W), w (O, C, k, k) → int64 (O, H, W).
 
@@ -62,7 +70,7 @@ def conv2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     c, h, wd = x.shape
     o, _, k, _ = w.shape
     p = k // 2
-    xp = np.pad(x.astype(np.float64), ((0, 0), (p, p), (p, p)))
+    xp = _padded(x, p)
     wp = wd + 2 * p
     wm = w.transpose(2, 3, 0, 1).reshape(k * k * o, c).astype(np.float64)  # rows: tap-major, then O
     out = np.empty((o, h, wd), dtype=np.int64)
@@ -89,7 +97,7 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     o, k = w.shape[1], w.shape[2]
     p = k // 2
     pad = k
-    xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad)))
+    xp = _padded(x, pad)
     out = np.empty((o, 2 * h, 2 * wd), dtype=np.int64)
     for ry in (0, 1):
         ty = [(kk, (ry - kk + p) // 2) for kk in range(k) if (ry - kk + p) % 2 == 0]
@@ -108,19 +116,31 @@ MAX_SHIFT = 46  # changes no result, since every |acc| ≥ 2**(shift + 1) satura
 
 
 def rescale(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """round(acc · mult / 2**shift) per channel, unclipped (the result stays far inside int64)."""
-    acc = np.clip(acc, -ACC_MAX, ACC_MAX)  # only hostile ẑ times large inverse gains come near it
+    """round(acc · mult / 2**shift) per channel, unclipped (the result stays far inside int64).
+
+    One new array, then in place: a band of a large image's widest layer is 100 MB of int64.
+    """
+    out = np.clip(acc, -ACC_MAX, ACC_MAX)  # only hostile ẑ times large inverse gains come near it
     s = shift.reshape(-1, 1, 1)
-    return np.right_shift(acc * mult.reshape(-1, 1, 1) + np.left_shift(1, s - 1), s)
+    out *= mult.reshape(-1, 1, 1)
+    out += np.left_shift(1, s - 1)
+    np.right_shift(out, s, out=out)
+    return out
 
 
 def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """round(acc · mult / 2**shift) per channel, clipped to int16 range."""
-    return np.clip(rescale(acc, mult, shift), -ACT_MAX, ACT_MAX)
+    out = rescale(acc, mult, shift)
+    return np.clip(out, -ACT_MAX, ACT_MAX, out=out)
 
 
 def leaky_relu(x: np.ndarray) -> np.ndarray:
-    return np.where(x >= 0, x, np.right_shift(x * LEAKY_NUM + (1 << (LEAKY_SHIFT - 1)), LEAKY_SHIFT))
+    """Negatives times LEAKY_NUM / 2**LEAKY_SHIFT, rounded half up; in place."""
+    negative = x < 0
+    scaled = x[negative] * LEAKY_NUM
+    scaled += 1 << (LEAKY_SHIFT - 1)
+    x[negative] = np.right_shift(scaled, LEAKY_SHIFT)
+    return x
 
 
 def accumulate(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None) -> np.ndarray:
@@ -132,11 +152,13 @@ def accumulate(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None
     x = np.clip(z.astype(np.int64), -ACT_MAX, ACT_MAX)
     if z_inv is not None:
         x = np.clip(x * np.clip(z_inv.astype(np.int64), 0, Z_INV_MAX).reshape(-1, 1, 1), -X_MAX, X_MAX)
-    x = conv_transpose2d(x, p["w0"]) + p["b0"].reshape(-1, 1, 1)
-    x = leaky_relu(requantize(x, p["m0"], p["s0"]))
-    x = conv_transpose2d(x, p["w1"]) + p["b1"].reshape(-1, 1, 1)
-    x = leaky_relu(requantize(x, p["m1"], p["s1"]))
-    return conv2d(x, p["w2"]) + p["b2"].reshape(-1, 1, 1)
+    for layer in (0, 1):  # in place where it can be: these are the largest arrays of a band
+        x = conv_transpose2d(x, p[f"w{layer}"])
+        x += p[f"b{layer}"].reshape(-1, 1, 1)
+        x = leaky_relu(requantize(x, p[f"m{layer}"], p[f"s{layer}"]))
+    x = conv2d(x, p["w2"])
+    x += p["b2"].reshape(-1, 1, 1)
+    return x
 
 
 def float_indexes(sigma: np.ndarray, scale_table: np.ndarray) -> np.ndarray:
