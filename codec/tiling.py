@@ -9,7 +9,8 @@ would leave instead.
 - analysis: cores of TILE pixels on the 16-pixel latent grid, MARGIN pixels
   of context on each side (the image is edge-padded on the fly);
 - synthesis: cores of TILE/16 latents, MARGIN/16 latents of context.
-Tiles of the synthesis are independent and can run on several threads.
+Images up to two tiles' area run whole. Tiles are independent: with several
+per worker they run on threads, each on a single-threaded session.
 
 The latent-domain graphs (h_a, h_s) run in bands of BAND rows of z with
 BAND_MARGIN rows of context, so that their activations (the widest tensors
@@ -42,7 +43,10 @@ def _spans(size: int, core: int, margin: int) -> Iterator[tuple[int, int, int, i
 
 
 def _whole(h: int, w: int) -> bool:
-    return h <= TILE + 2 * MARGIN and w <= TILE + 2 * MARGIN
+    """Small enough to run in one piece: up to two tiles' area (with margins), so memory stays that
+    of tiles, and a Kodak-sized image (768×512) runs once instead of as two tiles and their
+    overlapping margins."""
+    return h * w <= 2 * (TILE + 2 * MARGIN) ** 2
 
 
 def _window(rgb: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
