@@ -74,13 +74,18 @@ def main() -> None:
     p.add_argument("--method", default="MinMax", choices=["MinMax", "Percentile", "Entropy"])
     p.add_argument("--qualities", type=int, nargs="+", default=[0, 50, 100])
     p.add_argument("--keep_fp32", nargs="*", default=[], help="Conv node names to leave in fp32")
+    p.add_argument("--bundle", help="instead of quantizing statically: an int8 bundle (python -m export.qat)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     a = p.parse_args()
     fp32 = Bundle(DEFAULT_BUNDLE)
     with tempfile.TemporaryDirectory() as tmp:
-        int8 = quantized_bundle(calibration_inputs(fp32, a.calibration, a.calibration_images, a.qualities),
-                                Path(tmp) / "int8", a.method, a.keep_fp32)
+        if a.bundle:
+            int8 = Bundle(a.bundle)
+        else:
+            int8 = quantized_bundle(calibration_inputs(fp32, a.calibration, a.calibration_images, a.qualities),
+                                    Path(tmp) / "int8", a.method, a.keep_fp32)
         images = []
-        for f in sorted(Path(a.kodak).glob("*.png")):
+        for f in sorted(Path(a.kodak).glob("*.png"))[: a.limit or None]:
             with Image.open(f) as im:
                 images.append(im.convert("RGB"))
         print(f"{'quality':>7} {'PSNR fp32':>10} {'PSNR int8':>10} {'change dB':>10}")
@@ -89,7 +94,7 @@ def main() -> None:
             for im in images:
                 data = codec.compress(im, quality=q, bundle=fp32)
                 p32.append(metrics.psnr(im, codec.decompress(data, bundle=fp32)))
-                p8.append(metrics.psnr(im, codec.decompress(data, bundle=int8)))
+                p8.append(metrics.psnr(im, codec.decompress(data, bundle=int8)))  # same symbols: also_decodes
             print(f"{q:>7} {np.mean(p32):>10.3f} {np.mean(p8):>10.3f} {np.mean(p8) - np.mean(p32):>+10.3f}")
         data = codec.compress(images[-1], quality=75, bundle=fp32)
         t32 = median_ms(lambda: codec.decompress(data, bundle=fp32), 5)
