@@ -104,6 +104,15 @@ class QuantDecoder(nn.Module):
         return [m for m in self.modules() if isinstance(m, FakeQuant)]
 
 
+def load_state(decoder: QuantDecoder, path: str | Path) -> QuantDecoder:
+    """Weights and quantizer ranges from a qat.pt (as train writes it)."""
+    state = torch.load(path, weights_only=True)
+    decoder.load_state_dict(state["decoder"])
+    for q, (scale, zero_point) in zip(decoder.quantizers(), state["quantizers"], strict=True):
+        q.scale, q.zero_point = scale, zero_point
+    return decoder
+
+
 @torch.no_grad()
 def latents(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ŷ, inverse gain) as the codec decodes them: μ plus the rounded residual, at ladder positions t."""
@@ -116,8 +125,14 @@ def latents(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor
 
 
 def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int, crop: int, seed: int,
-          calibration_batches: int = 16, max_steps: int | None = None) -> QuantDecoder:
-    """Calibrate the quantizers, then fine-tune g_s for ``minutes`` (or ``max_steps``); writes OUT/qat.pt."""
+          calibration_batches: int = 16, max_steps: int | None = None, resume: str | None = None) -> QuantDecoder:
+    """Calibrate the quantizers (or take them from ``resume``, an earlier qat.pt), then fine-tune g_s
+    for ``minutes`` (or ``max_steps``); writes OUT/qat.pt.
+
+    The loss is the mean over the batch of log MSE: each image counts by its PSNR, so the high
+    rungs, whose errors are small, are not drowned by the low ones (plain MSE left quality 100
+    0.21 dB below fp32 while quality 0 gained).
+    """
     random.seed(seed)
     torch.manual_seed(seed)
     model, _ = load_model(ckpt)
@@ -134,28 +149,33 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
         t = torch.rand(batch) * (rungs - 1)
         return (x, *latents(model, x, t))
 
-    with torch.no_grad():
-        for _ in range(calibration_batches):
-            _, y_hat, inv_gain = sample()
-            decoder(y_hat, inv_gain)
-    for q in decoder.quantizers():
-        q.freeze()
+    if resume:
+        load_state(decoder, resume)
+    else:
+        with torch.no_grad():
+            for _ in range(calibration_batches):
+                _, y_hat, inv_gain = sample()
+                decoder(y_hat, inv_gain)
+        for q in decoder.quantizers():
+            q.freeze()
     params = [p for p in decoder.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    print(f"{len(images)} images; calibrated {len(decoder.quantizers())} quantizers on {calibration_batches} "
-          f"batches; training {sum(p.numel() for p in params)} parameters for {minutes} min")
+    print(f"{len(images)} images; {len(decoder.quantizers())} quantizers "
+          f"{'from ' + resume if resume else f'calibrated on {calibration_batches} batches'}; "
+          f"training {sum(p.numel() for p in params)} parameters for {minutes} min")
     start, step, losses = time.time(), 0, []
     while time.time() - start < minutes * 60 and (max_steps is None or step < max_steps):
         x, y_hat, inv_gain = sample()
-        loss = F.mse_loss(decoder(y_hat, inv_gain), x)
+        mse = ((decoder(y_hat, inv_gain) - x) ** 2).mean(dim=(1, 2, 3))
+        loss = torch.log(mse + 1e-10).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
-        losses.append(loss.item())
+        losses.append(-10 * loss.item() / math.log(10))
         if step % 100 == 0:
-            print(f"step {step}: mse {np.mean(losses):.6f} ({10 * math.log10(1 / np.mean(losses)):.2f} dB) "
-                  f"{(time.time() - start) / step * 1000:.0f} ms/step", flush=True)
+            print(f"step {step}: mean PSNR {np.mean(losses):.2f} dB {(time.time() - start) / step * 1000:.0f} ms/step",
+                  flush=True)
             losses = []
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"decoder": decoder.state_dict(), "steps": step,
@@ -201,11 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--resume", help="an earlier OUT/qat.pt to continue from (its quantizer ranges too)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     out = Path(a.out)
-    decoder = train(a.checkpoint, out, a.data, a.minutes, a.lr, a.batch_size, a.crop, a.seed)
+    decoder = train(a.checkpoint, out, a.data, a.minutes, a.lr, a.batch_size, a.crop, a.seed, resume=a.resume)
     channels = decoder.g_s[0].conv.in_channels
     export_decoder(decoder, out / "decoder.onnx", channels)
     m = write_bundle(Path(a.base), out / "decoder.onnx", out / "bundle",
