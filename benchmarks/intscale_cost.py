@@ -1,6 +1,6 @@
 """Rate cost of the integer scale path against float σ indexes, on a folder of images.
 
-    python benchmarks/intscale_cost.py ../shared/data/kodak [--qualities 0 25 50 75 100]
+    python benchmarks/intscale_cost.py ../shared/data/kodak [--qualities 0 25 50 75 100] [--model BUNDLE]
 
 Distortion is identical by construction (ŷ = round(y − μ) + μ whatever table
 codes it), so the cost is the size difference; reported as BD-rate too.
@@ -17,13 +17,12 @@ from PIL import Image
 import codec
 from codec import entropy, intscale, metrics
 from codec.bdrate import bd_rate
-from codec.session import default_bundle
+from codec.session import Bundle, bundle_at
 from codec.tiling import analyse, z_symbols
 
 
-def float_index_bytes(im: Image.Image, quality: int) -> int:
+def float_index_bytes(im: Image.Image, quality: int, b: Bundle) -> int:
     """File size if y were coded with indexes from the float σ (what CompressAI does)."""
-    b = default_bundle()
     gain, _ = b.gains(quality)
     y, z = analyse(b, np.asarray(im), gain)
     z_sym = z_symbols(b, z, quality)
@@ -39,7 +38,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder")
     p.add_argument("--qualities", type=int, nargs="+", default=[0, 25, 50, 75, 100])
+    p.add_argument("--model", help="a bundle folder (default: the shipped model)")
     a = p.parse_args()
+    b = bundle_at(a.model)
     images = []
     for f in sorted(Path(a.folder).glob("*.png")):
         with Image.open(f) as im:
@@ -49,11 +50,11 @@ def main() -> None:
     for q in a.qualities:
         fb, ib, ps = [], [], []
         for im in images:
-            data = codec.compress(im, quality=q)
+            data = codec.compress(im, quality=q, bundle=b)
             pixels = im.width * im.height
             ib.append(8 * len(data) / pixels)
-            fb.append(8 * float_index_bytes(im, q) / pixels)
-            ps.append(metrics.psnr(im, codec.decompress(data)))
+            fb.append(8 * float_index_bytes(im, q, b) / pixels)
+            ps.append(metrics.psnr(im, codec.decompress(data, bundle=b)))
         rows.append((np.mean(fb), np.mean(ib), np.mean(ps)))
         print(f"{q:>7} {rows[-1][0]:>12.4f} {rows[-1][1]:>12.4f} {100 * (rows[-1][1] / rows[-1][0] - 1):>+7.2f}% "
               f"{rows[-1][2]:>7.2f}")

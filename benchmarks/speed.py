@@ -26,9 +26,12 @@ def main() -> None:
     p.add_argument("--big-megapixels", type=float, default=0.0, help="also a round trip of this size for peak RSS")
     p.add_argument("--compressai-python")
     p.add_argument("--model", help="a bundle folder (default: the shipped model), e.g. the full-size one")
+    p.add_argument("--tile-workers", type=int, default=0,
+                   help="threads for the tiles and bands of large images (0 = one per core up to 4)")
     p.add_argument("--json")
     a = p.parse_args()
-    report = speed.run(a.image, a.quality, a.repeat, a.megapixels, a.compressai_python, a.big_megapixels, a.model)
+    report = speed.run(a.image, a.quality, a.repeat, a.megapixels, a.compressai_python, a.big_megapixels, a.model,
+                       a.tile_workers)
     print(speed.format_report(report))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

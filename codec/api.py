@@ -48,13 +48,7 @@ def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS, n
     except (OnicError, MemoryError):
         raise
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, struct.error… for bad files
-        raise OnicError(f"cannot read image {name}: {_describe(e)}") from None
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise OnicError(f"cannot read image {name}: {bitstream.reason(e)}") from None
 
 
 class OnicWarning(UserWarning):
@@ -247,11 +241,13 @@ def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float |
     seven encodes. Returns the bytes and the quality chosen; if no quality
     meets the target, the closest end (0 or 100) with an ``OnicWarning``.
     """
+    from codec import metrics
+
     if (bpp is None) == (psnr is None):
         raise OnicError("give exactly one of a target bpp and a target PSNR")
     image = _to_image(image, max_pixels)
-    bitstream.check_size(image.width, image.height, max_pixels)
     bundle = bundle or default_bundle()
+    target = reference(image) if psnr is not None else None  # once, not per quality tried
     pixels = image.width * image.height
     cache: dict[int, bytes] = {}
 
@@ -264,7 +260,7 @@ def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float |
         data = encode(q)
         if bpp is not None:
             return 8 * len(data) / pixels <= bpp
-        return psnr_of(image, data, bundle) >= psnr
+        return metrics.psnr(target, decompress(data, bundle, max_pixels=None)) >= psnr
 
     # bpp: meets() is true for low q; PSNR: true for high q. Find the boundary.
     lo, hi = 0, 100

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codec.bitstream import MAX_PIXELS, OnicError
+from codec.bitstream import reason as _reason
 
 STDIO = "-"
 STDIN_NAME = "<stdin>"
@@ -64,12 +65,6 @@ class Result:
 def display(path: str) -> str:
     """A path as messages show it: '-' is stdin."""
     return STDIN_NAME if path == STDIO else path
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e) or type(e).__name__
 
 
 _umask: int | None = None
@@ -215,17 +210,24 @@ def output_format(dst: str, default: str = "PNG") -> str:
     return fmt
 
 
+def save_options(image, fmt: str, output_quality: int, dst: str) -> dict:
+    """Pillow's save() arguments for a decoded image: its ICC profile and EXIF, and the quality of a
+    lossy format; refuses alpha into JPEG."""
+    if fmt == "JPEG" and image.mode in ("RGBA", "LA"):
+        raise Failure(f"cannot write {dst}: JPEG has no alpha channel (use PNG or WebP)")
+    kwargs = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
+    if fmt in LOSSY_OUTPUTS:
+        kwargs["quality"] = output_quality
+    return kwargs
+
+
 def _decompress(job: Job) -> tuple[bytes | None, str]:
     from codec import api
     from codec.session import bundle_at
 
     fmt = output_format(job.dst)
     image = api.decompress(read_input(job.src), bundle_at(job.model), max_pixels=job.max_pixels)
-    kwargs = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
-    if fmt in LOSSY_OUTPUTS:
-        kwargs["quality"] = job.output_quality
-    if fmt == "JPEG" and image.mode in ("RGBA", "LA"):
-        raise Failure(f"cannot write {job.dst}: JPEG has no alpha channel (use PNG or WebP)")
+    kwargs = save_options(image, fmt, job.output_quality, job.dst)
 
     def save(target) -> None:
         image.save(target, format=fmt, **kwargs)

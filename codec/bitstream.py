@@ -50,6 +50,13 @@ class OnicError(ValueError):
     """A file that is not a valid .onic stream, or input the codec cannot take."""
 
 
+def reason(e: BaseException) -> str:
+    """An exception as the cause in a one-line message: the OS's words, else the first line of its text."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 @dataclass(frozen=True)
 class Header:
     mode: str

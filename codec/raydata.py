@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.batch import DEFAULT_OUTPUT_QUALITY, IMAGE_SUFFIXES, LOSSY_OUTPUTS
+from codec.batch import DEFAULT_OUTPUT_QUALITY, IMAGE_SUFFIXES, Failure
 from codec.bitstream import MAX_PIXELS, OnicError
 
 MANIFEST = "onic-manifest.jsonl"
@@ -129,7 +129,7 @@ class Coder:
                     data, bpp = self._code(self._read(self.src_fs, self.src_root, src))
                     self._write(dst, data)
                     row.update(status="coded", bytes=len(data), bpp=bpp)
-            except (OnicError, OSError, ValueError) as e:
+            except (OnicError, Failure, OSError, ValueError) as e:
                 row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
             except MemoryError:
                 row["error"] = "out of memory"
@@ -151,15 +151,11 @@ class Coder:
             image = api._to_image(io.BytesIO(data), o.max_pixels, name="input")
             out = api.compress(image, o.quality, self.bundle, o.max_pixels)
             return out, 8 * len(out) / (image.width * image.height)
-        from codec.batch import output_format
+        from codec.batch import output_format, save_options
 
         fmt = output_format("x." + o.fmt)
         image = api.decompress(data, self.bundle, max_pixels=o.max_pixels)
-        kwargs = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
-        if fmt in LOSSY_OUTPUTS:
-            kwargs["quality"] = o.output_quality
-        if fmt == "JPEG" and image.mode in ("RGBA", "LA"):
-            raise OnicError("JPEG has no alpha channel (use PNG or WebP)")
+        kwargs = save_options(image, fmt, o.output_quality, "." + o.fmt)
         buf = io.BytesIO()
         image.save(buf, format=fmt, **kwargs)
         return buf.getvalue(), 8 * len(data) / (image.width * image.height)

@@ -36,8 +36,9 @@ class Bundle:
                  optimization: str = "all", tile_workers: int = 0):
         self.path = Path(path)
         # Threads for the tiles of the synthesis and the bands of the integer path of large images;
-        # 0 = one per core up to 4 (each tile's graph then runs on one thread: 12 MP synthesis
-        # 2.29 → 1.68 s on 2 cores; more workers hold more tiles in memory at once).
+        # 0 = one per core up to 4 (each tile's graph then runs on one thread: 12 MP decode
+        # 3.22 → 2.71 s on 2 cores, benchmarks/speed.py --tile-workers; more workers hold more
+        # tiles in memory at once).
         self.tile_workers = tile_workers or min(4, os.cpu_count() or 1)
         self.threads = threads
         self.optimization = optimization  # onnxruntime graph optimization: disable, basic, extended, all

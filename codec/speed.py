@@ -170,9 +170,11 @@ def machine() -> dict:
 
 
 def run(image_path: str, quality: int = 75, repeat: int = 5, megapixels: float = 12.0,
-        compressai_python: str | None = None, big_megapixels: float = 0.0, model: str | None = None) -> dict:
-    """The whole report; ``model`` is a bundle folder (default: the shipped model)."""
-    bundle = bundle_at(model)
+        compressai_python: str | None = None, big_megapixels: float = 0.0, model: str | None = None,
+        tile_workers: int = 0) -> dict:
+    """The whole report; ``model`` is a bundle folder (default: the shipped model); ``tile_workers``
+    as in ``Bundle`` (1: large images on one thread's tiles, to compare with the default)."""
+    bundle = bundle_at(model) if not tile_workers else Bundle(bundle_at(model).path, tile_workers=tile_workers)
     with Image.open(image_path) as im:
         image = im.convert("RGB")
     cfg = bundle.manifest["config"]

@@ -81,8 +81,8 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
 
 def _parallel(workers: int, tiles: int) -> bool:
     """Several tiles per worker: one thread per tile beats onnxruntime's threads within a graph
-    (synthesis 1024² 192 → 141 ms, 12 MP 2.29 → 1.68 s on 2 cores); with fewer it does not
-    (768×512, two tiles: 67 against 70 ms)."""
+    (a one-off timing of the synthesis on 2 cores: 1024² 192 → 141 ms, 12 MP 2.29 → 1.68 s);
+    with fewer it does not (768×512, two tiles: 67 against 70 ms)."""
     return workers > 1 and tiles >= 2 * workers
 
 

@@ -40,6 +40,14 @@ def random_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> I
     return im.convert(mode)
 
 
+def image_folder(folder: Path, count: int, width: int = 80, height: int = 72) -> Path:
+    """A folder of ``count`` small training images (0.png, 1.png, …); returns it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        random_image(width, height, seed=i).save(folder / f"{i}.png")
+    return folder
+
+
 def run_onic(*args: str, input: bytes | None = None, env: dict | None = None, cwd: Path | None = None):
     """The real console entry point in a subprocess."""
     return subprocess.run(
@@ -47,4 +55,4 @@ def run_onic(*args: str, input: bytes | None = None, env: dict | None = None, cw
     )
 
 
-__all__ = ["DEFAULT_BUNDLE", "ROOT", "SAMPLE", "random_image", "run_onic"]
+__all__ = ["DEFAULT_BUNDLE", "ROOT", "SAMPLE", "image_folder", "random_image", "run_onic"]

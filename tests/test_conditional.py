@@ -15,7 +15,7 @@ from codec import intscale, tiling
 from codec.api import decode_latents
 from codec.bitstream import OnicError
 from codec.session import Bundle
-from tests.conftest import random_image
+from tests.conftest import image_folder, random_image
 
 torch = pytest.importorskip("torch")
 
@@ -226,11 +226,7 @@ def test_files_of_an_earlier_default_model_name_the_release_that_decodes_them(bu
 @pytest.fixture
 def data(tmp_path) -> Path:
     """Two small training images."""
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for i in range(2):
-        random_image(96, 96, seed=i).save(folder / f"{i}.png")
-    return folder
+    return image_folder(tmp_path / "data", 2, 96, 96)
 
 
 def test_training_adds_slices_to_a_resumed_model(tmp_path, data):

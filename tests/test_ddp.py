@@ -12,16 +12,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from export.train import load_images, load_model, parse_args, train  # noqa: E402
-from tests.conftest import ROOT, random_image  # noqa: E402
+from tests.conftest import ROOT, image_folder  # noqa: E402
 
 
 @pytest.fixture
 def data(tmp_path) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for i in range(5):
-        random_image(80, 72, seed=i).save(folder / f"{i}.png")
-    return folder
+    return image_folder(tmp_path / "data", 5)
 
 
 def torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:

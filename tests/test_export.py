@@ -20,7 +20,7 @@ from export import bundle as export_bundle  # noqa: E402
 from export import tables  # noqa: E402
 from export.model import ModelConfig, Onic  # noqa: E402
 from export.train import TrainConfig, load_model, save_weights, train  # noqa: E402
-from tests.conftest import random_image  # noqa: E402
+from tests.conftest import image_folder, random_image  # noqa: E402
 
 SHIPPED_CHECKPOINT = Path(export_bundle.__file__).parent / "checkpoints" / "default.pt"
 FULL_CHECKPOINT = SHIPPED_CHECKPOINT.with_name("full.pt")  # what the next GPU draw resumes
@@ -218,11 +218,7 @@ def test_bundle_detects_damage(tiny, tmp_path):
 
 @pytest.fixture
 def data(tmp_path) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for i in range(2):
-        random_image(80, 72, seed=i).save(folder / f"{i}.png")
-    return folder
+    return image_folder(tmp_path / "data", 2)
 
 
 def test_train_runs_and_resumes(tmp_path, data):
