@@ -37,7 +37,7 @@ from codec.batch import (
     output_format,
     read_input,
 )
-from codec.bitstream import MAX_PIXELS
+from codec.bitstream import MAX_PIXELS, reason
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 SAMPLE = Path(__file__).parent / "samples" / "parrots.png"
@@ -495,6 +495,40 @@ def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, ancho
             raise Failure(str(e)) from None
         click.echo(b.format_table(report))
         click.echo(f"\nwrote {Path(out) / report['dataset']}.json, .csv and _rd.png", err=True)
+
+    _guarded(body)
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port on 127.0.0.1 (0: any free one).")
+@click.option("--no-browser", is_flag=True, help="Only serve; do not open a browser.")
+@click.option("--model", type=click.Path(file_okay=False), help="Model bundle folder (default: the shipped one).")
+def view(files: tuple[str, ...], port: int, no_browser: bool, model: str | None) -> None:
+    """Decode .onic files in your web browser (the decoder in web/, a source checkout).
+
+    Serves the demo page, the model bundle and FILES on 127.0.0.1 until Ctrl-C;
+    the page opens FILES at once, and more can be dropped on it.
+    """
+
+    def body() -> None:
+        import webbrowser
+
+        from codec.session import bundle_at
+        from codec.webview import make_server
+
+        bundle = bundle_at(model)
+        try:
+            server = make_server([Path(f) for f in files], bundle.path, port=port)
+        except OSError as e:
+            raise Failure(f"cannot serve on 127.0.0.1:{port}: {reason(e)}") from None
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        click.echo(f"serving the onic web decoder at {url} (Ctrl-C stops)", err=True)
+        if not no_browser:
+            webbrowser.open(url)
+        with server:
+            server.serve_forever()
 
     _guarded(body)
 

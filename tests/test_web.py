@@ -1,0 +1,237 @@
+"""The browser decoder (web/) in headless Chromium, against the Python decoder.
+
+Files made by the Python encoder (RGB, L, LA, RGBA, odd sizes, ICC/EXIF, an image large
+enough for tiles and bands) must give identical symbols and pixels within the float
+tolerance; malformed files must fail with the Python decoder's messages. Needs node, the
+packages of web/ (npm ci) and Chromium; CI sets ONIC_WEB_TESTS=1 so that missing ones fail
+instead of skipping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from codec import api, bitstream
+from codec.bitstream import Header, OnicError
+from codec.session import DEFAULT_BUNDLE, RELEASED_MODELS
+from codec.webview import WEB_DIR, serve_in_background
+from tests.conftest import SAMPLE, random_image
+
+# Pixels come from onnxruntime-web's float kernels, not the Python runtime's: a level or two
+# in a few pixels, as between any two onnxruntime builds (docs/FORMAT.md).
+MAX_LEVELS, MAX_DIFFERING = 2, 0.01
+
+
+def _chromium() -> str | None:
+    return os.environ.get("ONIC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _missing() -> str | None:
+    if not shutil.which("node"):
+        return "node is not installed"
+    if not (WEB_DIR / "node_modules" / "playwright-core").is_dir():
+        return "web/node_modules is missing (npm ci in web/)"
+    if not _chromium():
+        return "Chromium is not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser_run(tmp_path_factory):
+    missing = _missing()
+    if missing:
+        if os.environ.get("ONIC_WEB_TESTS") == "1":
+            pytest.fail(f"browser tests required but {missing}")
+        pytest.skip(missing)
+    folder = tmp_path_factory.mktemp("web")
+
+    def run(files: dict[str, bytes], refs: dict[str, np.ndarray] | None = None) -> dict:
+        paths, tasks = [], []
+        for name, data in files.items():
+            (folder / f"{name}.onic").write_bytes(data)
+            paths.append(folder / f"{name}.onic")
+        for name, rgba in (refs or {}).items():
+            (folder / f"{name}.rgba").write_bytes(rgba.tobytes())
+            paths.append(folder / f"{name}.rgba")
+        urls = {p.name: f"/files/{i}/{p.name}" for i, p in enumerate(paths)}
+        for name in files:
+            task = {"name": name, "url": urls[f"{name}.onic"]}
+            if refs and name in refs:
+                task["ref"] = urls[f"{name}.rgba"]
+            tasks.append(task)
+        (folder / "tasks.json").write_text(json.dumps(tasks))
+        server, url = serve_in_background(paths, DEFAULT_BUNDLE)
+        try:
+            out = subprocess.run(["node", str(WEB_DIR / "test" / "browser.mjs"), url, str(folder / "tasks.json")],
+                                 capture_output=True, text=True, timeout=600, cwd=WEB_DIR,
+                                 env={**os.environ, "ONIC_CHROMIUM": _chromium()})
+        finally:
+            server.shutdown()
+        assert out.returncode == 0, out.stderr[-3000:]
+        result = json.loads(out.stdout)
+        assert result["pageErrors"] == []
+        return result
+
+    return run
+
+
+def _rgba(image: Image.Image) -> np.ndarray:
+    """What the browser's ImageData holds: RGBA, gray replicated, A = 255 without alpha."""
+    return np.asarray(image.convert("RGBA"))
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(a.astype("<i4").tobytes()).hexdigest()
+
+
+def _exif_and_icc_image() -> Image.Image:
+    im = random_image(90, 70, seed=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation
+    buf = io.BytesIO()
+    im.save(buf, "PNG", exif=exif.tobytes(), icc_profile=b"\0" * 128)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def test_browser_decodes_what_python_encodes(browser_run):
+    with Image.open(SAMPLE) as im:
+        sample = im.convert("RGB")
+    images = {
+        "rgb": (sample, 75),
+        "gray_odd": (random_image(97, 61, "L", seed=1), 40),
+        "rgba_odd": (random_image(130, 67, "RGBA", seed=2), 90),
+        "la_tiny": (random_image(1, 1, "LA", seed=4), 0),
+        "metadata": (_exif_and_icc_image(), 60),
+        # tiles in the synthesis, bands in the hyper decoder and the integer path
+        "large": (random_image(1200, 1600, seed=5), 20),
+    }
+    images["rgba_odd"][0].putalpha(Image.fromarray(np.arange(130 * 67, dtype=np.uint8).reshape(67, 130)))
+    files = {name: api.compress(im, q) for name, (im, q) in images.items()}
+    refs = {name: _rgba(api.decompress(data)) for name, data in files.items()}
+    result = browser_run(files, refs)
+    assert result["bundle"] == api.default_bundle().model_id
+    for r in result["results"]:
+        name = r["name"]
+        assert "error" not in r, (name, r.get("error"))
+        _, z, y = api.decode_latents(files[name])
+        assert (r["z"], r["y"]) == (_digest(z), _digest(y)), f"{name}: symbols differ from Python's"
+        h = bitstream.parse_header(files[name])
+        assert (r["width"], r["height"]) == (h.width, h.height)
+        assert r["maxDiff"] <= MAX_LEVELS, (name, r["maxDiff"])
+        assert r["differing"] <= MAX_DIFFERING * refs[name].size, (name, r["differing"])
+    meta = next(r for r in result["results"] if r["name"] == "metadata")
+    c = bitstream.unpack(files["metadata"])
+    assert (meta["icc"], meta["exif"]) == (len(c.chunks[b"iccp"]), len(c.chunks[b"exif"]))
+
+
+def _repack(data: bytes, **fields) -> bytes:
+    """A CRC-valid file with header fields, sections or chunks replaced."""
+    c = bitstream.unpack(data)
+    h = c.header
+    z, y = fields.pop("z", c.z), fields.pop("y", c.y)
+    chunks = fields.pop("chunks", c.chunks)
+    header = Header(**{**h.__dict__, "z_length": len(z), "y_length": len(y), **fields})
+    return bitstream.pack(header, z, y, chunks)
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _malformed(good: bytes, rgba: bytes) -> dict[str, bytes]:
+    body = good[:-4]
+    alph = bitstream.unpack(rgba).chunks[b"ALPH"]
+    other = next(iter(RELEASED_MODELS))
+    return {
+        "bad_magic": b"NOPE" + good[4:],
+        "short_header": good[:20],
+        "version": good[:4] + b"\x09" + good[5:],
+        "mode": good[:5] + b"\x07" + good[6:],
+        "quality": good[:6] + bytes([101]) + good[7:],
+        "index_path": good[:7] + b"\x01" + good[8:],
+        "wide": good[:16] + struct.pack("<I", 70000) + good[20:],
+        "bomb": good[:16] + struct.pack("<II", 20000, 20000) + good[24:],
+        "section_length": good[:24] + struct.pack("<I", 5) + good[28:],
+        "truncated": good[:-10],
+        "crc": good[:40] + bytes([good[40] ^ 1]) + good[41:],
+        "stray": _with_crc(body + b"abc"),
+        "critical_chunk": _with_crc(body + b"ZZZZ" + struct.pack("<I", 0)),
+        "twice": _with_crc(body + (b"exif" + struct.pack("<I", 1) + b"x") * 2),
+        "chunk_type": _with_crc(body + b"ab1d" + struct.pack("<I", 0)),
+        "chunk_length": _with_crc(body + b"exif" + struct.pack("<I", 99)),
+        "other_model": _repack(good, model_id=other),
+        "unknown_model": _repack(good, model_id="00" * 8),
+        "no_room": _repack(good, width=4096, height=4096),
+        "y_ends_early": _repack(good, y=bitstream.unpack(good).y[: len(bitstream.unpack(good).y) // 2 // 4 * 4]),
+        "alpha_missing": _repack(rgba, chunks={}),
+        "alpha_forbidden": _repack(good, chunks={b"ALPH": alph}),
+        "alpha_not_zlib": _repack(rgba, chunks={b"ALPH": b"not zlib at all"}),
+        "alpha_trailing": _repack(rgba, chunks={b"ALPH": alph + b"junk"}),
+        "alpha_short": _repack(rgba, chunks={b"ALPH": zlib.compress(b"\0" * 10)}),
+        "alpha_cut": _repack(rgba, chunks={b"ALPH": alph[:-6]}),
+    }
+
+
+def test_browser_refuses_malformed_files_as_python_does(browser_run):
+    good = api.compress(random_image(70, 50, seed=7), 50)
+    rgba = api.compress(random_image(70, 50, "RGBA", seed=8), 50)
+    files = _malformed(good, rgba)
+    expected = {}
+    for name, data in files.items():
+        with pytest.raises(OnicError) as e:
+            api.decompress(data)
+        expected[name] = str(e.value)
+    result = browser_run(files)
+    for r in result["results"]:
+        assert r.get("onic"), (r["name"], r)
+        assert r["error"] == expected[r["name"]], r["name"]
+
+
+def test_onic_view_serves_the_page_the_bundle_and_the_files_only(tmp_path):
+    if not (WEB_DIR / "node_modules" / "onnxruntime-web").is_dir():
+        if os.environ.get("ONIC_WEB_TESTS") == "1":
+            pytest.fail("web/node_modules is missing")
+        pytest.skip("web/node_modules is missing (npm ci in web/)")
+    import sys
+    import urllib.error
+    import urllib.request
+
+    f = tmp_path / "a b.onic"
+    f.write_bytes(api.compress(random_image(40, 30), 50))
+    p = subprocess.Popen([sys.executable, "-m", "codec.cli", "view", str(f), "--port", "0", "--no-browser"],
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stderr.readline()
+        url = line.split(" at ")[1].split()[0]
+
+        def get(path: str) -> tuple[int, bytes, dict]:
+            try:
+                with urllib.request.urlopen(url + path.lstrip("/")) as r:
+                    return r.status, r.read(), dict(r.headers)
+            except urllib.error.HTTPError as e:
+                return e.code, b"", {}
+
+        status, page, headers = get("/")
+        assert status == 200 and b"demo.js" in page
+        assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"  # threads for onnxruntime-web
+        listing = json.loads(get("/files.json")[1])
+        assert [x["name"] for x in listing] == ["a b.onic"]
+        assert get(listing[0]["url"].replace(" ", "%20"))[1] == f.read_bytes()
+        assert json.loads(get("/models/default/manifest.json")[1])["model_id"] == api.default_bundle().model_id
+        for outside in ("/src/../../codec/cli.py", "/src/%2e%2e/%2e%2e/pyproject.toml", "/files/1/x", "/etc/passwd",
+                        "/models/default/../../cli.py"):
+            assert get(outside)[0] == 404, outside
+    finally:
+        p.terminate()
+        p.wait(10)

@@ -1,0 +1,51 @@
+// Decode files in headless Chromium through the demo page and print what the Python tests
+// compare: symbol hashes, pixel differences against a reference, errors.
+//
+//   node test/browser.mjs BASE_URL TASKS.json   (TASKS: [{ name, url, ref? }], ref: raw RGBA)
+// Chromium: $ONIC_CHROMIUM, else chromium on PATH.
+import { readFileSync } from "node:fs";
+import { chromium } from "playwright-core";
+
+const [base, tasksFile] = process.argv.slice(2);
+const tasks = JSON.parse(readFileSync(tasksFile, "utf8"));
+const browser = await chromium.launch({ executablePath: process.env.ONIC_CHROMIUM || "chromium", args: ["--no-sandbox"] });
+try {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(base);
+  const results = await page.evaluate(async (tasks) => {
+    const { ready, decode, decodeLatents, OnicError } = window.onic;
+    const bundle = await ready;
+    const hex = async (a) => Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", a)),
+      (b) => b.toString(16).padStart(2, "0")).join("");
+    const out = [];
+    for (const t of tasks) {
+      const bytes = new Uint8Array(await (await fetch(t.url)).arrayBuffer());
+      try {
+        const lat = decodeLatents(bytes, bundle);
+        const r = { name: t.name, z: await hex(lat.zSymbols), y: await hex(lat.ySymbols) };
+        const d = await decode(bytes, bundle);
+        Object.assign(r, { width: d.image.width, height: d.image.height, ms: d.timings.total_ms,
+          icc: d.icc ? d.icc.length : 0, exif: d.exif ? d.exif.length : 0 });
+        if (t.ref) {
+          const ref = new Uint8Array(await (await fetch(t.ref)).arrayBuffer());
+          let maxDiff = ref.length === d.image.data.length ? 0 : 256, differing = 0;
+          for (let i = 0; i < ref.length && maxDiff < 256; i++) {
+            const diff = Math.abs(ref[i] - d.image.data[i]);
+            if (diff) { differing++; maxDiff = Math.max(maxDiff, diff); }
+          }
+          Object.assign(r, { maxDiff, differing });
+        }
+        out.push(r);
+      } catch (e) {
+        out.push({ name: t.name, error: e.message, onic: e instanceof OnicError });
+      }
+    }
+    return { results: out, bundle: bundle.modelId, downloadBytes: bundle.downloadBytes };
+  }, tasks);
+  results.pageErrors = errors;
+  console.log(JSON.stringify(results));
+} finally {
+  await browser.close();
+}
