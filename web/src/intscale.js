@@ -6,6 +6,8 @@
 // is an integer below 2^53 (the reason for the format's bit limits), where float64 arithmetic is
 // exact in any order. Rescaling splits its product so that it stays exact too.
 
+import { matmul } from "./matmul.js";
+
 export const INDEX_PATH_VERSION = 2;
 const ACT_MAX = 2 ** 15 - 1;
 const LEAKY_NUM = 41, LEAKY_SHIFT = 12;
@@ -34,85 +36,94 @@ function padded(x, p) {
   return { data: out, hp, wp };
 }
 
-/**
- * acc[j] += Σ_taps w_t · xp[src_t + j] for j < n, four output channels at a time: one long loop
- * over the flattened padded plane per tap (the padding columns compute values nobody reads).
- */
-function accumulateTaps(acc, accOffsets, xp, taps, n) {
-  // taps: [srcOffset, w0, w1, w2, w3] per (input channel, tap); accOffsets: four output planes
-  const [o0, o1, o2, o3] = accOffsets;
-  for (const [src, w0, w1, w2, w3] of taps) {
-    for (let j = 0; j < n; j++) {
-      const v = xp[src + j];
-      acc[o0 + j] += w0 * v;
-      acc[o1 + j] += w1 * v;
-      acc[o2 + j] += w2 * v;
-      acc[o3 + j] += w3 * v;
-    }
-  }
+const CHUNK_ELEMENTS = 2 ** 22; // elements of one product's result (32 MiB of float64): bounds memory
+
+/** Rows [r0, r1) of a padded (C, hp, wp) array, contiguous: the right operand of a product. */
+function paddedRows(xp, c, hp, wp, r0, r1) {
+  if (r0 === 0 && r1 === hp) return xp;
+  const out = new Float64Array(c * (r1 - r0) * wp);
+  for (let k = 0; k < c; k++) out.set(xp.subarray((k * hp + r0) * wp, (k * hp + r1) * wp), k * (r1 - r0) * wp);
+  return out;
 }
 
-/** Exact Conv2d, stride 1, padding k//2: w (O, C, k, k) as a flat array with its shape. */
-export function conv2d(x, w) {
-  const [o, c, k] = w.shape;
-  const p = k >> 1;
-  const { data: xp, hp, wp } = padded(x, p);
-  const h = x.h, wd = x.w, n = h * wp;
-  const acc = new Float64Array(4 * n);
-  const out = new Planes(o, h, wd);
-  for (let o0 = 0; o0 < o; o0 += 4) {
-    acc.fill(0);
-    const taps = [];
+/** Every tap's weights as rows of one matrix: row (ky·k + kx)·O + o, column c. */
+function tapMatrix(w, transposed) {
+  const [a, b, k] = w.shape; // (O, C, k, k), or (C, O, k, k) when transposed
+  const [o, c] = transposed ? [b, a] : [a, b];
+  const m = new Float64Array(k * k * o * c);
+  for (let oc = 0; oc < o; oc++) {
     for (let ic = 0; ic < c; ic++) {
-      for (let ky = 0; ky < k; ky++) {
-        for (let kx = 0; kx < k; kx++) {
-          const ws = [0, 1, 2, 3].map((d) => (o0 + d < o ? w.data[(((o0 + d) * c + ic) * k + ky) * k + kx] : 0));
-          if (ws.some((v) => v !== 0)) taps.push([(ic * hp + ky) * wp + kx, ...ws]);
-        }
+      for (let t = 0; t < k * k; t++) {
+        const src = transposed ? (ic * o + oc) * k * k + t : (oc * c + ic) * k * k + t;
+        m[(t * o + oc) * c + ic] = w.data[src];
       }
     }
-    accumulateTaps(acc, [0, n, 2 * n, 3 * n], xp, taps, n);
-    for (let d = 0; d < 4 && o0 + d < o; d++) {
-      for (let y = 0; y < h; y++) {
-        out.data.set(acc.subarray(d * n + y * wp, d * n + y * wp + wd), ((o0 + d) * h + y) * wd);
+  }
+  return { m, o, c, k };
+}
+
+/**
+ * Exact Conv2d, stride 1, padding k//2: x (C, H, W), w (O, C, k, k) → (O, H, W).
+ * One product per band of rows gives every tap's contribution at every padded position,
+ * Y[tap] = W[tap] @ x_padded; the output is the sum of the k² shifted Y[tap] (as in Python).
+ */
+export async function conv2d(x, w) {
+  const { m, o, c, k } = tapMatrix(w, false);
+  const p = k >> 1;
+  const { data: xp, hp, wp } = padded(x, p);
+  const h = x.h, wd = x.w;
+  const out = new Planes(o, h, wd);
+  const step = Math.max(1, Math.floor(CHUNK_ELEMENTS / (k * k * o * wp)) - 2 * p);
+  for (let r0 = 0; r0 < h; r0 += step) {
+    const r1 = Math.min(h, r0 + step), n = r1 - r0, len = (n + 2 * p) * wp;
+    const y = await matmul(m, k * k * o, c, paddedRows(xp, c, hp, wp, r0, r1 + 2 * p), len);
+    for (let oc = 0; oc < o; oc++) {
+      for (let t = 0; t < k * k; t++) {
+        const ky = Math.floor(t / k), kx = t % k, base = (t * o + oc) * len;
+        for (let j = 0; j < n; j++) {
+          const src = base + (j + ky) * wp + kx, dst = (oc * h + r0 + j) * wd;
+          for (let i = 0; i < wd; i++) out.data[dst + i] += y[src + i];
+        }
       }
     }
   }
   return out;
 }
 
-/** Exact ConvTranspose2d, stride 2, padding k//2, output padding 1: w (C, O, k, k) → (O, 2H, 2W).
- * Per output phase (polyphase, as codec/intscale.py): no work on inserted zeros. */
-export function convTranspose2d(x, w) {
-  const [c, o, k] = w.shape;
-  const p = k >> 1, pad = p;
+/**
+ * Exact ConvTranspose2d, stride 2, padding k//2, output padding 1: w (C, O, k, k) → (O, 2H, 2W).
+ * Output (2j + r) receives tap t from input j + (r − t + p)/2 where that is whole (polyphase):
+ * one product gives every tap at every input position, each output phase sums its taps.
+ */
+export async function convTranspose2d(x, w) {
+  const { m, o, c, k } = tapMatrix(w, true);
+  const p = k >> 1;
+  const shift = (r, t) => ((r - t + p) % 2 === 0 ? (r - t + p) / 2 : null); // input offset, or none
+  let pad = 0;
+  for (let r = 0; r < 2; r++) for (let t = 0; t < k; t++) if (shift(r, t) !== null) pad = Math.max(pad, Math.abs(shift(r, t)));
   const { data: xp, hp, wp } = padded(x, pad);
-  const h = x.h, wd = x.w, ow = 2 * wd, n = h * wp;
-  const acc = new Float64Array(4 * n);
+  const h = x.h, wd = x.w, ow = 2 * wd;
   const out = new Planes(o, 2 * h, ow);
-  for (let ry = 0; ry < 2; ry++) {
-    for (let rx = 0; rx < 2; rx++) {
-      for (let o0 = 0; o0 < o; o0 += 4) {
-        acc.fill(0);
-        const taps = [];
-        for (let ky = 0; ky < k; ky++) {
-          if ((ry - ky + p) % 2 !== 0) continue;
-          const dy = (ry - ky + p) / 2;
-          for (let kx = 0; kx < k; kx++) {
-            if ((rx - kx + p) % 2 !== 0) continue;
-            const dx = (rx - kx + p) / 2;
-            for (let ic = 0; ic < c; ic++) {
-              const ws = [0, 1, 2, 3].map((d) => (o0 + d < o ? w.data[((ic * o + o0 + d) * k + ky) * k + kx] : 0));
-              if (ws.some((v) => v !== 0)) taps.push([(ic * hp + pad + dy) * wp + pad + dx, ...ws]);
+  const step = Math.max(1, Math.floor(CHUNK_ELEMENTS / (k * k * o * wp)) - 2 * pad);
+  for (let r0 = 0; r0 < h; r0 += step) {
+    const r1 = Math.min(h, r0 + step), n = r1 - r0, len = (n + 2 * pad) * wp;
+    const y = await matmul(m, k * k * o, c, paddedRows(xp, c, hp, wp, r0, r1 + 2 * pad), len);
+    for (let ky = 0; ky < k; ky++) {
+      for (let kx = 0; kx < k; kx++) {
+        for (let ry = 0; ry < 2; ry++) {
+          const dy = shift(ry, ky);
+          if (dy === null) continue;
+          for (let rx = 0; rx < 2; rx++) {
+            const dx = shift(rx, kx);
+            if (dx === null) continue;
+            for (let oc = 0; oc < o; oc++) {
+              const base = ((ky * k + kx) * o + oc) * len;
+              for (let j = 0; j < n; j++) {
+                const src = base + (j + pad + dy) * wp + pad + dx;
+                const dst = (oc * 2 * h + 2 * (r0 + j) + ry) * ow + rx;
+                for (let i = 0; i < wd; i++) out.data[dst + 2 * i] += y[src + i];
+              }
             }
-          }
-        }
-        accumulateTaps(acc, [0, n, 2 * n, 3 * n], xp, taps, n);
-        for (let d = 0; d < 4 && o0 + d < o; d++) {
-          for (let y = 0; y < h; y++) {
-            const dst = ((o0 + d) * 2 * h + 2 * y + ry) * ow + rx;
-            const src = d * n + y * wp;
-            for (let i = 0; i < wd; i++) out.data[dst + 2 * i] = acc[src + i];
           }
         }
       }
@@ -163,7 +174,7 @@ function addBias(x, b) {
 }
 
 /** ẑ symbols (N, h, w) → the σ layer's accumulator (M, 4h, 4w) (codec.intscale.accumulate). */
-export function accumulate(z, p, zInv = null) {
+export async function accumulate(z, p, zInv = null) {
   let x = new Planes(z.c, z.h, z.w, Float64Array.from(z.data, (v) => Math.min(ACT_MAX, Math.max(-ACT_MAX, v))));
   if (zInv) {
     const n = z.h * z.w;
@@ -173,12 +184,12 @@ export function accumulate(z, p, zInv = null) {
     }
   }
   for (const layer of [0, 1]) {
-    x = convTranspose2d(x, p[`w${layer}`]);
+    x = await convTranspose2d(x, p[`w${layer}`]);
     addBias(x, p[`b${layer}`].data);
     clip(rescale(x, p[`m${layer}`].data, p[`s${layer}`].data), -ACT_MAX, ACT_MAX);
     leakyRelu(x);
   }
-  x = conv2d(x, p.w2);
+  x = await conv2d(x, p.w2);
   return addBias(x, p.b2.data);
 }
 
@@ -193,14 +204,14 @@ function rows(x, r0, r1) {
 }
 
 /** Scale-table index per y element (Int16Array of M × 4h × 4w), in bands of z rows. */
-export function indexes(z, p, zInv = null) {
+export async function indexes(z, p, zInv = null) {
   const M = p.thresholds.shape[0];
   const H = 4 * z.h, Wd = 4 * z.w;
   const out = new Int16Array(M * H * Wd);
   for (let r0 = 0; r0 < z.h; r0 += BAND) {
     const r1 = Math.min(z.h, r0 + BAND);
     const w0 = Math.max(0, r0 - BAND_MARGIN), w1 = Math.min(z.h, r1 + BAND_MARGIN);
-    const acc = accumulate(rows(z, w0, w1), p, zInv);
+    const acc = await accumulate(rows(z, w0, w1), p, zInv);
     const core = rows(acc, 4 * (r0 - w0), 4 * (r1 - w0));
     toIndexBand(core, p.thresholds, out, 4 * r0, H);
   }

@@ -20,7 +20,7 @@ const TILE = 512, MARGIN = 32; // synthesis tiles: core and context in pixels (c
 const BAND = 16, BAND_MARGIN = 4; // rows of z per band of the hyper decoder, and of context
 
 /** Entropy-decode a file: { header, container, zSymbols, ySymbols } with their shapes. Integer work only. */
-export function decodeLatents(data, bundle, { maxPixels = MAX_PIXELS } = {}) {
+export async function decodeLatents(data, bundle, { maxPixels = MAX_PIXELS } = {}) {
   const c = data.header ? data : unpack(data, maxPixels);
   const h = c.header;
   bundle.checkDecodes(h.modelId);
@@ -39,7 +39,7 @@ export function decodeLatents(data, bundle, { maxPixels = MAX_PIXELS } = {}) {
   for (let k = 0; k < nZ; k++) zIds.fill(k, k * zCount, (k + 1) * zCount);
   const zSymbols = new Decoder(c.z).readPart(zIds, bundle.zTables);
   const zInv = bundle.hasZGains ? bundle.zInverseGains(h.quality) : null;
-  const ids = indexes(new Planes(...zShape, Float64Array.from(zSymbols)), bundle.scalePath, zInv);
+  const ids = await indexes(new Planes(...zShape, Float64Array.from(zSymbols)), bundle.scalePath, zInv);
   const ySymbols = new Decoder(c.y).readPart(ids, bundle.yTables);
   const yShape = [bundle.M, zShape[1] * HYPER, zShape[2] * HYPER];
   return { header: h, container: c, zSymbols, zShape, ySymbols, yShape };
@@ -139,7 +139,7 @@ async function synthesize(bundle, yHat, m, lh, lw, invGain, height, width) {
  */
 export async function decode(data, bundle, { maxPixels = MAX_PIXELS } = {}) {
   const t0 = performance.now();
-  const lat = decodeLatents(data, bundle, { maxPixels });
+  const lat = await decodeLatents(data, bundle, { maxPixels });
   const t1 = performance.now();
   const h = lat.header;
   const [m, lh, lw] = lat.yShape;

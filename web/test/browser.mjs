@@ -23,7 +23,7 @@ try {
     for (const t of tasks) {
       const bytes = new Uint8Array(await (await fetch(t.url)).arrayBuffer());
       try {
-        const lat = decodeLatents(bytes, bundle);
+        const lat = await decodeLatents(bytes, bundle);
         const r = { name: t.name, z: await hex(lat.zSymbols), y: await hex(lat.ySymbols) };
         const d = await decode(bytes, bundle);
         Object.assign(r, { width: d.image.width, height: d.image.height, ms: d.timings.total_ms,
