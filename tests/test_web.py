@@ -17,6 +17,7 @@ import shutil
 import struct
 import subprocess
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from PIL import Image
 
 from codec import api, bitstream
 from codec.bitstream import Header, OnicError
-from codec.session import DEFAULT_BUNDLE, RELEASED_MODELS
+from codec.session import DEFAULT_BUNDLE, RELEASED_MODELS, Bundle
 from codec.webview import WEB_DIR, serve_in_background
 from tests.conftest import SAMPLE, random_image
 
@@ -56,7 +57,7 @@ def browser_run(tmp_path_factory):
         pytest.skip(missing)
     folder = tmp_path_factory.mktemp("web")
 
-    def run(files: dict[str, bytes], refs: dict[str, np.ndarray] | None = None) -> dict:
+    def run(files: dict[str, bytes], refs: dict[str, np.ndarray] | None = None, bundle: Path = DEFAULT_BUNDLE) -> dict:
         paths, tasks = [], []
         for name, data in files.items():
             (folder / f"{name}.onic").write_bytes(data)
@@ -71,7 +72,7 @@ def browser_run(tmp_path_factory):
                 task["ref"] = urls[f"{name}.rgba"]
             tasks.append(task)
         (folder / "tasks.json").write_text(json.dumps(tasks))
-        server, url = serve_in_background(paths, DEFAULT_BUNDLE)
+        server, url = serve_in_background(paths, bundle)
         try:
             out = subprocess.run(["node", str(WEB_DIR / "test" / "browser.mjs"), url, str(folder / "tasks.json")],
                                  capture_output=True, text=True, timeout=600, cwd=WEB_DIR,
@@ -133,6 +134,34 @@ def test_browser_decodes_what_python_encodes(browser_run):
     meta = next(r for r in result["results"] if r["name"] == "metadata")
     c = bitstream.unpack(files["metadata"])
     assert (meta["icc"], meta["exif"]) == (len(c.chunks[b"iccp"]), len(c.chunks[b"exif"]))
+
+
+def test_browser_decodes_a_channel_conditional_model_with_z_gains(browser_run, tmp_path):
+    """A small untrained model with slices and gain units on z (tests/test_conditional.py's)."""
+    pytest.importorskip("torch")
+    import torch
+
+    from export import bundle as export_bundle
+    from export.model import ModelConfig, Onic
+    from export.train import save_weights
+    from tests.test_conditional import SLICES, _wake
+
+    torch.manual_seed(0)
+    model = _wake(Onic(ModelConfig(N=8, M=12, hyper_gains=True, slices=SLICES))).eval()
+    save_weights(tmp_path / "w.pt", model, 3)
+    export_bundle.export_bundle(tmp_path / "w.pt", tmp_path / "bundle",
+                                calibration=[np.asarray(random_image(192, 128, seed=5))])
+    b = Bundle(tmp_path / "bundle")
+    files = {"small": api.compress(random_image(200, 136, seed=3), 60, bundle=b),
+             # bands in every slice network and graph
+             "tall": api.compress(random_image(100, 1400, "RGBA", seed=6), 30, bundle=b)}
+    refs = {name: _rgba(api.decompress(data, bundle=b)) for name, data in files.items()}
+    result = browser_run(files, refs, bundle=tmp_path / "bundle")
+    for r in result["results"]:
+        assert "error" not in r, (r["name"], r.get("error"))
+        _, z, y = api.decode_latents(files[r["name"]], bundle=b)
+        assert (r["z"], r["y"]) == (_digest(z), _digest(y)), f"{r['name']}: symbols differ from Python's"
+        assert r["maxDiff"] <= MAX_LEVELS and r["differing"] <= MAX_DIFFERING * refs[r["name"]].size, r
 
 
 def _repack(data: bytes, **fields) -> bytes:

@@ -5,9 +5,11 @@ import * as ort from "onnxruntime-web";
 import { Bundle, decode, decodeLatents, OnicError } from "./src/onic.js";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
+const params = new URLSearchParams(location.search);
+if (params.get("threads")) ort.env.wasm.numThreads = Number(params.get("threads"));
 const status = document.getElementById("status");
 const out = document.getElementById("out");
-const bundleUrl = new URLSearchParams(location.search).get("bundle") || "./models/default/";
+const bundleUrl = params.get("bundle") || "./models/default/";
 const ready = Bundle.load(bundleUrl);
 
 function row(table, key, value) {
@@ -54,7 +56,7 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); showFiles(e.dataTransfer.files); });
 document.getElementById("pick").addEventListener("change", (e) => showFiles(e.target.files));
 
-window.onic = { ready, decode, decodeLatents, OnicError };
+window.onic = { ready, decode, decodeLatents, OnicError, get threads() { return ort.env.wasm.numThreads; } };
 ready.then(async (bundle) => {
   status.textContent = `Model ${bundle.modelId} loaded (${(bundle.downloadBytes / 1e6).toFixed(1)} MB).`;
   const listed = await fetch("./files.json").then((r) => (r.ok ? r.json() : []), () => []);

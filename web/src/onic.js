@@ -11,7 +11,7 @@
 import { Bundle } from "./bundle.js";
 import { MAX_PIXELS, OnicError, parseHeader, unpack } from "./container.js";
 import { Decoder, checkRoom } from "./entropy.js";
-import { Planes, Z_INV_BITS, indexes } from "./intscale.js";
+import { Planes, Z_INV_BITS, hyperState, indexes, sliceIndexes } from "./intscale.js";
 
 export { Bundle, OnicError, MAX_PIXELS, parseHeader };
 
@@ -24,9 +24,6 @@ export async function decodeLatents(data, bundle, { maxPixels = MAX_PIXELS } = {
   const c = data.header ? data : unpack(data, maxPixels);
   const h = c.header;
   bundle.checkDecodes(h.modelId);
-  if (bundle.slices.length) {
-    throw new OnicError("this web decoder does not decode channel-conditional models (slices) yet");
-  }
   const s = bundle.stride;
   const nZ = bundle.zTables.length;
   const zShape = [nZ, Math.ceil(h.height / s), Math.ceil(h.width / s)];
@@ -39,10 +36,22 @@ export async function decodeLatents(data, bundle, { maxPixels = MAX_PIXELS } = {
   for (let k = 0; k < nZ; k++) zIds.fill(k, k * zCount, (k + 1) * zCount);
   const zSymbols = new Decoder(c.z).readPart(zIds, bundle.zTables);
   const zInv = bundle.hasZGains ? bundle.zInverseGains(h.quality) : null;
-  const ids = await indexes(new Planes(...zShape, Float64Array.from(zSymbols)), bundle.scalePath, zInv);
-  const ySymbols = new Decoder(c.y).readPart(ids, bundle.yTables);
+  const z = new Planes(...zShape, Float64Array.from(zSymbols));
   const yShape = [bundle.M, zShape[1] * HYPER, zShape[2] * HYPER];
-  return { header: h, container: c, zSymbols, zShape, ySymbols, yShape };
+  const dec = new Decoder(c.y);
+  if (!bundle.slices.length) {
+    const ids = await indexes(z, bundle.scalePath, zInv);
+    return { header: h, container: c, zSymbols, zShape, ySymbols: dec.readPart(ids, bundle.yTables), yShape };
+  }
+  // Channel-conditional: slice k's indexes need the symbols of the slices before it.
+  const state = await hyperState(z, bundle.scalePath, zInv);
+  const symbols = new Planes(...yShape);
+  const plane = yShape[1] * yShape[2];
+  for (let k = 0; k < bundle.slices.length; k++) {
+    const ids = await sliceIndexes(k, state, symbols, bundle.scalePath, bundle.slices);
+    symbols.data.set(dec.readPart(ids, bundle.yTables), bundle.slices[k][0] * plane);
+  }
+  return { header: h, container: c, zSymbols, zShape, ySymbols: Int32Array.from(symbols.data), yShape };
 }
 
 function spans(size, core, margin) {
@@ -61,6 +70,28 @@ function rowSlice(data, c, h, w, r0, r1) {
   return out;
 }
 
+/**
+ * A graph over bands of rows, margin rows of context per side (codec/tiling.py _row_bands):
+ * inputs { name: { data, c, h, w } } with h = rows·rowsIn → Float32Array (C', rows·rowsOut, w').
+ */
+async function rowBands(bundle, graph, rows, band, margin, rowsIn, rowsOut, inputs) {
+  const run = async (r0, r1) => bundle.run(graph, Object.fromEntries(Object.entries(inputs).map(([name, t]) => [name, {
+    data: r0 === 0 && r1 === rows && t.data.byteOffset === 0 ? t.data : rowSlice(t.data, t.c, t.h, t.w, r0 * rowsIn, r1 * rowsIn),
+    dims: [1, t.c, (r1 - r0) * rowsIn, t.w] }])));
+  if (rows <= band + 2 * margin) return (await run(0, rows)).data;
+  let out = null;
+  for (const [r0, r1, w0, w1] of spans(rows, band, margin)) {
+    const t = await run(w0, w1);
+    const [, c, th, tw] = t.dims;
+    out ??= new Float32Array(c * rows * rowsOut * tw);
+    for (let k = 0; k < c; k++) {
+      const src = (k * th + (r0 - w0) * rowsOut) * tw;
+      out.set(t.data.subarray(src, src + (r1 - r0) * rowsOut * tw), (k * rows * rowsOut + r0 * rowsOut) * tw);
+    }
+  }
+  return out;
+}
+
 /** μ (M, 4h, 4w) from the ẑ symbols by the hyper decoder, in bands of z rows. */
 async function hyperDecode(bundle, zSymbols, zShape, quality) {
   const [n, zh, zw] = zShape;
@@ -68,22 +99,28 @@ async function hyperDecode(bundle, zSymbols, zShape, quality) {
   if (bundle.hasZGains) {
     const g = bundle.zInverseGains(quality);
     for (let k = 0; k < n; k++) {
-      const f = g[k] / 2 ** Z_INV_BITS;
+      const f = Math.fround(g[k] / 2 ** Z_INV_BITS);
       for (let i = k * zh * zw; i < (k + 1) * zh * zw; i++) z[i] *= f;
     }
   }
-  const m = bundle.M, yh = zh * HYPER, yw = zw * HYPER;
-  if (zh <= BAND + 2 * BAND_MARGIN) return (await bundle.run("hyper_decoder", { z_hat: { data: z, dims: [1, n, zh, zw] } })).data;
-  const mu = new Float32Array(m * yh * yw);
-  for (const [r0, r1, w0, w1] of spans(zh, BAND, BAND_MARGIN)) {
-    const t = await bundle.run("hyper_decoder", { z_hat: { data: rowSlice(z, n, zh, zw, w0, w1), dims: [1, n, w1 - w0, zw] } });
-    const rows = (w1 - w0) * HYPER;
-    for (let k = 0; k < m; k++) {
-      const src = (k * rows + (r0 - w0) * HYPER) * yw;
-      mu.set(t.data.subarray(src, src + (r1 - r0) * HYPER * yw), (k * yh + r0 * HYPER) * yw);
-    }
+  return rowBands(bundle, "hyper_decoder", zh, BAND, BAND_MARGIN, 1, HYPER, { z_hat: { data: z, c: n, h: zh, w: zw } });
+}
+
+const Y_BAND = 16, Y_MARGIN = 2; // rows of y per band of a slice graph, and of context
+
+/** ŷ of a channel-conditional model, slice by slice (Minnen & Singh 2020; codec/tiling.py). */
+async function conditionalLatents(bundle, muH, ySymbols, m, h, w) {
+  const yHat = new Float32Array(m * h * w);
+  const plane = h * w;
+  const mu_h = { data: muH, c: m, h, w };
+  for (const [k, [a, b]] of bundle.slices.entries()) {
+    const mu = k ? await rowBands(bundle, `slice_mean${k}`, h, Y_BAND, Y_MARGIN, 1, 1,
+      { mu_h, y_prev: { data: yHat.subarray(0, a * plane), c: a, h, w } }) : muH.subarray(a * plane, b * plane);
+    for (let i = 0; i < (b - a) * plane; i++) yHat[a * plane + i] = mu[i] + ySymbols[a * plane + i];
+    yHat.set(await rowBands(bundle, `slice_lrp${k}`, h, Y_BAND, Y_MARGIN, 1, 1,
+      { mu_h, y_upto: { data: yHat.subarray(0, b * plane), c: b, h, w } }), a * plane);
   }
-  return mu;
+  return yHat;
 }
 
 /** numpy's rint (half to even) of x·255, clipped to 0–255; NaN → 0. */
@@ -143,8 +180,9 @@ export async function decode(data, bundle, { maxPixels = MAX_PIXELS } = {}) {
   const t1 = performance.now();
   const h = lat.header;
   const [m, lh, lw] = lat.yShape;
-  const yHat = await hyperDecode(bundle, lat.zSymbols, lat.zShape, h.quality);
-  for (let i = 0; i < yHat.length; i++) yHat[i] += lat.ySymbols[i];
+  let yHat = await hyperDecode(bundle, lat.zSymbols, lat.zShape, h.quality);
+  if (bundle.slices.length) yHat = await conditionalLatents(bundle, yHat, lat.ySymbols, m, lh, lw);
+  else for (let i = 0; i < yHat.length; i++) yHat[i] += lat.ySymbols[i];
   const t2 = performance.now();
   const rgba = await synthesize(bundle, yHat, m, lh, lw, bundle.inverseGain(h.quality), h.height, h.width);
   if (h.mode === "L" || h.mode === "LA") {

@@ -1,19 +1,21 @@
 // Decode files in headless Chromium through the demo page and print what the Python tests
 // compare: symbol hashes, pixel differences against a reference, errors.
 //
-//   node test/browser.mjs BASE_URL TASKS.json   (TASKS: [{ name, url, ref? }], ref: raw RGBA)
+//   node test/browser.mjs BASE_URL TASKS.json [THREADS]
+// TASKS: [{ name, url, ref?, repeat? }]; ref: raw RGBA to compare with; repeat: decodes to time
+// (the first is a warm-up, then the median). THREADS: onnxruntime-web's (default: its own).
 // Chromium: $ONIC_CHROMIUM, else chromium on PATH.
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
-const [base, tasksFile] = process.argv.slice(2);
+const [base, tasksFile, threads] = process.argv.slice(2);
 const tasks = JSON.parse(readFileSync(tasksFile, "utf8"));
 const browser = await chromium.launch({ executablePath: process.env.ONIC_CHROMIUM || "chromium", args: ["--no-sandbox"] });
 try {
   const page = await browser.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(base);
+  await page.goto(threads ? `${base}?threads=${threads}` : base);
   const results = await page.evaluate(async (tasks) => {
     const { ready, decode, decodeLatents, OnicError } = window.onic;
     const bundle = await ready;
@@ -28,6 +30,12 @@ try {
         const d = await decode(bytes, bundle);
         Object.assign(r, { width: d.image.width, height: d.image.height, ms: d.timings.total_ms,
           icc: d.icc ? d.icc.length : 0, exif: d.exif ? d.exif.length : 0 });
+        if (t.repeat) {
+          const runs = [];
+          for (let i = 0; i < t.repeat; i++) runs.push((await decode(bytes, bundle)).timings);
+          runs.sort((a, b) => a.total_ms - b.total_ms);
+          r.timings = runs[Math.floor(runs.length / 2)];
+        }
         if (t.ref) {
           const ref = new Uint8Array(await (await fetch(t.ref)).arrayBuffer());
           let maxDiff = ref.length === d.image.data.length ? 0 : 256, differing = 0;
@@ -42,7 +50,8 @@ try {
         out.push({ name: t.name, error: e.message, onic: e instanceof OnicError });
       }
     }
-    return { results: out, bundle: bundle.modelId, downloadBytes: bundle.downloadBytes };
+    return { results: out, bundle: bundle.modelId, downloadBytes: bundle.downloadBytes,
+      threads: window.onic.threads, userAgent: navigator.userAgent };
   }, tasks);
   results.pageErrors = errors;
   console.log(JSON.stringify(results));

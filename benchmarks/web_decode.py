@@ -1,0 +1,100 @@
+"""Decode time in a web browser (web/, headless Chromium) against the Python runtime, same files.
+
+    python benchmarks/web_decode.py ../shared/data/kodak/kodim23.png [--megapixels 12] [--repeat 5] [--threads 1 2]
+
+Each image is coded once at --quality; the Python runtime decodes it --repeat times after a
+warm-up (median), and so does the page in Chromium, once per onnxruntime-web thread count.
+The table also gives what a page downloads: the model files the decoder fetches, the
+JavaScript and onnxruntime-web's WebAssembly (uncompressed bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from codec import api
+from codec.session import DEFAULT_BUNDLE
+from codec.speed import large_image, median_ms
+from codec.webview import WEB_DIR, serve_in_background, web_dir
+
+ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
+
+
+def download_bytes(model_bytes: int) -> dict[str, int]:
+    js = sum(p.stat().st_size for p in (WEB_DIR / "src").glob("*.js"))
+    js += (WEB_DIR / "node_modules" / "pako" / "dist" / "pako.esm.mjs").stat().st_size
+    ort = sum((ORT_DIST / n).stat().st_size for n in ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs",
+                                                      "ort-wasm-simd-threaded.wasm"))
+    return {"model": model_bytes, "javascript": js, "onnxruntime-web": ort}
+
+
+def browser_times(files: dict[str, Path], repeat: int, threads: int, chromium: str) -> dict:
+    server, url = serve_in_background(list(files.values()), DEFAULT_BUNDLE)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tasks = Path(tmp) / "tasks.json"
+            tasks.write_text(json.dumps([{"name": n, "url": f"/files/{i}/{p.name}", "repeat": repeat + 1}
+                                         for i, (n, p) in enumerate(files.items())]))
+            out = subprocess.run(["node", str(WEB_DIR / "test" / "browser.mjs"), url, str(tasks), str(threads)],
+                                 capture_output=True, text=True, cwd=WEB_DIR, check=True,
+                                 env={**os.environ, "ONIC_CHROMIUM": chromium})
+    finally:
+        server.shutdown()
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image")
+    p.add_argument("--quality", type=int, default=75)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--megapixels", type=float, default=12.0, help="also the image upscaled to this size (0: not)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="onnxruntime-web thread counts")
+    p.add_argument("--chromium", default=os.environ.get("ONIC_CHROMIUM", "chromium"))
+    a = p.parse_args()
+    web_dir()
+    with Image.open(a.image) as im:
+        image = im.convert("RGB")
+    images = {f"{image.width}x{image.height}": image}
+    if a.megapixels:
+        big = large_image(image, a.megapixels)
+        images[f"{big.width}x{big.height}"] = big
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for name, im in images.items():
+            files[name] = Path(tmp) / f"{name}.onic"
+            files[name].write_bytes(api.compress(im, a.quality))
+        python = {}
+        for name, path in files.items():
+            data = path.read_bytes()
+            api.decompress(data)
+            python[name] = median_ms(lambda data=data: api.decompress(data), a.repeat)
+        runs = {t: browser_times(files, a.repeat, t, a.chromium) for t in a.threads}
+    first = next(iter(runs.values()))
+    sizes = download_bytes(first["downloadBytes"])
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {first['userAgent']}")
+    print(f"# quality {a.quality}, median of {a.repeat} warm decodes")
+    head = "| image | Python runtime | " + " | ".join(f"browser, {t} thread{'s' * (t > 1)}" for t in runs) + " |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for name in files:
+        cells = []
+        for r in runs.values():
+            t = next(x for x in r["results"] if x["name"] == name)["timings"]
+            cells.append(f"{t['total_ms']:.0f} ms (entropy + integer path {t['entropy_and_integer_ms']:.0f}, "
+                         f"μ {t['hyper_decoder_ms']:.0f}, synthesis {t['synthesis_ms']:.0f})")
+        print(f"| {name} | {python[name]:.0f} ms | " + " | ".join(cells) + " |")
+    print(f"\ndownload: model {sizes['model'] / 1e6:.1f} MB, JavaScript {sizes['javascript'] / 1e3:.0f} kB, "
+          f"onnxruntime-web {sizes['onnxruntime-web'] / 1e6:.1f} MB (uncompressed)")
+
+
+if __name__ == "__main__":
+    main()
