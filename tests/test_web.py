@@ -57,7 +57,8 @@ def browser_run(tmp_path_factory):
         pytest.skip(missing)
     folder = tmp_path_factory.mktemp("web")
 
-    def run(files: dict[str, bytes], refs: dict[str, np.ndarray] | None = None, bundle: Path = DEFAULT_BUNDLE) -> dict:
+    def run(files: dict[str, bytes], refs: dict[str, np.ndarray] | None = None, bundle: Path = DEFAULT_BUNDLE,
+            pick: Path | None = None) -> dict:
         paths, tasks = [], []
         for name, data in files.items():
             (folder / f"{name}.onic").write_bytes(data)
@@ -74,7 +75,8 @@ def browser_run(tmp_path_factory):
         (folder / "tasks.json").write_text(json.dumps(tasks))
         server, url = serve_in_background(paths, bundle)
         try:
-            out = subprocess.run(["node", str(WEB_DIR / "test" / "browser.mjs"), url, str(folder / "tasks.json")],
+            out = subprocess.run(["node", str(WEB_DIR / "test" / "browser.mjs"), url, str(folder / "tasks.json"),
+                                  "0", *([str(pick)] if pick else [])],
                                  capture_output=True, text=True, timeout=600, cwd=WEB_DIR,
                                  env={**os.environ, "ONIC_CHROMIUM": _chromium()})
         finally:
@@ -105,7 +107,7 @@ def _exif_and_icc_image() -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue()))
 
 
-def test_browser_decodes_what_python_encodes(browser_run):
+def test_browser_decodes_what_python_encodes(browser_run, tmp_path):
     with Image.open(SAMPLE) as im:
         sample = im.convert("RGB")
     images = {
@@ -120,8 +122,13 @@ def test_browser_decodes_what_python_encodes(browser_run):
     images["rgba_odd"][0].putalpha(Image.fromarray(np.arange(130 * 67, dtype=np.uint8).reshape(67, 130)))
     files = {name: api.compress(im, q) for name, (im, q) in images.items()}
     refs = {name: _rgba(api.decompress(data)) for name, data in files.items()}
-    result = browser_run(files, refs)
+    picked = tmp_path / "picked.onic"
+    picked.write_bytes(files["rgba_odd"])
+    result = browser_run(files, refs, pick=picked)
     assert result["bundle"] == api.default_bundle().model_id
+    # what a person sees after choosing a file on the page
+    assert "130 × 67 RGBA, quality 90" in result["picked"] and api.default_bundle().model_id in result["picked"]
+    assert f"{len(files['rgba_odd'])} bytes" in result["picked"]
     for r in result["results"]:
         name = r["name"]
         assert "error" not in r, (name, r.get("error"))

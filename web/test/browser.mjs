@@ -1,21 +1,23 @@
 // Decode files in headless Chromium through the demo page and print what the Python tests
 // compare: symbol hashes, pixel differences against a reference, errors.
 //
-//   node test/browser.mjs BASE_URL TASKS.json [THREADS]
+//   node test/browser.mjs BASE_URL TASKS.json [THREADS [PICK]]
 // TASKS: [{ name, url, ref?, repeat? }]; ref: raw RGBA to compare with; repeat: decodes to time
-// (the first is a warm-up, then the median). THREADS: onnxruntime-web's (default: its own).
+// (the first is a warm-up, then the median). THREADS: onnxruntime-web's (0: its own default).
+// PICK: a local .onic file to choose with the page's file picker, as a person would; the
+// text the page then shows is returned as "picked".
 // Chromium: $ONIC_CHROMIUM, else chromium on PATH.
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
-const [base, tasksFile, threads] = process.argv.slice(2);
+const [base, tasksFile, threads, pick] = process.argv.slice(2);
 const tasks = JSON.parse(readFileSync(tasksFile, "utf8"));
 const browser = await chromium.launch({ executablePath: process.env.ONIC_CHROMIUM || "chromium", args: ["--no-sandbox"] });
 try {
   const page = await browser.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(threads ? `${base}?threads=${threads}` : base);
+  await page.goto(Number(threads) ? `${base}?threads=${threads}` : base);
   const results = await page.evaluate(async (tasks) => {
     const { ready, decode, decodeLatents, OnicError } = window.onic;
     const bundle = await ready;
@@ -53,6 +55,12 @@ try {
     return { results: out, bundle: bundle.modelId, downloadBytes: bundle.downloadBytes,
       threads: window.onic.threads, userAgent: navigator.userAgent };
   }, tasks);
+  if (pick) {
+    await page.setInputFiles("#pick", pick);
+    const item = page.locator(".item").first();
+    await item.locator("canvas, .error").first().waitFor({ timeout: 120000 });
+    results.picked = await item.innerText();
+  }
   results.pageErrors = errors;
   console.log(JSON.stringify(results));
 } finally {
