@@ -9,6 +9,7 @@ instead of skipping.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codec import api, bitstream
+from codec import api, bitstream, entropy
 from codec.bitstream import Header, OnicError
 from codec.session import DEFAULT_BUNDLE, RELEASED_MODELS, Bundle
 from codec.webview import WEB_DIR, serve_in_background
@@ -272,3 +273,63 @@ def test_onic_view_serves_the_page_the_bundle_and_the_files_only(tmp_path):
     finally:
         p.terminate()
         p.wait(10)
+
+
+def _node_modules() -> None:
+    if not shutil.which("node") or not (WEB_DIR / "node_modules" / "pako").is_dir():
+        if os.environ.get("ONIC_WEB_TESTS") == "1":
+            pytest.fail("node or web/node_modules is missing")
+        pytest.skip("node or web/node_modules is missing (npm ci in web/)")
+
+
+def _random_tables(rng: np.random.Generator, count: int) -> entropy.TableSet:
+    """Tables from flat to nearly deterministic, 2 to 300 entries, counts up to 2^16."""
+    tables = []
+    for _ in range(count):
+        n = int(rng.integers(2, 300))
+        skew = rng.uniform(0, 12)
+        v = np.maximum(1, (65535 * np.exp(-skew * np.abs(np.linspace(-1, 1, n)) * rng.uniform(0.5, 2, n)))).astype(int)
+        tables.append(v)
+    starts = np.concatenate([[0], np.cumsum([len(v) for v in tables])])
+    offsets = np.array([-int(rng.integers(0, len(v))) for v in tables])
+    return entropy.TableSet(np.concatenate(tables), starts, offsets)
+
+
+def test_range_decoding_gives_constrictions_symbols(tmp_path):
+    """The JavaScript range decoder against constriction, on random tables, parts and escapes."""
+    _node_modules()
+    rng = np.random.default_rng(11)
+    cases, expected = [], []
+    for case in range(12):
+        ts = [_random_tables(rng, int(rng.integers(1, 40))) for _ in range(2)]
+        enc = entropy.Encoder()
+        parts, symbols = [], []
+        for _ in range(int(rng.integers(1, 4))):
+            t = int(rng.integers(0, 2))
+            n = int(rng.integers(0, 5000))
+            ids = rng.integers(0, len(ts[t]), n)
+            sym = (ts[t].offsets[ids] + rng.geometric(rng.uniform(0.05, 0.9), n) - 1).astype(np.int64)
+            sym[rng.random(n) < 0.01] = rng.integers(-(2**23), 2**23)  # escapes of every length
+            enc.add(sym, ids, ts[t])
+            parts.append({"ids": ids.tolist(), "table": t})
+            symbols.append(sym.tolist())
+        data = enc.finish()
+        if case % 4 == 3:  # a stream cut short: the same error as Python's
+            data = data[: len(data) // 2 // 4 * 4]
+            with pytest.raises(OnicError) as e:
+                d = entropy.Decoder(data)
+                for p in parts:
+                    d.read(np.array(p["ids"], dtype=np.int64), ts[p["table"]])
+            symbols = str(e.value)
+        cases.append({"tables": [{"values": t.values.tolist(), "starts": t.starts.tolist(),
+                                  "offsets": t.offsets.tolist()} for t in ts],
+                      "data": base64.b64encode(data).decode(), "parts": parts})
+        expected.append(symbols)
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    out = subprocess.run(["node", str(WEB_DIR / "test" / "entropy.mjs"), str(tmp_path / "cases.json")],
+                         capture_output=True, text=True, timeout=300, cwd=WEB_DIR, check=True)
+    for got, want in zip(json.loads(out.stdout), expected, strict=True):
+        if isinstance(want, str):
+            assert got.get("error") == want
+        else:
+            assert got == {"parts": want}

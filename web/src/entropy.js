@@ -20,25 +20,26 @@ export class TableSet {
     if (this.offsets.length !== this.length || this.lengths.some((n) => n < 2)) {
       throw new Error("inconsistent entropy tables");
     }
-    this._cdfs = new Array(this.length);
-    // Information content −log2 p of every entry, and each table's smallest.
+    // Each table's 24-bit CDF as the coder quantizes it, and the information content
+    // −log2 p of every entry under those probabilities (codec.entropy.TableSet.bits).
+    this.cdfs = [];
     this.bits = new Float64Array(values.length);
     this.minBits = new Float64Array(this.length);
     for (let k = 0; k < this.length; k++) {
-      let total = 0;
-      for (let i = this.starts[k]; i < this.starts[k + 1]; i++) total += values[i];
+      const cdf = categoricalCdf(Float64Array.from(values.subarray(this.starts[k], this.starts[k + 1])));
       let min = Infinity;
-      for (let i = this.starts[k]; i < this.starts[k + 1]; i++) {
-        this.bits[i] = -Math.log2(values[i] / total);
-        min = Math.min(min, this.bits[i]);
+      for (let i = 0; i < cdf.length - 1; i++) {
+        const bits = 24 - Math.log2(cdf[i + 1] - cdf[i]);
+        this.bits[this.starts[k] + i] = bits;
+        min = Math.min(min, bits);
       }
+      this.cdfs.push(cdf);
       this.minBits[k] = min;
     }
   }
 
   cdf(k) {
-    if (!this._cdfs[k]) this._cdfs[k] = categoricalCdf(Float64Array.from(this.values.subarray(this.starts[k], this.starts[k + 1])));
-    return this._cdfs[k];
+    return this.cdfs[k];
   }
 }
 

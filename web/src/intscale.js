@@ -46,8 +46,15 @@ function paddedRows(xp, c, hp, wp, r0, r1) {
   return out;
 }
 
+const tapMatrices = new WeakMap(); // per weight tensor: built once, reused by every band and file
+
 /** Every tap's weights as rows of one matrix: row (ky·k + kx)·O + o, column c. */
 function tapMatrix(w, transposed) {
+  if (!tapMatrices.has(w)) tapMatrices.set(w, buildTapMatrix(w, transposed));
+  return tapMatrices.get(w);
+}
+
+function buildTapMatrix(w, transposed) {
   const [a, b, k] = w.shape; // (O, C, k, k), or (C, O, k, k) when transposed
   const [o, c] = transposed ? [b, a] : [a, b];
   const m = new Float64Array(k * k * o * c);
