@@ -1,7 +1,7 @@
 // Decode .onic files in a web browser: the steps of codec/api.py's decompress, in the same
 // order, with the same checks. Integer work (container, range decoding, integer scale path)
 // is exact, so the symbols equal the Python decoder's; the float graphs run in
-// onnxruntime-web and may move a pixel by a level or two, as another onnxruntime build would.
+// onnxruntime-web and may move a pixel by a level, as another onnxruntime build would.
 //
 //   import { Bundle, decode } from "onic-web";
 //   const bundle = await Bundle.load("models/default/");
@@ -21,7 +21,7 @@ const BAND = 16, BAND_MARGIN = 4; // rows of z per band of the hyper decoder, an
 
 /** Entropy-decode a file: { header, container, zSymbols, ySymbols } with their shapes. Integer work only. */
 export async function decodeLatents(data, bundle, { maxPixels = MAX_PIXELS } = {}) {
-  const c = data.header ? data : unpack(data, maxPixels);
+  const c = data.header ? data : unpack(data instanceof ArrayBuffer ? new Uint8Array(data) : data, maxPixels);
   const h = c.header;
   bundle.checkDecodes(h.modelId);
   const s = bundle.stride;
@@ -171,7 +171,7 @@ async function synthesize(bundle, yHat, m, lh, lw, invGain, height, width) {
 }
 
 /**
- * Decode .onic bytes (Uint8Array) with a Bundle: { image, header, icc, exif, timings }.
+ * Decode .onic bytes (Uint8Array or ArrayBuffer) with a Bundle: { image, header, icc, exif, timings }.
  * image is an ImageData (RGBA; gray files have R = G = B, files without alpha A = 255).
  */
 export async function decode(data, bundle, { maxPixels = MAX_PIXELS } = {}) {
