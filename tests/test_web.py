@@ -190,7 +190,6 @@ def _with_crc(body: bytes) -> bytes:
 def _malformed(good: bytes, rgba: bytes) -> dict[str, bytes]:
     body = good[:-4]
     alph = bitstream.unpack(rgba).chunks[b"ALPH"]
-    other = next(iter(RELEASED_MODELS))
     return {
         "bad_magic": b"NOPE" + good[4:],
         "short_header": good[:20],
@@ -208,7 +207,7 @@ def _malformed(good: bytes, rgba: bytes) -> dict[str, bytes]:
         "twice": _with_crc(body + (b"exif" + struct.pack("<I", 1) + b"x") * 2),
         "chunk_type": _with_crc(body + b"ab1d" + struct.pack("<I", 0)),
         "chunk_length": _with_crc(body + b"exif" + struct.pack("<I", 99)),
-        "other_model": _repack(good, model_id=other),
+        **{f"model_of_{release}": _repack(good, model_id=i) for i, release in RELEASED_MODELS.items()},
         "unknown_model": _repack(good, model_id="00" * 8),
         "no_room": _repack(good, width=4096, height=4096),
         "y_ends_early": _repack(good, y=bitstream.unpack(good).y[: len(bitstream.unpack(good).y) // 2 // 4 * 4]),
