@@ -11,9 +11,11 @@ JavaScript and onnxruntime-web's WebAssembly (uncompressed bytes).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -28,12 +30,22 @@ from codec.webview import WEB_DIR, serve_in_background, web_dir
 ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
 
 
-def download_bytes(model_bytes: int) -> dict[str, int]:
-    js = sum(p.stat().st_size for p in (WEB_DIR / "src").glob("*.js"))
-    js += (WEB_DIR / "node_modules" / "pako" / "dist" / "pako.esm.mjs").stat().st_size
-    ort = sum((ORT_DIST / n).stat().st_size for n in ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs",
-                                                      "ort-wasm-simd-threaded.wasm"))
-    return {"model": model_bytes, "javascript": js, "onnxruntime-web": ort}
+DECODER_FILES = ("tables.npz", "scale_path.npz", "hyper_decoder.onnx", "decoder.onnx")  # what the page fetches
+
+
+def download_bytes() -> dict[str, tuple[int, int]]:
+    """(bytes, gzip -9 bytes) of what a page fetches: model files, our JavaScript (and pako's), onnxruntime-web."""
+    groups = {
+        "model": [DEFAULT_BUNDLE / n for n in DECODER_FILES],
+        "javascript": [*(WEB_DIR / "src").glob("*.js"), WEB_DIR / "node_modules" / "pako" / "dist" / "pako.esm.mjs"],
+        "onnxruntime-web": [ORT_DIST / n for n in ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs",
+                                                   "ort-wasm-simd-threaded.wasm")],
+    }
+    out = {}
+    for name, files in groups.items():
+        data = [f.read_bytes() for f in files]
+        out[name] = (sum(map(len, data)), sum(len(gzip.compress(d, 9)) for d in data))
+    return out
 
 
 def browser_times(files: dict[str, Path], repeat: int, threads: int, chromium: str) -> dict:
@@ -44,8 +56,10 @@ def browser_times(files: dict[str, Path], repeat: int, threads: int, chromium: s
             tasks.write_text(json.dumps([{"name": n, "url": f"/files/{i}/{p.name}", "repeat": repeat + 1}
                                          for i, (n, p) in enumerate(files.items())]))
             out = subprocess.run(["node", str(WEB_DIR / "test" / "browser.mjs"), url, str(tasks), str(threads)],
-                                 capture_output=True, text=True, cwd=WEB_DIR, check=True,
+                                 capture_output=True, text=True, cwd=WEB_DIR,
                                  env={**os.environ, "ONIC_CHROMIUM": chromium})
+            if out.returncode:
+                raise SystemExit(f"the browser run failed:\n{out.stderr[-2000:]}")
     finally:
         server.shutdown()
     return json.loads(out.stdout)
@@ -58,7 +72,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--megapixels", type=float, default=12.0, help="also the image upscaled to this size (0: not)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="onnxruntime-web thread counts")
-    p.add_argument("--chromium", default=os.environ.get("ONIC_CHROMIUM", "chromium"))
+    p.add_argument("--chromium", default=os.environ.get("ONIC_CHROMIUM") or shutil.which("chromium") or "")
     a = p.parse_args()
     web_dir()
     with Image.open(a.image) as im:
@@ -79,7 +93,7 @@ def main() -> None:
             python[name] = median_ms(lambda data=data: api.decompress(data), a.repeat)
         runs = {t: browser_times(files, a.repeat, t, a.chromium) for t in a.threads}
     first = next(iter(runs.values()))
-    sizes = download_bytes(first["downloadBytes"])
+    sizes = download_bytes()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {first['userAgent']}")
     print(f"# quality {a.quality}, median of {a.repeat} warm decodes")
     head = "| image | Python runtime | " + " | ".join(f"browser, {t} thread{'s' * (t > 1)}" for t in runs) + " |"
@@ -92,8 +106,9 @@ def main() -> None:
             cells.append(f"{t['total_ms']:.0f} ms (entropy + integer path {t['entropy_and_integer_ms']:.0f}, "
                          f"μ {t['hyper_decoder_ms']:.0f}, synthesis {t['synthesis_ms']:.0f})")
         print(f"| {name} | {python[name]:.0f} ms | " + " | ".join(cells) + " |")
-    print(f"\ndownload: model {sizes['model'] / 1e6:.1f} MB, JavaScript {sizes['javascript'] / 1e3:.0f} kB, "
-          f"onnxruntime-web {sizes['onnxruntime-web'] / 1e6:.1f} MB (uncompressed)")
+    print("\n| a page downloads | bytes | gzip -9 |\n|---|---|---|")
+    for name, (raw, packed) in sizes.items():
+        print(f"| {name} | {raw / 1e6:.2f} MB | {packed / 1e6:.2f} MB |")
 
 
 if __name__ == "__main__":

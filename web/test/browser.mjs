@@ -7,12 +7,16 @@
 // PICK: a local .onic file to choose with the page's file picker, as a person would; the
 // text the page then shows is returned as "picked".
 // Chromium: $ONIC_CHROMIUM, else chromium on PATH.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { delimiter, join } from "node:path";
 import { chromium } from "playwright-core";
 
 const [base, tasksFile, threads, pick] = process.argv.slice(2);
 const tasks = JSON.parse(readFileSync(tasksFile, "utf8"));
-const browser = await chromium.launch({ executablePath: process.env.ONIC_CHROMIUM || "chromium", args: ["--no-sandbox"] });
+const onPath = (name) => (process.env.PATH || "").split(delimiter).map((d) => join(d, name)).find(existsSync);
+const executablePath = process.env.ONIC_CHROMIUM || onPath("chromium") || onPath("chromium-browser");
+if (!executablePath) throw new Error("Chromium not found: install it (apt-get install chromium) or set ONIC_CHROMIUM");
+const browser = await chromium.launch({ executablePath, args: ["--no-sandbox"] });
 try {
   const page = await browser.newPage();
   const errors = [];
