@@ -332,3 +332,41 @@ def test_range_decoding_gives_constrictions_symbols(tmp_path):
             assert got.get("error") == want
         else:
             assert got == {"parts": want}
+
+
+def _fuzzed(good: bytes, rng: np.random.Generator, count: int) -> dict[str, bytes]:
+    """Truncations, and bit flips behind a recomputed CRC (so that they reach the sections)."""
+    out = {}
+    for i, cut in enumerate(sorted(set(rng.integers(0, len(good), count // 3).tolist()))):
+        out[f"cut_{i}"] = good[:cut]
+    body = bytearray(good[:-4])
+    for i in range(count - len(out)):
+        flipped = bytearray(body)
+        for _ in range(int(rng.integers(1, 4))):
+            pos = int(rng.integers(8, len(flipped)))  # past magic and version fields: reach deeper checks
+            flipped[pos] ^= 1 << int(rng.integers(0, 8))
+        out[f"flip_{i}"] = _with_crc(bytes(flipped))
+    return out
+
+
+def test_browser_agrees_with_python_on_damaged_files(browser_run):
+    """Whatever Python makes of a damaged file, the browser makes of it too: the same symbols,
+    or the same error (constriction's own words in parentheses aside)."""
+    rng = np.random.default_rng(3)
+    good = api.compress(random_image(96, 80, "RGBA", seed=9), 70)
+    files = _fuzzed(good, rng, 60)
+    result = browser_run(files)
+    outcomes = {"error": 0, "decoded": 0}
+    for r in result["results"]:
+        data = files[r["name"]]
+        try:
+            _, z, y = api.decode_latents(data)
+        except OnicError as e:
+            assert r.get("onic"), (r["name"], r)
+            assert r["error"].split(" (")[0] == str(e).split(" (")[0], r["name"]
+            outcomes["error"] += 1
+            continue
+        assert "error" not in r, (r["name"], r["error"])
+        assert (r["z"], r["y"]) == (_digest(z), _digest(y)), r["name"]
+        outcomes["decoded"] += 1
+    assert outcomes["error"] > 20
