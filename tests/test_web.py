@@ -370,3 +370,15 @@ def test_browser_agrees_with_python_on_damaged_files(browser_run):
         assert (r["z"], r["y"]) == (_digest(z), _digest(y)), r["name"]
         outcomes["decoded"] += 1
     assert outcomes["error"] > 20
+
+
+def test_view_without_the_web_folder_is_one_clear_error(tmp_path, monkeypatch):
+    from codec import webview
+
+    monkeypatch.setattr(webview, "WEB_DIR", tmp_path / "web")
+    with pytest.raises(OnicError, match="source checkout"):
+        webview.make_server([], DEFAULT_BUNDLE)
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "index.html").write_text("")
+    with pytest.raises(OnicError, match="npm ci"):
+        webview.make_server([], DEFAULT_BUNDLE)
