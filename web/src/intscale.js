@@ -200,15 +200,6 @@ export async function accumulate(z, p, zInv = null) {
   return addBias(x, p.b2.data);
 }
 
-function rows(x, r0, r1) {
-  return new Planes(x.c, r1 - r0, x.w, (() => {
-    const out = new Float64Array(x.c * (r1 - r0) * x.w);
-    for (let c = 0; c < x.c; c++) {
-      out.set(x.data.subarray((c * x.h + r0) * x.w, (c * x.h + r1) * x.w), c * (r1 - r0) * x.w);
-    }
-    return out;
-  })());
-}
 
 /** Scale-table index per y element (Int16Array of M × 4h × 4w), in bands of z rows. */
 export async function indexes(z, p, zInv = null) {
@@ -218,8 +209,8 @@ export async function indexes(z, p, zInv = null) {
   for (let r0 = 0; r0 < z.h; r0 += BAND) {
     const r1 = Math.min(z.h, r0 + BAND);
     const w0 = Math.max(0, r0 - BAND_MARGIN), w1 = Math.min(z.h, r1 + BAND_MARGIN);
-    const acc = await accumulate(rows(z, w0, w1), p, zInv);
-    const core = rows(acc, 4 * (r0 - w0), 4 * (r1 - w0));
+    const acc = await accumulate(region(z, 0, z.c, w0, w1), p, zInv);
+    const core = region(acc, 0, acc.c, 4 * (r0 - w0), 4 * (r1 - w0));
     toIndexBand(core, p.thresholds, out, 4 * r0, H);
   }
   return out;
@@ -244,8 +235,8 @@ function toIndexBand(acc, thresholds, out, row0, H) {
   }
 }
 
-/** Rows [r0, r1) of channels [c0, c1) of a Planes. */
-function window_(x, c0, c1, r0, r1) {
+/** Rows [r0, r1) of channels [c0, c1) of a Planes, as a new one. */
+function region(x, c0, c1, r0, r1) {
   const out = new Planes(c1 - c0, r1 - r0, x.w);
   for (let c = c0; c < c1; c++) {
     out.data.set(x.data.subarray((c * x.h + r0) * x.w, (c * x.h + r1) * x.w), (c - c0) * (r1 - r0) * x.w);
@@ -263,7 +254,7 @@ export async function hyperState(z, p, zInv = null) {
   for (let r0 = 0; r0 < z.h; r0 += BAND) {
     const r1 = Math.min(z.h, r0 + BAND);
     const w0 = Math.max(0, r0 - BAND_MARGIN), w1 = Math.min(z.h, r1 + BAND_MARGIN);
-    const band = window_(await accumulate(rows(z, w0, w1), p, zInv), 0, M, 4 * (r0 - w0), 4 * (r1 - w0));
+    const band = region(await accumulate(region(z, 0, z.c, w0, w1), p, zInv), 0, M, 4 * (r0 - w0), 4 * (r1 - w0));
     for (let c = 0; c < M; c++) {
       acc.data.set(band.data.subarray(c * band.h * band.w, (c + 1) * band.h * band.w), (c * acc.h + 4 * r0) * acc.w);
     }
@@ -287,21 +278,21 @@ export async function sliceIndexes(k, state, symbols, p, bounds) {
   const thresholds = { data: p.thresholds.data.subarray(a * p.thresholds.shape[1], b * p.thresholds.shape[1]),
     shape: [b - a, p.thresholds.shape[1]] };
   if (k === 0) {
-    toIndexBand(window_(acc, a, b, 0, H), thresholds, out, 0, H);
+    toIndexBand(region(acc, a, b, 0, H), thresholds, out, 0, H);
     return out;
   }
   const q = (name) => p[`k${k}_${name}`];
   for (let r0 = 0; r0 < H; r0 += SLICE_BAND) {
     const r1 = Math.min(H, r0 + SLICE_BAND);
     const w0 = Math.max(0, r0 - SLICE_MARGIN), w1 = Math.min(H, r1 + SLICE_MARGIN);
-    const sym = clip(window_(symbols, 0, a, w0, w1), -ACT_MAX, ACT_MAX);
-    const x = rescale(await conv2d(window_(f, 0, f.c, w0, w1), q("wf")), q("mf").data, q("sf").data);
+    const sym = clip(region(symbols, 0, a, w0, w1), -ACT_MAX, ACT_MAX);
+    const x = rescale(await conv2d(region(f, 0, f.c, w0, w1), q("wf")), q("mf").data, q("sf").data);
     const s = rescale(await conv2d(sym, q("ws")), q("ms").data, q("ss").data);
     for (let i = 0; i < x.data.length; i++) x.data[i] += s.data[i];
     leakyRelu(clip(addBias(x, q("b1").data), -ACT_MAX, ACT_MAX));
     const ctx = addBias(rescale(await conv2d(x, q("w2")), q("m2").data, q("s2").data), q("b2").data);
-    const core = window_(acc, a, b, r0, r1);
-    const c = window_(ctx, 0, ctx.c, r0 - w0, r1 - w0);
+    const core = region(acc, a, b, r0, r1);
+    const c = region(ctx, 0, ctx.c, r0 - w0, r1 - w0);
     for (let i = 0; i < core.data.length; i++) core.data[i] += c.data[i];
     toIndexBand(core, thresholds, out, r0, H);
   }
