@@ -4,8 +4,8 @@
 
 Each image is coded once at --quality; the Python runtime decodes it --repeat times after a
 warm-up (median), and so does the page in Chromium, once per onnxruntime-web thread count.
-The table also gives what a page downloads: the model files the decoder fetches, the
-JavaScript and onnxruntime-web's WebAssembly (uncompressed bytes).
+A second table gives what a page downloads: the model files the decoder fetches, the
+JavaScript and onnxruntime-web's WebAssembly, raw and gzipped.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from codec.speed import large_image, median_ms
 from codec.webview import WEB_DIR, serve_in_background, web_dir
 
 ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
-
-
 DECODER_FILES = ("tables.npz", "scale_path.npz", "hyper_decoder.onnx", "decoder.onnx")  # what the page fetches
 
 

@@ -38,14 +38,19 @@ def _wake(model: Onic, seed: int = 0) -> Onic:
     return model
 
 
-@pytest.fixture(scope="module")
-def sliced(tmp_path_factory) -> tuple[Onic, Bundle]:
+def sliced_bundle(folder: Path) -> tuple[Onic, Bundle]:
+    """A small woken channel-conditional model with gain units on z, and its bundle in folder/bundle."""
     torch.manual_seed(0)
     model = _wake(Onic(ModelConfig(N=8, M=12, hyper_gains=True, slices=SLICES))).eval()
-    d = tmp_path_factory.mktemp("sliced")
-    save_weights(d / "w.pt", model, 3)
-    export_bundle.export_bundle(d / "w.pt", d / "bundle", calibration=[np.asarray(random_image(192, 128, seed=5))])
-    return model, Bundle(d / "bundle")
+    save_weights(folder / "w.pt", model, 3)
+    export_bundle.export_bundle(folder / "w.pt", folder / "bundle",
+                                calibration=[np.asarray(random_image(192, 128, seed=5))])
+    return model, Bundle(folder / "bundle")
+
+
+@pytest.fixture(scope="module")
+def sliced(tmp_path_factory) -> tuple[Onic, Bundle]:
+    return sliced_bundle(tmp_path_factory.mktemp("sliced"))
 
 
 @pytest.fixture(scope="module")

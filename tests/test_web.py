@@ -26,7 +26,7 @@ from PIL import Image
 
 from codec import api, bitstream, entropy
 from codec.bitstream import Header, OnicError
-from codec.session import DEFAULT_BUNDLE, RELEASED_MODELS, Bundle
+from codec.session import DEFAULT_BUNDLE, RELEASED_MODELS
 from codec.webview import WEB_DIR, serve_in_background
 from tests.conftest import SAMPLE, random_image
 
@@ -40,23 +40,28 @@ def _chromium() -> str | None:
     return os.environ.get("ONIC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _missing() -> str | None:
+def _missing(browser: bool = True) -> str | None:
+    """What the browser tests (or, with browser=False, the Node-only ones) lack, or None."""
     if not shutil.which("node"):
         return "node is not installed"
     if not (WEB_DIR / "node_modules" / "playwright-core").is_dir():
         return "web/node_modules is missing (npm ci in web/)"
-    if not _chromium():
+    if browser and not _chromium():
         return "Chromium is not installed"
     return None
 
 
-@pytest.fixture(scope="module")
-def browser_run(tmp_path_factory):
-    missing = _missing()
+def _require(missing: str | None) -> None:
+    """Skip without the prerequisites, or fail where CI says they must be there (ONIC_WEB_TESTS=1)."""
     if missing:
         if os.environ.get("ONIC_WEB_TESTS") == "1":
             pytest.fail(f"browser tests required but {missing}")
         pytest.skip(missing)
+
+
+@pytest.fixture(scope="module")
+def browser_run(tmp_path_factory):
+    _require(_missing())
     folder = tmp_path_factory.mktemp("web")
 
     def run(files: dict[str, bytes], refs: dict[str, np.ndarray] | None = None, bundle: Path = DEFAULT_BUNDLE,
@@ -148,19 +153,9 @@ def test_browser_decodes_what_python_encodes(browser_run, tmp_path):
 def test_browser_decodes_a_channel_conditional_model_with_z_gains(browser_run, tmp_path):
     """A small untrained model with slices and gain units on z (tests/test_conditional.py's)."""
     pytest.importorskip("torch")
-    import torch
+    from tests.test_conditional import sliced_bundle
 
-    from export import bundle as export_bundle
-    from export.model import ModelConfig, Onic
-    from export.train import save_weights
-    from tests.test_conditional import SLICES, _wake
-
-    torch.manual_seed(0)
-    model = _wake(Onic(ModelConfig(N=8, M=12, hyper_gains=True, slices=SLICES))).eval()
-    save_weights(tmp_path / "w.pt", model, 3)
-    export_bundle.export_bundle(tmp_path / "w.pt", tmp_path / "bundle",
-                                calibration=[np.asarray(random_image(192, 128, seed=5))])
-    b = Bundle(tmp_path / "bundle")
+    _, b = sliced_bundle(tmp_path)
     files = {"small": api.compress(random_image(200, 136, seed=3), 60, bundle=b),
              # bands in every slice network and graph
              "tall": api.compress(random_image(100, 1400, "RGBA", seed=6), 30, bundle=b)}
@@ -236,10 +231,7 @@ def test_browser_refuses_malformed_files_as_python_does(browser_run):
 
 
 def test_onic_view_serves_the_page_the_bundle_and_the_files_only(tmp_path):
-    if not (WEB_DIR / "node_modules" / "onnxruntime-web").is_dir():
-        if os.environ.get("ONIC_WEB_TESTS") == "1":
-            pytest.fail("web/node_modules is missing")
-        pytest.skip("web/node_modules is missing (npm ci in web/)")
+    _require(_missing(browser=False))
     import sys
     import urllib.error
     import urllib.request
@@ -274,13 +266,6 @@ def test_onic_view_serves_the_page_the_bundle_and_the_files_only(tmp_path):
         p.wait(10)
 
 
-def _node_modules() -> None:
-    if not shutil.which("node") or not (WEB_DIR / "node_modules" / "pako").is_dir():
-        if os.environ.get("ONIC_WEB_TESTS") == "1":
-            pytest.fail("node or web/node_modules is missing")
-        pytest.skip("node or web/node_modules is missing (npm ci in web/)")
-
-
 def _random_tables(rng: np.random.Generator, count: int) -> entropy.TableSet:
     """Tables from flat to nearly deterministic, 2 to 300 entries, counts up to 2^16."""
     tables = []
@@ -296,7 +281,7 @@ def _random_tables(rng: np.random.Generator, count: int) -> entropy.TableSet:
 
 def test_range_decoding_gives_constrictions_symbols(tmp_path):
     """The JavaScript range decoder against constriction, on random tables, parts and escapes."""
-    _node_modules()
+    _require(_missing(browser=False))
     rng = np.random.default_rng(11)
     cases, expected = [], []
     for case in range(12):

@@ -1,6 +1,7 @@
 // Exact integer matrix products in float64 through onnxruntime-web's MatMul: every product
 // and partial sum of the integer scale path is an integer below 2^53, so any summation
-// order (SIMD, threads) gives the same result, about 5× faster than JavaScript loops.
+// order (SIMD, threads) gives the same result. A one-off timing in Node, while training shared
+// the cores: the 3×3 conv of 144 → 96 channels at 32×48, 57–73 ms here against 330 ms in loops.
 // The one-node ONNX graph is written here (a few protobuf fields), not shipped as a file.
 
 import * as ort from "onnxruntime-web";
