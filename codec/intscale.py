@@ -195,29 +195,33 @@ def _to_index(acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return out
 
 
+def _each(fn, starts: list[int], workers: int) -> None:
+    """fn(start) for every band start, on ``workers`` threads where there are several bands
+    (the products release the GIL); each band's integers are the same whoever computes them."""
+    if workers > 1 and len(starts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+            list(pool.map(fn, starts))
+    else:
+        for r0 in starts:
+            fn(r0)
+
+
 def indexes(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None,
             workers: int = 1) -> np.ndarray:
     """Scale-table index per y element: the count of the channel's thresholds below its accumulator.
 
-    ``workers`` threads take the bands of a large image (the products release the GIL);
-    each band's integers are the same whoever computes them.
+    ``workers`` threads take the bands of a large image.
     """
     thresholds = p["thresholds"]  # (M, T) int64, ascending per row
     out = np.empty((thresholds.shape[0], 4 * z.shape[1], 4 * z.shape[2]), dtype=np.int16)
-    rows = list(range(0, z.shape[1], BAND))
 
     def band(r0: int) -> None:
         for a, b, acc in _bands(z, p, z_inv, first=r0, last=r0 + 1):
             out[:, a:b] = _to_index(acc, thresholds)
 
-    if workers > 1 and len(rows) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(workers, len(rows))) as pool:
-            list(pool.map(band, rows))
-    else:
-        for r0 in rows:
-            band(r0)
+    _each(band, list(range(0, z.shape[1], BAND)), workers)
     return out
 
 
@@ -227,15 +231,20 @@ def slice_bounds(p: dict[str, np.ndarray]) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
 
 
-def hyper_state(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None):
+def hyper_state(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None,
+                workers: int = 1):
     """What the slices of a channel-conditional model share: h_s's σ accumulator (M, 4h, 4w) int64
     and its requantization F (int16), the first input of every slice network."""
     m = p["thresholds"].shape[0]
     acc = np.empty((m, 4 * z.shape[1], 4 * z.shape[2]), dtype=np.int64)
     f = np.empty(acc.shape, dtype=np.int16)
-    for a, b, band in _bands(z, p, z_inv):
-        acc[:, a:b] = band
-        f[:, a:b] = requantize(band, p["f_m"], p["f_s"])
+
+    def band(r0: int) -> None:
+        for a, b, rows in _bands(z, p, z_inv, first=r0, last=r0 + 1):
+            acc[:, a:b] = rows
+            f[:, a:b] = requantize(rows, p["f_m"], p["f_s"])
+
+    _each(band, list(range(0, z.shape[1], BAND)), workers)
     return acc, f
 
 
@@ -243,7 +252,7 @@ SLICE_BAND, SLICE_MARGIN = 64, 2  # rows of y per band of a slice network, and o
 
 
 def slice_indexes(k: int, state: tuple[np.ndarray, np.ndarray], symbols: np.ndarray,
-                  p: dict[str, np.ndarray]) -> np.ndarray:
+                  p: dict[str, np.ndarray], workers: int = 1) -> np.ndarray:
     """Scale-table indexes (b_k − a_k, H, W) of slice k from the shared state and the integer
     symbols of the earlier slices (``symbols[:a_k]``; the rest is not read)."""
     acc, f = state
@@ -253,7 +262,8 @@ def slice_indexes(k: int, state: tuple[np.ndarray, np.ndarray], symbols: np.ndar
     q = {n[len(f"k{k}_"):]: v for n, v in p.items() if n.startswith(f"k{k}_")}
     h = acc.shape[1]
     out = np.empty((b - a, h, acc.shape[2]), dtype=np.int16)
-    for r0 in range(0, h, SLICE_BAND):
+
+    def band(r0: int) -> None:
         r1 = min(h, r0 + SLICE_BAND)
         w0, w1 = max(0, r0 - SLICE_MARGIN), min(h, r1 + SLICE_MARGIN)
         sym = np.clip(symbols[:a, w0:w1].astype(np.int64), -ACT_MAX, ACT_MAX)
@@ -261,4 +271,6 @@ def slice_indexes(k: int, state: tuple[np.ndarray, np.ndarray], symbols: np.ndar
         x = leaky_relu(np.clip(x + q["b1"].reshape(-1, 1, 1), -ACT_MAX, ACT_MAX))
         ctx = rescale(conv2d(x, q["w2"]), q["m2"], q["s2"]) + q["b2"].reshape(-1, 1, 1)
         out[:, r0:r1] = _to_index(acc[a:b, r0:r1] + ctx[:, r0 - w0 : r1 - w0], p["thresholds"][a:b])
+
+    _each(band, list(range(0, h, SLICE_BAND)), workers)
     return out

@@ -149,12 +149,12 @@ class Bundle:
         """What every slice's integer scale path starts from (channel-conditional models)."""
         with profile.stage("integer scale path"), _blas_single_thread():
             z_inv = self.z_gains(quality)[1] if self.has_z_gains else None
-            return intscale.hyper_state(z_sym, self._scale_path, z_inv)
+            return intscale.hyper_state(z_sym, self._scale_path, z_inv, workers=self.tile_workers)
 
     def slice_indexes(self, k: int, state: tuple[np.ndarray, np.ndarray], y_sym: np.ndarray) -> np.ndarray:
         """Scale-table indexes of slice k from the state and the symbols of the earlier slices."""
         with profile.stage("integer scale path"), _blas_single_thread():
-            return intscale.slice_indexes(k, state, y_sym, self._scale_path)
+            return intscale.slice_indexes(k, state, y_sym, self._scale_path, workers=self.tile_workers)
 
     def check_decodes(self, model_id: str) -> None:
         """Refuse a file of another model in one line, naming the release whose default model it is."""

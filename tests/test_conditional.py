@@ -166,7 +166,7 @@ def test_symbols_do_not_depend_on_float_arithmetic(sliced, image, make):
     codec.decompress(data, bundle=other)
 
 
-def test_slice_bands_equal_the_whole(sliced, monkeypatch):
+def test_slice_bands_and_threads_equal_the_whole(sliced, monkeypatch):
     _, b = sliced
     rng = np.random.default_rng(3)
     z = rng.integers(-5, 6, size=(8, 11, 3))
@@ -181,6 +181,11 @@ def test_slice_bands_equal_the_whole(sliced, monkeypatch):
     state = b.scale_state(z, 40)
     assert all(np.array_equal(b.slice_indexes(k, state, sym), whole[k]) for k in range(3))
     np.testing.assert_allclose(tiling.conditional_latents(b, mu_h, sym), y_whole, atol=1e-4)
+    # Bands on three threads: the same integers (large images use the cores this way by default).
+    threaded = Bundle(b.path, tile_workers=3)
+    state3 = threaded.scale_state(z, 40)
+    assert all(np.array_equal(s3, s) for s3, s in zip(state3, state, strict=True))
+    assert all(np.array_equal(threaded.slice_indexes(k, state3, sym), whole[k]) for k in range(3))
 
 
 def test_hostile_symbols_keep_the_slice_path_bounded(sliced):
