@@ -115,12 +115,14 @@ ACC_MAX = 2**47  # |acc| · mult (< 2**15) must stay inside int64; with shift �
 MAX_SHIFT = 46  # changes no result, since every |acc| ≥ 2**(shift + 1) saturates at ACT_MAX anyway
 
 
-def rescale(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def rescale(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, in_place: bool = False) -> np.ndarray:
     """round(acc · mult / 2**shift) per channel, unclipped (the result stays far inside int64).
 
-    One new array, then in place: a band of a large image's widest layer is 100 MB of int64.
+    One new array (none with ``in_place``, which overwrites acc), then in place: a band of a
+    large image's widest layer is 100 MB of int64.
     """
-    out = np.clip(acc, -ACC_MAX, ACC_MAX)  # only hostile ẑ times large inverse gains come near it
+    # only hostile ẑ times large inverse gains come near ACC_MAX
+    out = np.clip(acc, -ACC_MAX, ACC_MAX, out=acc if in_place else None)
     s = shift.reshape(-1, 1, 1)
     out *= mult.reshape(-1, 1, 1)
     out += np.left_shift(1, s - 1)
@@ -128,9 +130,9 @@ def rescale(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return out
 
 
-def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, in_place: bool = False) -> np.ndarray:
     """round(acc · mult / 2**shift) per channel, clipped to int16 range."""
-    out = rescale(acc, mult, shift)
+    out = rescale(acc, mult, shift, in_place)
     return np.clip(out, -ACT_MAX, ACT_MAX, out=out)
 
 
@@ -155,7 +157,7 @@ def accumulate(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None
     for layer in (0, 1):  # in place where it can be: these are the largest arrays of a band
         x = conv_transpose2d(x, p[f"w{layer}"])
         x += p[f"b{layer}"].reshape(-1, 1, 1)
-        x = leaky_relu(requantize(x, p[f"m{layer}"], p[f"s{layer}"]))
+        x = leaky_relu(requantize(x, p[f"m{layer}"], p[f"s{layer}"], in_place=True))
     x = conv2d(x, p["w2"])
     x += p["b2"].reshape(-1, 1, 1)
     return x
