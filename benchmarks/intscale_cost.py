@@ -2,6 +2,9 @@
 
     python benchmarks/intscale_cost.py ../shared/data/kodak [--qualities 0 25 50 75 100] [--model BUNDLE]
 
+For hyperprior bundles. A channel-conditional model's float σ per slice exists only
+in PyTorch: benchmarks/conditional.py measures its integer path from the checkpoint.
+
 Distortion is identical by construction (ŷ = round(y − μ) + μ whatever table
 codes it), so the cost is the size difference; reported as BD-rate too.
 """
@@ -41,6 +44,9 @@ def main() -> None:
     p.add_argument("--model", help="a bundle folder (default: the shipped model)")
     a = p.parse_args()
     b = bundle_at(a.model)
+    if b.slices:
+        raise SystemExit(f"{b.path} is a channel-conditional model: its slices' float σ exists only in PyTorch; "
+                         "measure its integer path with benchmarks/conditional.py ../shared/data/kodak CHECKPOINT")
     images = []
     for f in sorted(Path(a.folder).glob("*.png")):
         with Image.open(f) as im:

@@ -62,6 +62,10 @@ def graph_errors(model: Onic, bundle_dir: Path, seed: int = 0) -> dict[str, floa
         "hyper_decoder": (torch.randn(1, N, 3, 2, generator=g) * 3,),
         "decoder": (torch.randn(1, M, 12, 8, generator=g) * 3, torch.rand(1, M, 1, 1, generator=g) + 0.5),
     }
+    if model.cfg.slices:  # a channel-conditional model's slice graphs (the shipped one is)
+        mu_h, y = torch.randn(1, M, 12, 8, generator=g), torch.randn(1, M, 12, 8, generator=g) * 3
+        for k, (a, c) in enumerate(model.context.bounds):
+            inputs[f"slice_mean{k}"], inputs[f"slice_lrp{k}"] = (mu_h, y[:, :a]), (mu_h, y[:, :c])
     for name, (module, _, in_names, _) in export_bundle.graphs(model).items():
         args = inputs[name]
         with torch.no_grad():
