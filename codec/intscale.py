@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from codec.threads import each
+
 INDEX_PATH_VERSION = 2  # 1 (onic 0.1.0) floored in leaky_relu, which biased σ upwards
 WEIGHT_BITS = 12
 ACT_MAX = 2**15 - 1
@@ -197,24 +199,12 @@ def _to_index(acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return out
 
 
-def _each(fn, starts: list[int], workers: int) -> None:
-    """fn(start) for every band start, on ``workers`` threads where there are several bands
-    (the products release the GIL); each band's integers are the same whoever computes them."""
-    if workers > 1 and len(starts) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(workers, len(starts))) as pool:
-            list(pool.map(fn, starts))
-    else:
-        for r0 in starts:
-            fn(r0)
-
-
 def indexes(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None,
             workers: int = 1) -> np.ndarray:
     """Scale-table index per y element: the count of the channel's thresholds below its accumulator.
 
-    ``workers`` threads take the bands of a large image.
+    ``workers`` threads take the bands of a large image; each band's integers are the same
+    whoever computes them.
     """
     thresholds = p["thresholds"]  # (M, T) int64, ascending per row
     out = np.empty((thresholds.shape[0], 4 * z.shape[1], 4 * z.shape[2]), dtype=np.int16)
@@ -223,7 +213,7 @@ def indexes(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = 
         for a, b, acc in _bands(z, p, z_inv, first=r0, last=r0 + 1):
             out[:, a:b] = _to_index(acc, thresholds)
 
-    _each(band, list(range(0, z.shape[1], BAND)), workers)
+    each(band, list(range(0, z.shape[1], BAND)), workers)
     return out
 
 
@@ -246,7 +236,7 @@ def hyper_state(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | Non
             acc[:, a:b] = rows
             f[:, a:b] = requantize(rows, p["f_m"], p["f_s"])
 
-    _each(band, list(range(0, z.shape[1], BAND)), workers)
+    each(band, list(range(0, z.shape[1], BAND)), workers)
     return acc, f
 
 
@@ -274,5 +264,5 @@ def slice_indexes(k: int, state: tuple[np.ndarray, np.ndarray], symbols: np.ndar
         ctx = rescale(conv2d(x, q["w2"]), q["m2"], q["s2"]) + q["b2"].reshape(-1, 1, 1)
         out[:, r0:r1] = _to_index(acc[a:b, r0:r1] + ctx[:, r0 - w0 : r1 - w0], p["thresholds"][a:b])
 
-    _each(band, list(range(0, h, SLICE_BAND)), workers)
+    each(band, list(range(0, h, SLICE_BAND)), workers)
     return out

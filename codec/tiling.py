@@ -21,11 +21,11 @@ only y, μ and the symbols do, and entropy coding sees them whole.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from codec.session import Bundle
+from codec.threads import each
 
 TILE = 512  # pixels per tile core side; multiple of 16
 MARGIN = 32  # pixels of context per side: g_a reaches 30 pixels past a latent, g_s 2 latents past a pixel
@@ -75,7 +75,7 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
         y[:, r0 // LATENT : r1 // LATENT, c0 // LATENT : c1 // LATENT] = \
             yt[0, :, top : top + (r1 - r0) // LATENT, left : left + (c1 - c0) // LATENT]
 
-    _each(run, tiles, bundle.tile_workers if parallel else 1)
+    each(run, tiles, bundle.tile_workers if parallel else 1)
     return y, hyper_encode(bundle, y)
 
 
@@ -84,15 +84,6 @@ def _parallel(workers: int, tiles: int) -> bool:
     (a one-off timing of the synthesis on 2 cores: 1024² 192 → 141 ms, 12 MP 2.29 → 1.68 s);
     with fewer it does not (768×512, two tiles: 67 against 70 ms)."""
     return workers > 1 and tiles >= 2 * workers
-
-
-def _each(fn: Callable, items: list, workers: int) -> None:
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(fn, items))
-    else:
-        for item in items:
-            fn(item)
 
 
 def _row_bands(graph: Callable[..., np.ndarray], rows: int, band: int, margin: int, rows_in: int, rows_out: int,
@@ -192,5 +183,5 @@ def synthesize(bundle: Bundle, y_hat: np.ndarray, inv_gain: np.ndarray, height: 
             _to_uint8(x[0, :, top : top + rows, left : left + cols])
 
     parallel = _parallel(workers, len(tiles))
-    _each(run, tiles, workers if parallel else 1)
+    each(run, tiles, workers if parallel else 1)
     return out
