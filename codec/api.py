@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -130,15 +133,22 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     y, z = tiling.analyse(bundle, rgb, gain)
     del rgb  # a copy of the pixels (143 MB at 50 MP) that nothing after the analysis reads
     z_sym = tiling.z_symbols(bundle, z, quality)
-    mu = tiling.hyper_decode(bundle, z_sym, quality)
     z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
     if bundle.slices:
-        y_sym = np.empty(y.shape, dtype=np.int32)
-        tiling.conditional_latents(bundle, mu, y_sym, y)
-        del mu, y
-        state = bundle.scale_state(z_sym, quality)
+        # The integer path's shared state needs only ẑ: for an image that runs whole it is made beside
+        # the float chain that makes the symbols (kodim23's encode, fastest of 30 interleaved runs:
+        # 88 → 81 ms). A large image's bands already use every core, and both at once would hold both
+        # chains' arrays (50 MP encode peak: 1.83 → 2.15 GB).
+        beside = tiling.whole(height, width)
+        with ThreadPoolExecutor(1) as pool:
+            state = pool.submit(bundle.scale_state, z_sym, quality) if beside else None
+            y_sym = np.empty(y.shape, dtype=np.int32)
+            tiling.conditional_latents(bundle, tiling.hyper_decode(bundle, z_sym, quality), y_sym, y)
+            del y
+            state = state.result() if beside else bundle.scale_state(z_sym, quality)
         parts = [(y_sym[a:b], bundle.slice_indexes(k, state, y_sym)) for k, (a, b) in enumerate(bundle.slices)]
     else:
+        mu = tiling.hyper_decode(bundle, z_sym, quality)
         y -= mu
         del mu
         np.clip(y, -(2**30), 2**30, out=y)  # escapes refuse beyond 2**24; in place: y is the largest array
@@ -170,8 +180,14 @@ def decode_latents(data: bytes | bitstream.Container, bundle: Bundle | None = No
     path), so the symbols are the same on every machine and runtime.
     """
     c = data if isinstance(data, bitstream.Container) else bitstream.unpack(bytes(data), max_pixels)
-    h = c.header
     bundle = bundle or default_bundle()
+    z_sym, dec = _open_latents(c, bundle)
+    return c.header, z_sym, _y_symbols(dec, bundle, z_sym, c.header.quality)
+
+
+def _open_latents(c: bitstream.Container, bundle: Bundle) -> tuple[np.ndarray, entropy.Decoder]:
+    """The ẑ symbols and a decoder of y's section, once both sections are known to have room."""
+    h = c.header
     bundle.check_decodes(h.model_id)
     s = bundle.stride
     n_z = len(bundle.z_tables)
@@ -184,19 +200,78 @@ def decode_latents(data: bytes | bitstream.Container, bundle: Bundle | None = No
     z_ids = np.broadcast_to(np.arange(n_z)[:, None, None], z_shape)
     with profile.stage("entropy coding"):
         z_sym = entropy.decode(c.z, z_ids, bundle.z_tables)
-    dec = entropy.Decoder(c.y)
+    return z_sym, entropy.Decoder(c.y)
+
+
+def _y_symbols(dec: entropy.Decoder, bundle: Bundle, z_sym: np.ndarray, quality: int,
+               decoded: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+    """y's symbols, slice by slice for a channel-conditional model: slice k's indexes need the
+    symbols of the slices before it. ``decoded(k, symbols)`` is told as each slice is complete."""
     if not bundle.slices:
-        y_ids = bundle.scale_indexes(z_sym, h.quality)
+        y_ids = bundle.scale_indexes(z_sym, quality)
         with profile.stage("entropy coding"):
-            return h, z_sym, dec.read(y_ids, bundle.y_tables)
-    # Channel-conditional: slice k's indexes need the symbols of the slices before it.
-    state = bundle.scale_state(z_sym, h.quality)
+            return dec.read(y_ids, bundle.y_tables)
+    state = bundle.scale_state(z_sym, quality)
     y_sym = np.empty(state[0].shape, dtype=np.int32)
     for k, (a, b) in enumerate(bundle.slices):
         ids = bundle.slice_indexes(k, state, y_sym)
         with profile.stage("entropy coding"):
             y_sym[a:b] = dec.read(ids, bundle.y_tables)
-    return h, z_sym, y_sym
+        if decoded:
+            decoded(k, y_sym)
+    return y_sym
+
+
+class _Abandoned(Exception):
+    """The integer chain failed, so the float chain waiting on its slices stops."""
+
+
+class _Slices:
+    """y's symbols handed slice by slice from the integer chain to the float chain on another thread."""
+
+    def __init__(self, count: int):
+        self._ready = [threading.Event() for _ in range(count)]
+        self._symbols: np.ndarray | None = None
+        self._failed = False
+
+    def decoded(self, k: int, symbols: np.ndarray) -> None:
+        self._symbols = symbols
+        self._ready[k].set()
+
+    def wait(self, k: int) -> np.ndarray:
+        self._ready[k].wait()
+        if self._failed:
+            raise _Abandoned
+        return self._symbols
+
+    def fail(self) -> None:
+        self._failed = True
+        for event in self._ready:
+            event.set()
+
+
+def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
+    """ŷ of a file. For a channel-conditional model the float chain (μ of h_s, then each slice's μ,
+    ŷ and residual prediction) runs on a second thread beside the integer chain (indexes, then
+    entropy decoding of each slice), taking each slice's symbols as they are decoded: the float
+    chain never feeds the integer one, so the symbols are those of a serial decode."""
+    h = c.header
+    z_sym, dec = _open_latents(c, bundle)
+    if not bundle.slices:
+        y_sym = _y_symbols(dec, bundle, z_sym, h.quality)
+        y_hat = tiling.hyper_decode(bundle, z_sym, h.quality)
+        y_hat += y_sym
+        return y_hat
+    slices = _Slices(len(bundle.slices))
+    with ThreadPoolExecutor(1) as pool:
+        floats = pool.submit(lambda: tiling.conditional_latents(
+            bundle, tiling.hyper_decode(bundle, z_sym, h.quality), None, ready=slices.wait))
+        try:
+            _y_symbols(dec, bundle, z_sym, h.quality, slices.decoded)
+        except BaseException:
+            slices.fail()
+            raise
+        return floats.result()
 
 
 def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
@@ -211,16 +286,12 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
     bundle = bundle or default_bundle()
     with profile.stage("container"):
         c = bitstream.unpack(bytes(data), max_pixels)
-    h, z_sym, y_sym = decode_latents(c, bundle)
+    h = c.header
     alpha = c.alpha
-    y_hat = tiling.hyper_decode(bundle, z_sym, h.quality)
+    y_hat = _latents(c, bundle)
     _, inv_gain = bundle.gains(h.quality)
-    if bundle.slices:
-        y_hat = tiling.conditional_latents(bundle, y_hat, y_sym)
-    else:
-        y_hat += y_sym
-    del y_sym
     rgb = tiling.synthesize(bundle, y_hat, inv_gain, h.height, h.width, workers=bundle.tile_workers)
+    del y_hat
     image = Image.fromarray(rgb, "RGB")
     if h.mode in ("L", "LA"):
         image = image.convert("L")

@@ -42,7 +42,7 @@ def _spans(size: int, core: int, margin: int) -> Iterator[tuple[int, int, int, i
         yield a, b, max(0, a - margin), min(size, b + margin)
 
 
-def _whole(h: int, w: int) -> bool:
+def whole(h: int, w: int) -> bool:
     """Small enough to run in one piece: up to two tiles' area (with margins), so memory stays that
     of tiles, and a Kodak-sized image (768×512) runs once instead of as two tiles and their
     overlapping margins."""
@@ -61,7 +61,7 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
     """uint8 (H, W, 3) → y (M, Hp/16, Wp/16), z (N, Hp/64, Wp/64) with Hp, Wp padded to the stride."""
     s = bundle.stride
     hp, wp = -(-rgb.shape[0] // s) * s, -(-rgb.shape[1] // s) * s
-    if _whole(hp, wp):
+    if whole(hp, wp):
         (y,) = bundle.run("analysis", x=_window(rgb, 0, hp, 0, wp), gain=gain)
         return y[0], hyper_encode(bundle, y[0])
     y = np.empty((int(bundle.manifest["config"]["M"]), hp // LATENT, wp // LATENT), dtype=np.float32)
@@ -128,13 +128,15 @@ def hyper_decode(bundle: Bundle, z_sym: np.ndarray, quality: int) -> np.ndarray:
 Y_BAND, Y_MARGIN = 16, 2
 
 
-def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | None, y: np.ndarray | None = None,
+                        ready: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
     """ŷ (M, h, w) of a channel-conditional model, slice by slice (Minnen & Singh 2020).
 
     Slice k's μ comes from μ_h and the ŷ of the slices before it; ŷ_k is μ_k plus
     its symbols plus the latent residual prediction. The encoder passes y and an
     empty ``y_sym``, which is filled with round(y − μ) on the way; the decoder
-    passes the decoded symbols.
+    passes the decoded symbols, or ``ready``: ready(k) returns the symbols once
+    slice k's are decoded (slice k's μ is computed before it is asked).
     """
     y_hat = np.empty(mu_h.shape, dtype=np.float32)
     h = mu_h.shape[1]
@@ -144,6 +146,8 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray, y: 
                             mu_h=mu_h[None], y_prev=y_hat[None, :a])
         else:
             mu = mu_h[a:b]
+        if ready is not None:
+            y_sym = ready(k)
         if y is not None:
             y_sym[a:b] = np.round(np.clip(y[a:b] - mu, -(2**30), 2**30))  # escapes refuse beyond 2**24
         y_hat[a:b] = mu + y_sym[a:b]
@@ -163,7 +167,7 @@ def synthesize(bundle: Bundle, y_hat: np.ndarray, inv_gain: np.ndarray, height: 
                workers: int = 1) -> np.ndarray:
     """ŷ (M, h, w) → uint8 (height, width, 3), tile by tile for large images."""
     m, lh, lw = y_hat.shape
-    if _whole(lh * LATENT, lw * LATENT):
+    if whole(lh * LATENT, lw * LATENT):
         (x,) = bundle.run("decoder", y_hat=y_hat[None], inv_gain=inv_gain)
         return np.ascontiguousarray(_to_uint8(x[0, :, :height, :width]))
     out = np.empty((height, width, 3), dtype=np.uint8)

@@ -188,6 +188,34 @@ def test_slice_bands_and_threads_equal_the_whole(sliced, monkeypatch):
     assert all(np.array_equal(threaded.slice_indexes(k, state3, sym), whole[k]) for k in range(3))
 
 
+def test_float_chain_beside_the_integer_chain_is_the_serial_decode(sliced, image):
+    """decompress runs each slice's μ, ŷ and residual prediction on a second thread as the integer
+    chain decodes the slice's symbols: the image is that of the steps run one after another."""
+    _, b = sliced
+    data = codec.compress(image, 55, bundle=b)
+    h, z, y = decode_latents(data, b)
+    y_hat = tiling.conditional_latents(b, tiling.hyper_decode(b, z, h.quality), y)
+    serial = tiling.synthesize(b, y_hat, b.gains(h.quality)[1], h.height, h.width)
+    assert np.array_equal(np.asarray(codec.decompress(data, bundle=b)), serial)
+
+
+def test_a_failing_integer_chain_stops_the_float_chain(sliced, image):
+    """A y section cut short fails in one error while the float chain waits for a later slice,
+    and that thread ends: nothing hangs, nothing is left running."""
+    import threading
+
+    _, b = sliced
+    good = codec.compress(image, 90, bundle=b)
+    z_len, y_len = struct.unpack_from("<II", good, 24)
+    z, y = good[32 : 32 + z_len], good[32 + z_len : 32 + z_len + y_len]
+    body = good[:24] + struct.pack("<II", z_len, y_len // 2 // 4 * 4) + z + y[: y_len // 2 // 4 * 4] \
+        + good[32 + z_len + y_len : -4]
+    before = threading.active_count()
+    with pytest.raises(OnicError, match="stream ends early|corrupt"):
+        codec.decompress(body + struct.pack("<I", zlib.crc32(body)), bundle=b)
+    assert threading.active_count() == before
+
+
 def test_hostile_symbols_keep_the_slice_path_bounded(sliced):
     _, b = sliced
     z = np.full((8, 2, 3), 2**23, dtype=np.int64)
