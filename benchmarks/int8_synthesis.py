@@ -37,7 +37,11 @@ def calibration_inputs(bundle: Bundle, folder: str, count: int, qualities: list[
         gain, inv_gain = bundle.gains(q)
         y, z = tiling.analyse(bundle, rgb, gain)
         mu = tiling.hyper_decode(bundle, tiling.z_symbols(bundle, z, q), q)
-        out.append({"y_hat": (np.round(y - mu) + mu)[None], "inv_gain": inv_gain})
+        if bundle.slices:  # ŷ as the decoder makes it: slice by slice, with the residual prediction
+            y_hat = tiling.conditional_latents(bundle, mu, np.empty(y.shape, dtype=np.int32), y)
+        else:
+            y_hat = np.round(y - mu) + mu
+        out.append({"y_hat": y_hat[None], "inv_gain": inv_gain})
     return out
 
 

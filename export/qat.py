@@ -9,10 +9,19 @@ is fine-tuned with fake int8 quantization where onnxruntime will run int8
 (Jacob et al., "Quantization and Training of Neural Networks for Efficient
 Integer-Arithmetic-Only Inference", CVPR 2018):
 
-- the first three of its four sub-pixel convolutions (see export.bundle.SubPixelConv):
-  - their inputs and outputs are quantized per tensor, uint8, over ranges calibrated on
+- the third of its four sub-pixel convolutions (see export.bundle.SubPixelConv), by default
+  (``--int8_convs``; 2,3 also quantizes the second), which holds 60% of its multiply-adds:
+  - its input and output are quantized per tensor, uint8, over ranges calibrated on
     training ŷ and then fixed;
-  - their weights are quantized per output channel, as symmetric int8;
+  - its weights are quantized per output channel, symmetric, to 7 bits by default
+    (``--weight_bits``): on x86 CPUs without VNNI onnxruntime multiplies uint8 by int8 with
+    VPMADDUBSW, whose pairwise int16 sums saturate for 8-bit weights (2 · 255 · 127 > 2**15 − 1)
+    and never for 7-bit ones (2 · 255 · 64 < 2**15), so the pixels would depend on the CPU;
+- the first convolution stays float: its input is ŷ · inverse gain, whose step (the inverse
+  gain) shrinks with quality, so one 8-bit grid over every rung's range is coarser than the
+  top rungs' own quantization (statically quantized, it alone cost 0.30 of quality 100's
+  0.49 dB: benchmarks/int8_synthesis.py --keep_fp32), for 6% of the multiply-adds; the second
+  costs quality 100 another 0.05 dB for 15% of them (measured the same way);
 - the last convolution (64 → 3 colour channels) and the GDNs stay float. An 8-bit grid over
   the output's range would be coarser than the image's own 8 bits.
 
@@ -71,31 +80,41 @@ class FakeQuant(nn.Module):
 
 
 class QuantSubPixel(nn.Module):
-    """SubPixelConv with int8 fake quantization of its input, weights and output."""
+    """SubPixelConv with int8 fake quantization of its input, weights (``weight_bits`` of them) and output."""
 
-    def __init__(self, sp: SubPixelConv):
+    def __init__(self, sp: SubPixelConv, weight_bits: int = 7):
         super().__init__()
         self.conv = sp.conv
         self.q_in, self.q_out = FakeQuant(), FakeQuant()
+        self.weight_max = 2 ** (weight_bits - 1) - 1  # within int8's range, so the export is plain int8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv.weight
-        scale = (w.detach().abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-8)
+        scale = (w.detach().abs().amax(dim=(1, 2, 3)) / self.weight_max).clamp(min=1e-8)
         zero = torch.zeros(scale.shape, dtype=torch.int32, device=w.device)
         w = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -128, 127)
         y = F.conv2d(self.q_in(x), w, self.conv.bias, padding=1)
         return F.pixel_shuffle(self.q_out(y), 2)
 
 
-class QuantDecoder(nn.Module):
-    """The decoder graph (ŷ · inverse gain → g_s) with the first three sub-pixel convolutions in int8."""
+INT8_CONVS = (3,)  # which sub-pixel convolutions (1 = the first) run in int8
 
-    def __init__(self, model: Onic):
+
+class QuantDecoder(nn.Module):
+    """The decoder graph (ŷ · inverse gain → g_s) with the sub-pixel convolutions ``convs`` in int8."""
+
+    def __init__(self, model: Onic, weight_bits: int = 7, convs: tuple[int, ...] = INT8_CONVS):
         super().__init__()
+        if not 2 <= weight_bits <= 8:
+            raise ValueError(f"weight_bits must be 2 to 8, got {weight_bits}")
         layers = list(frozen(model.g_s))
-        convs = [i for i, m in enumerate(layers) if isinstance(m, SubPixelConv)]
-        for i in convs[:-1]:
-            layers[i] = QuantSubPixel(layers[i])
+        subpixel = [i for i, m in enumerate(layers) if isinstance(m, SubPixelConv)]
+        if not convs or not set(convs) <= set(range(2, len(subpixel))):
+            raise ValueError(f"int8 convolutions must be among 2..{len(subpixel) - 1} (the first and the colour "
+                             f"convolution stay float), got {convs}")
+        self.weight_bits, self.convs = weight_bits, tuple(sorted(convs))
+        for c in self.convs:
+            layers[subpixel[c - 1]] = QuantSubPixel(layers[subpixel[c - 1]], weight_bits)
         self.g_s = nn.Sequential(*layers)
 
     def forward(self, y_hat: torch.Tensor, inv_gain: torch.Tensor) -> torch.Tensor:
@@ -108,6 +127,11 @@ class QuantDecoder(nn.Module):
 def load_state(decoder: QuantDecoder, path: str | Path) -> QuantDecoder:
     """Weights and quantizer ranges from a qat.pt (as train writes it)."""
     state = torch.load(path, weights_only=True)
+    bits = state.get("weight_bits", 8)  # runs before the option trained 8-bit weights
+    convs = tuple(state.get("convs", (1, 2, 3)))  # and the first three convolutions
+    if (bits, convs) != (decoder.weight_bits, decoder.convs):
+        raise SystemExit(f"{path} was trained with {bits}-bit weights on convolutions {convs}: resume it with "
+                         f"--weight_bits {bits} --int8_convs {','.join(map(str, convs))}")
     decoder.load_state_dict(state["decoder"])
     for q, (scale, zero_point) in zip(decoder.quantizers(), state["quantizers"], strict=True):
         q.scale, q.zero_point = scale, zero_point
@@ -126,7 +150,8 @@ def latents(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor
 
 
 def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int, crop: int, seed: int,
-          calibration_batches: int = 16, max_steps: int | None = None, resume: str | None = None) -> QuantDecoder:
+          calibration_batches: int = 16, max_steps: int | None = None, resume: str | None = None,
+          weight_bits: int = 7, convs: tuple[int, ...] = INT8_CONVS) -> QuantDecoder:
     """Calibrate the quantizers (or take them from ``resume``, an earlier qat.pt), then fine-tune g_s
     for ``minutes`` (or ``max_steps``); writes OUT/qat.pt.
 
@@ -140,7 +165,7 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    decoder = QuantDecoder(model)
+    decoder = QuantDecoder(model, weight_bits, convs)
     images = [torch.from_numpy(a.copy()) for a in load_images(data, 0, crop)]
     rng = random.Random(seed)
     rungs = len(model.cfg.lambdas)
@@ -179,7 +204,7 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
                   flush=True)
             losses = []
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"decoder": decoder.state_dict(), "steps": step,
+    torch.save({"decoder": decoder.state_dict(), "steps": step, "weight_bits": weight_bits, "convs": list(convs),
                 "quantizers": [(q.scale, q.zero_point) for q in decoder.quantizers()]}, out / "qat.pt")
     return decoder
 
@@ -223,15 +248,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--resume", help="an earlier OUT/qat.pt to continue from (its quantizer ranges too)")
+    p.add_argument("--weight_bits", type=int, default=7,
+                   help="bits of the int8 weights: 7 never saturates onnxruntime's non-VNNI x86 kernels")
+    p.add_argument("--int8_convs", default=",".join(map(str, INT8_CONVS)),
+                   help="the sub-pixel convolutions to run in int8, numbered from 1 (the first and last stay float)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     out = Path(a.out)
-    decoder = train(a.checkpoint, out, a.data, a.minutes, a.lr, a.batch_size, a.crop, a.seed, resume=a.resume)
+    convs = tuple(int(c) for c in a.int8_convs.split(","))
+    decoder = train(a.checkpoint, out, a.data, a.minutes, a.lr, a.batch_size, a.crop, a.seed, resume=a.resume,
+                    weight_bits=a.weight_bits, convs=convs)
     channels = decoder.g_s[0].conv.in_channels
     export_decoder(decoder, out / "decoder.onnx", channels)
     m = write_bundle(Path(a.base), out / "decoder.onnx", out / "bundle",
-                     f"int8 (QAT, {a.minutes} min from {Path(a.checkpoint).name})")
+                     f"int8 (QAT, convolutions {a.int8_convs}, {a.weight_bits}-bit weights, {a.minutes} min from "
+                     f"{Path(a.checkpoint).name})")
     print(f"wrote {out / 'bundle'}: model id {m['model_id']}, decodes {', '.join(m['also_decodes'])}")
 
 

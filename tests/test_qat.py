@@ -56,4 +56,30 @@ def test_onnxruntime_runs_the_synthesis_in_int8(int8, tmp_path):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     ort.InferenceSession(str(int8[1] / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
-    assert ops.count("QLinearConv") == 3 and ops.count("Conv") >= 1  # the colour conv and GDNs stay float
+    # qat.INT8_CONVS; the first sub-pixel convolution (its input's step shrinks with quality),
+    # the colour conv and the GDNs stay float.
+    assert ops.count("QLinearConv") == len(qat.INT8_CONVS) and ops.count("Conv") >= 2
+
+
+def test_int8_weights_have_7_bits_so_no_cpu_saturates_them(int8, tmp_path):
+    """onnxruntime's x86 kernels without VNNI sum pairs of uint8 × int8 products in int16 with
+    saturation: 7-bit weights keep every pair inside it, so the pixels do not depend on the CPU."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(int8[1] / "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    weights = [consts[n.input[3]] for n in graph.node if n.op_type == "QLinearConv"]  # QLinearConv's w
+    assert len(weights) == len(qat.INT8_CONVS)
+    assert all(w.dtype == np.int8 and np.abs(w.astype(int)).max() == 63 for w in weights)
+
+
+@pytest.mark.parametrize("convs", [(1,), (4,), (2, 5), ()])
+def test_the_first_and_the_colour_convolution_stay_float(convs):
+    with pytest.raises(ValueError, match="int8 convolutions must be among 2..3"):
+        qat.QuantDecoder(Onic(ModelConfig(N=8, M=12)), convs=convs)
