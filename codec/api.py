@@ -136,9 +136,9 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     z_ids = np.broadcast_to(np.arange(z_sym.shape[0])[:, None, None], z_sym.shape)
     if bundle.slices:
         # The integer path's shared state needs only ẑ: for an image that runs whole it is made beside
-        # the float chain that makes the symbols (kodim23's encode, fastest of 30 interleaved runs:
-        # 88 → 81 ms). A large image's bands already use every core, and both at once would hold both
-        # chains' arrays (50 MP encode peak: 1.83 → 2.15 GB).
+        # the float chain that makes the symbols (kodim23's encode about 3% faster: README). A large
+        # image's bands already use every core, and both at once would hold both chains' arrays
+        # (50 MP encode peak: 1.83 → 2.15 GB).
         beside = tiling.whole(height, width)
         with ThreadPoolExecutor(1) as pool:
             state = pool.submit(bundle.scale_state, z_sym, quality) if beside else None
