@@ -1,6 +1,6 @@
 """Quantization-aware fine-tuning of the synthesis, for an int8 decoder graph.
 
-    python -m export.qat export/checkpoints/default.pt runs/int8 --minutes 20
+    python -m export.qat export/checkpoints/default.pt runs/int8 --minutes 35 --threads 1
     python benchmarks/int8_synthesis.py ../shared/data/kodak --bundle runs/int8/bundle
 
 Only g_s changes. The analysis, the hyperprior, the tables and the integer
@@ -12,7 +12,7 @@ Integer-Arithmetic-Only Inference", CVPR 2018):
 - the third of its four sub-pixel convolutions (see export.bundle.SubPixelConv), by default
   (``--int8_convs``; 2,3 also quantizes the second), which holds 60% of its multiply-adds:
   - its input and output are quantized per tensor, uint8, over ranges calibrated on
-    training ŷ and then fixed;
+    training ŷ whose step sizes then train with the weights (``--range_lr``; LSQ below);
   - its weights are quantized per output channel, symmetric, to 7 bits by default
     (``--weight_bits``): on x86 CPUs without VNNI onnxruntime multiplies uint8 by int8 with
     VPMADDUBSW, whose pairwise int16 sums saturate for 8-bit weights (2 · 255 · 127 > 2**15 − 1)
@@ -58,13 +58,16 @@ from export.train import load_images, load_model, random_batch
 
 
 class FakeQuant(nn.Module):
-    """Per-tensor uint8 fake quantization over a range fixed after calibration."""
+    """Per-tensor uint8 fake quantization over a range set by calibration, then fixed or, after
+    ``learn()``, trained: the step size is a parameter with the straight-through gradient of
+    Esser et al., "Learned Step Size Quantization" (ICLR 2020); the zero point stays."""
 
     def __init__(self):
         super().__init__()
         self.lo, self.hi = math.inf, -math.inf
         self.scale: float | None = None
         self.zero_point = 0
+        self.log_scale: nn.Parameter | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale is None:  # calibrating: the 0.01% and 99.99% quantiles of a sample of x
@@ -72,11 +75,21 @@ class FakeQuant(nn.Module):
             lo, hi = torch.quantile(sample, torch.tensor([1e-4, 1 - 1e-4])).tolist()
             self.lo, self.hi = min(self.lo, lo, 0.0), max(self.hi, hi, 0.0)
             return x
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255)
+        if self.log_scale is not None and self.training:
+            zero = torch.tensor([float(self.zero_point)], device=x.device)
+            return torch._fake_quantize_learnable_per_tensor_affine(
+                x, self.log_scale.exp().reshape(1), zero, 0, 255, 1.0)
+        return torch.fake_quantize_per_tensor_affine(x, self.current_scale(), self.zero_point, 0, 255)
 
     def freeze(self) -> None:
         self.scale = max((self.hi - self.lo) / 255, 1e-8)
         self.zero_point = int(min(255, max(0, round(-self.lo / self.scale))))
+
+    def learn(self) -> None:
+        self.log_scale = nn.Parameter(torch.tensor(math.log(self.scale)))
+
+    def current_scale(self) -> float:
+        return float(self.log_scale.detach().exp()) if self.log_scale is not None else self.scale
 
 
 class QuantSubPixel(nn.Module):
@@ -151,13 +164,14 @@ def latents(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor
 
 def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int, crop: int, seed: int,
           calibration_batches: int = 16, max_steps: int | None = None, resume: str | None = None,
-          weight_bits: int = 7, convs: tuple[int, ...] = INT8_CONVS) -> QuantDecoder:
+          weight_bits: int = 7, convs: tuple[int, ...] = INT8_CONVS, range_lr: float = 1e-3) -> QuantDecoder:
     """Calibrate the quantizers (or take them from ``resume``, an earlier qat.pt), then fine-tune g_s
     for ``minutes`` (or ``max_steps``); writes OUT/qat.pt.
 
     The loss is the mean over the batch of log MSE: each image counts by its PSNR, so the high
     rungs, whose errors are small, are not drowned by the low ones (plain MSE left quality 100
-    0.21 dB below fp32 while quality 0 gained).
+    0.21 dB below fp32 while quality 0 gained). With ``range_lr`` > 0 the activations' step
+    sizes train too (in log space, at that learning rate).
     """
     random.seed(seed)
     torch.manual_seed(seed)
@@ -184,8 +198,12 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
                 decoder(y_hat, inv_gain)
         for q in decoder.quantizers():
             q.freeze()
-    params = [p for p in decoder.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    if range_lr:
+        for q in decoder.quantizers():
+            q.learn()
+    steps = [q.log_scale for q in decoder.quantizers() if q.log_scale is not None]
+    params = [p for p in decoder.parameters() if p.requires_grad and all(p is not s for s in steps)]
+    opt = torch.optim.Adam([{"params": params}, {"params": steps, "lr": range_lr}], lr=lr)
     print(f"{len(images)} images; {len(decoder.quantizers())} quantizers "
           f"{'from ' + resume if resume else f'calibrated on {calibration_batches} batches'}; "
           f"training {sum(p.numel() for p in params)} parameters for {minutes} min")
@@ -204,8 +222,9 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
                   flush=True)
             losses = []
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"decoder": decoder.state_dict(), "steps": step, "weight_bits": weight_bits, "convs": list(convs),
-                "quantizers": [(q.scale, q.zero_point) for q in decoder.quantizers()]}, out / "qat.pt")
+    weights = {k: v for k, v in decoder.state_dict().items() if not k.endswith("log_scale")}  # in "quantizers"
+    torch.save({"decoder": weights, "steps": step, "weight_bits": weight_bits, "convs": list(convs),
+                "quantizers": [(q.current_scale(), q.zero_point) for q in decoder.quantizers()]}, out / "qat.pt")
     return decoder
 
 
@@ -250,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", help="an earlier OUT/qat.pt to continue from (its quantizer ranges too)")
     p.add_argument("--weight_bits", type=int, default=7,
                    help="bits of the int8 weights: 7 never saturates onnxruntime's non-VNNI x86 kernels")
+    p.add_argument("--range_lr", type=float, default=1e-3,
+                   help="learning rate of the activations' log step sizes (LSQ); 0 keeps the calibrated ones")
     p.add_argument("--int8_convs", default=",".join(map(str, INT8_CONVS)),
                    help="the sub-pixel convolutions to run in int8, numbered from 1 (the first and last stay float)")
     a = p.parse_args(argv)
@@ -258,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out)
     convs = tuple(int(c) for c in a.int8_convs.split(","))
     decoder = train(a.checkpoint, out, a.data, a.minutes, a.lr, a.batch_size, a.crop, a.seed, resume=a.resume,
-                    weight_bits=a.weight_bits, convs=convs)
+                    weight_bits=a.weight_bits, convs=convs, range_lr=a.range_lr)
     channels = decoder.g_s[0].conv.in_channels
     export_decoder(decoder, out / "decoder.onnx", channels)
     m = write_bundle(Path(a.base), out / "decoder.onnx", out / "bundle",

@@ -83,3 +83,23 @@ def test_int8_weights_have_7_bits_so_no_cpu_saturates_them(int8, tmp_path):
 def test_the_first_and_the_colour_convolution_stay_float(convs):
     with pytest.raises(ValueError, match="int8 convolutions must be among 2..3"):
         qat.QuantDecoder(Onic(ModelConfig(N=8, M=12)), convs=convs)
+
+
+def test_learned_step_sizes_train_save_and_export(tmp_path):
+    """--range_lr trains the activations' step sizes (LSQ); qat.pt keeps the learned ones, and a
+    resumed decoder and the exported graph use them."""
+    torch.manual_seed(0)
+    save_weights(tmp_path / "tiny.pt", Onic(ModelConfig(N=8, M=12)).eval(), step=0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        random_image(96, 96, seed=i).save(data / f"{i}.png")
+    decoder = qat.train(str(tmp_path / "tiny.pt"), tmp_path / "run", str(data), minutes=5, lr=1e-4, batch=2,
+                        crop=64, seed=0, calibration_batches=2, max_steps=5, range_lr=0.05)
+    learned = [q.current_scale() for q in decoder.quantizers()]
+    assert all(q.log_scale is not None for q in decoder.quantizers())
+    assert any(abs(s - q.scale) > 1e-4 * q.scale for s, q in zip(learned, decoder.quantizers(), strict=True))
+    again = qat.load_state(qat.QuantDecoder(qat.load_model(str(tmp_path / "tiny.pt"))[0]), tmp_path / "run" / "qat.pt")
+    assert [q.current_scale() for q in again.quantizers()] == pytest.approx(learned)
+    qat.export_decoder(decoder, tmp_path / "decoder.onnx", channels=12)
+    assert (tmp_path / "decoder.onnx").stat().st_size > 0
