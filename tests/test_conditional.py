@@ -200,8 +200,9 @@ def test_float_chain_beside_the_integer_chain_is_the_serial_decode(sliced, image
 
 
 def test_a_failing_integer_chain_stops_the_float_chain(sliced, image):
-    """A y section cut short fails in one error while the float chain waits for a later slice,
-    and that thread ends: nothing hangs, nothing is left running."""
+    """A y section cut short fails in one error while the float chain waits for a later slice.
+    The call returning at all is the check that the waiting thread is told (the decoder's pool
+    joins it); the thread count says nothing is left behind."""
     import threading
 
     _, b = sliced

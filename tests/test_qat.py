@@ -103,3 +103,12 @@ def test_learned_step_sizes_train_save_and_export(tmp_path):
     assert [q.current_scale() for q in again.quantizers()] == pytest.approx(learned)
     qat.export_decoder(decoder, tmp_path / "decoder.onnx", channels=12)
     assert (tmp_path / "decoder.onnx").stat().st_size > 0
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(tmp_path / "decoder.onnx")).graph
+    scalars = [float(a) for a in ([numpy_helper.to_array(t) for t in graph.initializer]
+                                  + [numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                                     if n.op_type == "Constant" and n.attribute[0].type == onnx.AttributeProto.TENSOR])
+               if a.size == 1 and a.dtype == np.float32]
+    assert all(any(abs(v - s) <= 1e-6 * s for v in scalars) for s in learned)  # the graph's step sizes
