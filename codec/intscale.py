@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from codec import intconv
 from codec.threads import each
 
 INDEX_PATH_VERSION = 2  # 1 (onic 0.1.0) floored in leaky_relu, which biased σ upwards
@@ -69,6 +70,9 @@ def conv2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     made the column version (0.3.0) three times slower; the sums are the same
     exact integers.
     """
+    fast = intconv.engine(w) if intconv.in_range(x) else None
+    if fast is not None:  # 8-bit weights on int16 input: the same integers, about 3× faster
+        return fast(x)
     c, h, wd = x.shape
     o, _, k, _ = w.shape
     p = k // 2
@@ -95,6 +99,9 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     j + (r − kk + p)/2 whenever that is whole, so each of the four phases is one matrix
     product on the low-resolution input and no work is spent on inserted zeros.
     """
+    fast = intconv.engine(w, transposed=True) if intconv.in_range(x) else None
+    if fast is not None:
+        return fast(x)
     c, h, wd = x.shape
     o, k = w.shape[1], w.shape[2]
     p = k // 2
@@ -139,11 +146,17 @@ def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, in_place: b
 
 
 def leaky_relu(x: np.ndarray) -> np.ndarray:
-    """Negatives times LEAKY_NUM / 2**LEAKY_SHIFT, rounded half up; in place."""
-    negative = x < 0
-    scaled = x[negative] * LEAKY_NUM
+    """Negatives times LEAKY_NUM / 2**LEAKY_SHIFT, rounded half up; in place.
+
+    Written as max(x, 0) + round(min(x, 0) · slope), whose second term is 0 for x ≥ 0:
+    whole-array arithmetic, three times faster than indexing the negatives.
+    """
+    scaled = np.minimum(x, 0)
+    scaled *= LEAKY_NUM
     scaled += 1 << (LEAKY_SHIFT - 1)
-    x[negative] = np.right_shift(scaled, LEAKY_SHIFT)
+    scaled >>= LEAKY_SHIFT
+    np.maximum(x, 0, out=x)
+    x += scaled
     return x
 
 

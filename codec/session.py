@@ -25,8 +25,8 @@ from codec.entropy import TableSet
 
 DEFAULT_BUNDLE = Path(__file__).parent / "models" / "default"
 # Default models of earlier releases, so that a file of one of them names the onic that decodes it.
-RELEASED_MODELS = {"67f86249e7217281": "0.5.0", "f6f2a403243faf67": "0.4.0", "437f2d1a68bffa42": "0.3.0",
-                   "e3793b0615dd771e": "0.2.0", "8f88facf8bfd2f24": "0.1.0"}
+RELEASED_MODELS = {"c764899c3e2f711d": "0.6.0", "67f86249e7217281": "0.5.0", "f6f2a403243faf67": "0.4.0",
+                   "437f2d1a68bffa42": "0.3.0", "e3793b0615dd771e": "0.2.0", "8f88facf8bfd2f24": "0.1.0"}
 GRAPHS = ("analysis", "hyper_encoder", "hyper_decoder", "decoder")
 
 

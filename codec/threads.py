@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+
+try:  # glibc's; absent on macOS, Windows and musl, where there is nothing to do
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (AttributeError, OSError, TypeError):
+    _malloc_trim = None
 
 
 def each(fn: Callable, items: Sequence, workers: int) -> None:
@@ -11,10 +17,17 @@ def each(fn: Callable, items: Sequence, workers: int) -> None:
 
     The work inside (onnxruntime runs, numpy products) releases the GIL; callers write
     disjoint parts of their outputs, so the result does not depend on the order.
+
+    After a parallel loop the memory its threads freed goes back to the OS: glibc keeps it in
+    per-thread heaps, and the band temporaries of the 8-bit integer convolutions (1-30 MB, under
+    glibc's mmap threshold) kept a 50 MP decode's peak at 1,520-1,630 MB (1,170-1,270 MB with
+    this; round trip 2,100 → 1,810 MB). A fixed mmap threshold instead slowed kodim23 by 10-20 ms.
     """
     if workers > 1 and len(items) > 1:
         with ThreadPoolExecutor(min(workers, len(items))) as pool:
             list(pool.map(fn, items))
+        if _malloc_trim is not None:
+            _malloc_trim(0)
     else:
         for item in items:
             fn(item)

@@ -5,7 +5,12 @@ train the integer network; at 12-bit weights and 16-bit activations the
 rounding is small enough that calibration alone keeps the rate cost well
 under 1%: ``python benchmarks/intscale_cost.py`` measures it on Kodak).
 
-- weights: per output channel, symmetric, WEIGHT_BITS bits;
+- weights: per output channel, symmetric; FAST_WEIGHT_BITS (8) bits wherever the
+  layer's input is int16, so that the decoder runs it on onnxruntime's 8-bit
+  convolutions (codec/intconv.py: the same integers, about 3× faster), and the
+  format's WEIGHT_BITS (12) for the first layer, whose input ẑ · inverse gain
+  exceeds int16 and runs in float64 anyway (rate cost of 8 against 12 bits:
+  ``python benchmarks/conditional.py``'s integer-path column, README);
 - activations: one scale per layer output, from the largest |value| seen on
   calibration images times a 2× headroom;
 - requantization: per channel, an integer multiplier in [2**14, 2**15) and the
@@ -30,10 +35,13 @@ from export.model import Onic
 HEADROOM = 2.0
 
 
-def _weight_scale(w: torch.Tensor, out_axis: int) -> np.ndarray:
+FAST_WEIGHT_BITS = 8
+
+
+def _weight_scale(w: torch.Tensor, out_axis: int, bits: int) -> np.ndarray:
     dims = [d for d in range(w.dim()) if d != out_axis]
     max_abs = w.abs().amax(dim=dims).double().numpy()
-    return np.maximum(max_abs, 1e-12) / (2 ** (intscale.WEIGHT_BITS - 1) - 1)
+    return np.maximum(max_abs, 1e-12) / (2 ** (bits - 1) - 1)
 
 
 def _rescaler(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,9 +52,10 @@ def _rescaler(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(dead, 0, mult), np.where(dead, 1, shift)
 
 
-def _quantize_weight(w: torch.Tensor, out_axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(int16 weights, per-output-channel scale) for a conv weight."""
-    sw = _weight_scale(w, out_axis)
+def _quantize_weight(w: torch.Tensor, out_axis: int = 0,
+                     bits: int = FAST_WEIGHT_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """(int16 weights of ``bits`` bits, per-output-channel scale) for a conv weight."""
+    sw = _weight_scale(w, out_axis, bits)
     shape = [1] * w.dim()
     shape[out_axis] = -1
     return torch.round(w.double() / torch.from_numpy(sw).view(shape)).to(torch.int64).numpy().astype(np.int16), sw
@@ -134,7 +143,7 @@ def quantize(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]],
         (d1.weight, d1.bias, 1),
         (c2.weight[M:], c2.bias[M:], 0),  # only the σ half of the last conv
     ]):
-        p[f"w{i}"], sw = _quantize_weight(w, out_axis)
+        p[f"w{i}"], sw = _quantize_weight(w, out_axis, intscale.WEIGHT_BITS if i == 0 else FAST_WEIGHT_BITS)
         unit = s_in[i] * sw  # value of one accumulator step, per output channel
         p[f"b{i}"] = np.round(b.double().numpy() / unit).astype(np.int64)
         if i < 2:

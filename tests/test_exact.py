@@ -99,7 +99,10 @@ def test_integer_path_tracks_the_float_scales(sample, bundle):
         # 0.4.0's and 0.5.0's weights are a little less tracked at quality 100 (0.3.0's: over 99.9%
         # within one), which costs 0.5.0 +0.34% of rate there and +0.01% BD-rate (benchmarks/intscale_cost.py).
         # In the channel-conditional default (0.6.0) this is h_s's σ, to which every slice k ≥ 1 adds.
-        assert np.mean(diff == 0) > 0.95 and np.mean(diff <= 1) > 0.998
+        # 0.7.0's 8-bit weights (all layers but the first) track it less closely: 96 / 93 / 87% equal
+        # and 99.99 / 99.89 / 99.42% within one at qualities 0 / 50 / 100 (12 bits: 99.3 / 99.1 / 97.8%
+        # equal), for +0.006% to +0.020% of real file size on all of Kodak at qualities 0 to 100.
+        assert np.mean(diff == 0) > 0.85 and np.mean(diff <= 1) > 0.99
 
 
 def test_integer_convolutions_are_exact():
@@ -217,3 +220,82 @@ def test_parallel_tiles_and_bands_decode_the_same_image():
     a = np.asarray(codec.decompress(data, one), dtype=int)
     b = np.asarray(codec.decompress(data, two), dtype=int)
     assert np.abs(a - b).max() <= 1
+
+
+def _reference_conv_transpose2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Stride-2 transposed convolution (padding k//2, output padding 1) in int64, input pixel by pixel."""
+    c, h, wd = x.shape
+    o, k = w.shape[1], w.shape[2]
+    p = k // 2
+    full = np.zeros((o, 2 * h + k, 2 * wd + k), dtype=np.int64)
+    for j in range(h):
+        for i in range(wd):
+            full[:, 2 * j : 2 * j + k, 2 * i : 2 * i + k] += np.einsum("c,cokl->okl", x[:, j, i].astype(np.int64), w)
+    return full[:, p : p + 2 * h, p : p + 2 * wd]
+
+
+@pytest.mark.parametrize("c, o, k, h, w", [(144, 96, 3, 32, 48), (7, 5, 3, 1, 1), (3, 4, 5, 2, 9), (16, 8, 1, 300, 4)])
+def test_8bit_convolutions_are_exact(c, o, k, h, w, monkeypatch):
+    """onnxruntime's ConvInteger on the input's two uint8 digits equals int64 arithmetic at the extremes
+    of int16 input and 8-bit weights, across row chunks, and is what intscale.conv2d uses for them."""
+    from codec import intconv
+
+    rng = np.random.default_rng(c + h)
+    x = rng.integers(intconv.X_MIN, intconv.X_MAX + 1, (c, h, w))
+    x[:, ::2] = intconv.X_MAX
+    x[:, 1::4] = intconv.X_MIN
+    weights = rng.integers(-127, 128, (o, c, k, k))
+    weights[:, ::2] = 127
+    weights[::3] = -127
+    want = _reference_conv2d(x, weights)
+    assert intconv.engine(weights) is not None
+    assert (intconv.Conv(weights)(x) == want).all() and (intscale.conv2d(x, weights) == want).all()
+    monkeypatch.setattr(intconv, "CHUNK_BYTES", 1)  # one row per call
+    assert (intconv.Conv(weights)(x) == want).all()
+    wt = rng.integers(-127, 128, (c, o, 5, 5))
+    wt[::2] = -127
+    assert intconv.engine(wt, transposed=True) is not None
+    assert (intscale.conv_transpose2d(x, wt) == _reference_conv_transpose2d(x, wt)).all()
+
+
+def test_float64_path_takes_what_8bit_kernels_cannot():
+    """12-bit weights, input beyond int16 and kernels the sub-pixel form lacks stay on the float64 path."""
+    from codec import intconv
+
+    rng = np.random.default_rng(5)
+    assert intconv.engine(rng.integers(-2047, 2048, (4, 3, 3, 3))) is None
+    assert intconv.engine(rng.integers(-127, 128, (3, 4, 7, 7)), transposed=True) is None
+    assert not intconv.in_range(np.array([2**15]))
+    x = rng.integers(-(2**30), 2**30, (3, 4, 5))
+    w8 = rng.integers(-127, 128, (4, 3, 3, 3))
+    assert (intscale.conv2d(x, w8) == _reference_conv2d(x, w8)).all()
+    wt = rng.integers(-127, 128, (3, 2, 5, 5))
+    assert (intscale.conv_transpose2d(x, wt) == _reference_conv_transpose2d(x, wt)).all()
+
+
+def test_8bit_graph_is_valid_onnx():
+    """The hand-written protobuf of the one-node ConvInteger graph passes onnx's checker."""
+    onnx = pytest.importorskip("onnx")
+    from codec import intconv
+
+    model = onnx.load_from_string(intconv.conv_integer_model(np.zeros((2, 3, 3, 3), dtype=np.int64)))
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["ConvInteger"]
+
+
+def test_shipped_scale_path_runs_on_8bit_kernels_with_the_float64_indexes(bundle, sample_onic, monkeypatch):
+    """Every layer of the shipped integer path but the first has 8-bit weights, and forcing them all
+    back onto float64 products gives the same state and indexes of every slice."""
+    from codec import intconv
+
+    p = bundle._scale_path
+    convs = ["w2"] + [n for n in p if n.startswith("k") and n.endswith(("_wf", "_ws", "_w2"))]
+    assert intconv.engine(p["w1"], transposed=True) is not None
+    assert all(intconv.engine(p[n]) is not None for n in convs)
+    header, z, y = decode_latents(sample_onic, bundle)
+    state = bundle.scale_state(z, header.quality)
+    fast = [bundle.slice_indexes(k, state, y) for k in range(len(bundle.slices))]
+    monkeypatch.setattr(intconv, "engine", lambda *a, **k: None)
+    state64 = bundle.scale_state(z, header.quality)
+    assert np.array_equal(state[0], state64[0]) and np.array_equal(state[1], state64[1])
+    assert all(np.array_equal(f, bundle.slice_indexes(k, state64, y)) for k, f in enumerate(fast))

@@ -10,7 +10,7 @@ import { parseNpz } from "./npz.js";
 
 // Default models of earlier releases (codec/session.py RELEASED_MODELS), so that a file of one
 // of them names the onic that decodes it.
-export const RELEASED_MODELS = { "67f86249e7217281": "0.5.0", f6f2a403243faf67: "0.4.0", "437f2d1a68bffa42": "0.3.0", e3793b0615dd771e: "0.2.0", "8f88facf8bfd2f24": "0.1.0" };
+export const RELEASED_MODELS = { c764899c3e2f711d: "0.6.0", "67f86249e7217281": "0.5.0", f6f2a403243faf67: "0.4.0", "437f2d1a68bffa42": "0.3.0", e3793b0615dd771e: "0.2.0", "8f88facf8bfd2f24": "0.1.0" };
 
 async function sha256(bytes) {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));

@@ -1,0 +1,199 @@
+"""Exact integer convolutions on onnxruntime's 8-bit kernels, for the integer scale path.
+
+codec/intscale.py sums its products in float64, which is exact but runs at
+float64 speed. Its layers whose weights fit in 8 bits and whose input is int16
+can instead run as onnxruntime ``ConvInteger`` (uint8 × uint8, int32
+accumulation), about three times faster here, with the same integers:
+
+- the weights go in as w + 128 with weight zero point 128, so the kernel sees w;
+- the int16 input is offset to x + 32768 (0 … 65535) and split into two uint8
+  digits, high and low, run as a batch of two; the result is
+  256 · conv(high) + conv(low) − 32768 · Σw, every term an exact integer;
+- the offset input is padded with 32768 (which is x = 0) before the call, so
+  the border needs no correction;
+- every partial sum stays below 2**31 (at most ``MAX_TAPS`` input values per
+  output, each digit ≤ 255 times |w| ≤ 127), where int32 arithmetic is exact in
+  any order: AVX-512 VNNI, AVX2 or NEON kernels and thread counts give the same
+  result. Unsigned × unsigned is the combination onnxruntime's x86 kernels
+  never saturate (uint8 × int8 pair sums can overflow int16 without VNNI).
+
+The one-node graphs are written here, a few protobuf fields, so the runtime
+needs no ``onnx`` package. A layer that does not fit (12-bit weights of an
+older export, the first layer's input of ẑ times inverse gains) stays on
+float64; ``intscale.conv2d`` and ``intscale.conv_transpose2d`` choose.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+
+W_MAX = 127  # |weights| that run here
+X_MIN, X_MAX = -(2**15), 2**15 - 1  # input range that runs here
+OFFSET = 2**15
+MAX_TAPS = (2**31 - 1) // (255 * W_MAX)  # input values per output: every int32 partial sum stays exact
+CHUNK_BYTES = 2**25  # int64 result rows per call (32 MiB): bounds memory on large images
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 127:
+        out.append((n & 127) | 128)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number * 8 + 2) + _varint(len(payload)) + payload
+
+
+def _int(number: int, value: int) -> bytes:
+    return _varint(number * 8) + _varint(value)
+
+
+_UINT8, _INT32 = 2, 6  # onnx TensorProto data types
+
+
+def _tensor(name: str, a: np.ndarray) -> bytes:
+    return b"".join(_int(1, d) for d in a.shape) + _int(2, _UINT8) + _field(8, name.encode()) + _field(9, a.tobytes())
+
+
+def _value_info(name: str, elem_type: int, dims: list[int | str]) -> bytes:
+    shape = b"".join(_field(1, _int(1, d) if isinstance(d, int) else _field(2, d.encode())) for d in dims)
+    return _field(1, name.encode()) + _field(2, _field(1, _int(1, elem_type) + _field(2, shape)))
+
+
+def conv_integer_model(w: np.ndarray) -> bytes:
+    """A serialized ONNX model: y (int32) = ConvInteger(x (uint8), w + 128, zero points 0 and 128), no padding."""
+    o, c = w.shape[:2]
+    node = b"".join(_field(1, n.encode()) for n in ("x", "w", "xz", "wz")) + _field(2, b"y") + _field(4, b"ConvInteger")
+    graph = (_field(1, node) + _field(2, b"intconv")
+             + _field(5, _tensor("w", (w + 128).astype(np.uint8)))
+             + _field(5, _tensor("xz", np.array(0, np.uint8))) + _field(5, _tensor("wz", np.array(128, np.uint8)))
+             + _field(11, _value_info("x", _UINT8, ["n", c, "h", "w"]))
+             + _field(12, _value_info("y", _INT32, ["n", o, "oh", "ow"])))
+    return _int(1, 8) + _field(7, graph) + _field(8, _field(1, b"") + _int(2, 17))
+
+
+def fits(w: np.ndarray) -> bool:
+    """Whether a weight tensor (O, C, k, k) can run here."""
+    return int(np.abs(w).max(initial=0)) <= W_MAX and w.shape[1] * w.shape[2] * w.shape[3] <= MAX_TAPS
+
+
+def _session(model: bytes):
+    import onnxruntime as ort  # here, not at the top: opening a file (Pillow's plugin) reads headers only
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1  # callers run bands on threads of their own
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.enable_cpu_mem_arena = False  # an arena per layer would keep each one's largest band alive
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+class Conv:
+    """Exact Conv2d, stride 1, padding k//2, of int16-range input with 8-bit weights (O, C, k, k)."""
+
+    def __init__(self, w: np.ndarray):
+        if not fits(w):
+            raise ValueError("weights outside 8 bits or too many taps for int32 sums")
+        self.o, self.c, self.k = w.shape[0], w.shape[1], w.shape[2]
+        self.session = _session(conv_integer_model(w))
+        self.correction = OFFSET * w.astype(np.int64).sum(axis=(1, 2, 3)).reshape(-1, 1, 1)
+
+    def chunks(self, x: np.ndarray):
+        """(r0, r1, y) per band of output rows: y (2, O, r1 − r0, W) int32, the products with the
+        high and the low digit of x (C, H, W), integers in [X_MIN, X_MAX]."""
+        c, h, wd = x.shape
+        p = self.k // 2
+        xp = np.full((c, h + 2 * p, wd + 2 * p), OFFSET, dtype=np.uint16)
+        np.add(x, OFFSET, out=xp[:, p : p + h, p : p + wd], dtype=np.int32, casting="unsafe")
+        step = max(1, CHUNK_BYTES // (8 * max(self.o, c * self.k * self.k) * wd))
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
+            rows = xp[:, r0 : r1 + 2 * p]
+            digits = np.empty((2, *rows.shape), dtype=np.uint8)
+            np.right_shift(rows, 8, out=digits[0], casting="unsafe")
+            np.bitwise_and(rows, 255, out=digits[1], casting="unsafe")
+            yield r0, r1, self.session.run(None, {"x": digits})[0]
+
+    def combine(self, y: np.ndarray, out: np.ndarray, channels: slice = slice(None)) -> None:
+        """out = 256 · y[0] + y[1] − 32768 · Σw for those output channels: the exact int64 result."""
+        np.left_shift(y[0, channels], 8, out=out, dtype=np.int64)
+        out += y[1, channels]
+        out -= self.correction[channels]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x (C, H, W) integers in [X_MIN, X_MAX] → int64 (O, H, W)."""
+        out = np.empty((self.o, *x.shape[1:]), dtype=np.int64)
+        for r0, r1, y in self.chunks(x):
+            self.combine(y, out[:, r0:r1])
+        return out
+
+
+def subpixel_weight(w: np.ndarray) -> np.ndarray:
+    """A stride-2 ConvTranspose2d weight (C, O, k, k), padding k//2, output padding 1, as the
+    weight (4·O, C, 3, 3) of a 3×3 convolution whose output channel (2·ry + rx)·O + o is output
+    phase (ry, rx) of channel o: output (2j + r) takes tap kk from input j + (r − kk + k//2)/2."""
+    c, o, k, _ = w.shape
+    p = k // 2
+    if not 3 <= k <= 5 or k % 2 == 0:
+        raise ValueError(f"sub-pixel form needs an odd kernel of 3 or 5 taps, got {k}")
+    out = np.zeros((2, 2, o, c, 3, 3), dtype=w.dtype)
+    for ry in (0, 1):
+        for ky in range(k):
+            if (ry - ky + p) % 2 == 0:
+                for rx in (0, 1):
+                    for kx in range(k):
+                        if (rx - kx + p) % 2 == 0:
+                            out[ry, rx, :, :, (ry - ky + p) // 2 + 1, (rx - kx + p) // 2 + 1] = w[:, :, ky, kx].T
+    return out.reshape(4 * o, c, 3, 3)
+
+
+class ConvTranspose:
+    """Exact ConvTranspose2d, stride 2 (as intscale.conv_transpose2d), as one 3×3 Conv of 4·O outputs."""
+
+    def __init__(self, conv: Conv):
+        self.conv = conv
+        self.o = conv.o // 4
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        o, (_, h, wd) = self.o, x.shape
+        out = np.empty((o, 2 * h, 2 * wd), dtype=np.int64)
+        for r0, r1, y in self.conv.chunks(x):  # each phase straight into its rows and columns
+            for ry in (0, 1):
+                for rx in (0, 1):
+                    b = (2 * ry + rx) * o
+                    self.conv.combine(y, out[:, 2 * r0 + ry : 2 * r1 : 2, rx::2], slice(b, b + o))
+        return out
+
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, bool], Conv | ConvTranspose | None] = {}
+
+
+def engine(w: np.ndarray, transposed: bool = False) -> Conv | ConvTranspose | None:
+    """The 8-bit engine of a weight tensor (a transposed convolution's (C, O, k, k), stride 2),
+    built once and reused while the array lives; None where it cannot run here."""
+    key = (id(w), transposed)
+    with _lock:
+        if key in _engines:
+            return _engines[key]
+    made = None
+    if not transposed or w.shape[2] in (3, 5):
+        cw = subpixel_weight(w) if transposed else w
+        if fits(cw):
+            made = ConvTranspose(Conv(cw)) if transposed else Conv(cw)
+    with _lock:
+        if key not in _engines:
+            _engines[key] = made
+            weakref.finalize(w, _engines.pop, key, None)  # the id may be reused once w is gone
+        return _engines[key]
+
+
+def in_range(x: np.ndarray) -> bool:
+    """Whether an input can run here (int16 range)."""
+    return x.size == 0 or (int(x.min()) >= X_MIN and int(x.max()) <= X_MAX)
