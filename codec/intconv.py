@@ -11,11 +11,13 @@ accumulation), about three times faster here, with the same integers:
   256 · conv(high) + conv(low) − 32768 · Σw, every term an exact integer;
 - the offset input is padded with 32768 (which is x = 0) before the call, so
   the border needs no correction;
-- every partial sum stays below 2**31 (at most ``MAX_TAPS`` input values per
-  output, each digit ≤ 255 times |w| ≤ 127), where int32 arithmetic is exact in
-  any order: AVX-512 VNNI, AVX2 or NEON kernels and thread counts give the same
-  result. Unsigned × unsigned is the combination onnxruntime's x86 kernels
-  never saturate (uint8 × int8 pair sums can overflow int16 without VNNI).
+- every partial sum stays below 2**31, even the kernel's Σ x·(w + 128) before it
+  subtracts its zero-point term (at most ``MAX_TAPS`` input values per output,
+  255 · 255 each), where int32 arithmetic is exact in any order, so kernels and
+  thread counts cannot change the result. Unsigned × unsigned is the combination
+  onnxruntime's x86 kernels never saturate: without VNNI they widen the input to
+  int16 and multiply pairs into int32 (vpmaddwd), where uint8 × int8 would sum
+  byte pairs into int16 (vpmaddubsw) and could saturate.
 
 The one-node graphs are written here, a few protobuf fields, so the runtime
 needs no ``onnx`` package. A layer that does not fit (12-bit weights of an
@@ -33,7 +35,7 @@ import numpy as np
 W_MAX = 127  # |weights| that run here
 X_MIN, X_MAX = -(2**15), 2**15 - 1  # input range that runs here
 OFFSET = 2**15
-MAX_TAPS = (2**31 - 1) // (255 * W_MAX)  # input values per output: every int32 partial sum stays exact
+MAX_TAPS = (2**31 - 1) // (255 * 255)  # input values per output: every int32 partial sum stays exact
 CHUNK_BYTES = 2**25  # int64 result rows per call (32 MiB): bounds memory on large images
 
 
