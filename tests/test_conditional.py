@@ -79,6 +79,34 @@ def test_adding_slices_changes_nothing():
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
 
 
+def test_checkerboard_measurement_starts_from_the_channel_context():
+    """benchmarks/checkerboard.py's variant adds nothing before it trains, and its anchors' symbols
+    alone feed the non-anchors' shifts (changing a non-anchor never moves another position's μ, σ)."""
+    from benchmarks.checkerboard import CheckerboardContext, anchors
+    from export.model import ChannelContext
+
+    torch.manual_seed(2)
+    channel = ChannelContext(12, SLICES)
+    for net in [*channel.mean, *channel.scale, *channel.lrp]:  # trained-looking, not zero
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+    board = CheckerboardContext(12, SLICES)
+    board.load_state_dict(channel.state_dict(), strict=False)
+    y, mu_h, sigma_h = torch.randn(1, 12, 8, 10) * 3, torch.randn(1, 12, 8, 10), torch.rand(1, 12, 8, 10) + 0.5
+    for a, b in zip(channel(y, mu_h, sigma_h), board(y, mu_h, sigma_h), strict=True):
+        torch.testing.assert_close(a, b)
+    assert anchors(2, 3).flatten().tolist() == [1, 0, 1, 0, 1, 0]
+    for net in board.spatial:
+        torch.nn.init.normal_(net[2].weight, std=0.1)
+    _, mu, sigma = board(y, mu_h, sigma_h)
+    y2 = y.clone()
+    y2[:, : SLICES[0], 0, 1] += 5  # a non-anchor of the first slice
+    _, mu2, sigma2 = board(y2, mu_h, sigma_h)
+    same = torch.ones_like(mu, dtype=torch.bool)
+    same[:, SLICES[0] :] = False  # later slices see that symbol through the channel context
+    assert torch.equal(mu[same], mu2[same]) and torch.equal(sigma[same], sigma2[same])
+
+
 def test_slices_must_cover_y():
     with pytest.raises(ValueError, match="sum to M"):
         ModelConfig(N=8, M=12, slices=(4, 4))
