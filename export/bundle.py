@@ -298,7 +298,8 @@ def superseded_ids(old: Path, files: dict[str, str], trained_steps: int) -> list
 
 def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
                   calibration: list[np.ndarray] | None = None, position_floor: float = 0.0,
-                  supersedes: str | Path | None = None) -> dict:
+                  supersedes: str | Path | None = None,
+                  scale_weight_bits: int = intscale.FAST_WEIGHT_BITS) -> dict:
     """Write a complete bundle folder; returns its manifest.
 
     ``calibration``: RGB uint8 images (training images, never the test set) that
@@ -307,6 +308,9 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
     lowest rungs are not yet trained to give smaller files than the ones above.
     ``supersedes``: an earlier bundle of the same weights whose files this one
     must keep decoding (see ``superseded_ids``).
+    ``scale_weight_bits``: bits of the integer scale path's weights after its first layer:
+    8 runs on onnxruntime's 8-bit convolutions, 12 (the format's limit) tracks the float σ
+    more closely and runs in float64.
     """
     model, ck = load_model(ckpt)
     model.eval()
@@ -320,7 +324,8 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
             export_graph(module, args, inputs, outputs, tmp / f"{graph}.onnx")
         write_tables(model, tmp / "tables.npz", position_floor)
         np.savez(tmp / "scale_path.npz",
-                 **intscale.quantize(model, calibration_latents(model, calibration), tables.SCALE_TABLE))
+                 **intscale.quantize(model, calibration_latents(model, calibration), tables.SCALE_TABLE,
+                                     scale_weight_bits))
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())}
         model_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         manifest = {
@@ -377,10 +382,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="ladder position of quality 0 (0 = the lowest rung)")
     p.add_argument("--supersedes", help="an earlier bundle of the same weights whose files must still decode "
                    "(may be OUT itself; read before OUT is rewritten)")
+    p.add_argument("--scale_weight_bits", type=int, choices=(8, 12), default=intscale.FAST_WEIGHT_BITS,
+                   help="weights of the integer scale path after its first layer: 8 decodes faster "
+                   "(onnxruntime's 8-bit convolutions), 12 tracks the float σ more closely")
     a = p.parse_args(argv)
     check_out(Path(a.out), a.force)
     m = export_bundle(a.checkpoint, a.out, a.name, calibration_images(a.calibration, a.calibration_images),
-                      a.position_floor, a.supersedes)
+                      a.position_floor, a.supersedes, a.scale_weight_bits)
     print(f"wrote {a.out}: model id {m['model_id']}, N={m['config']['N']} M={m['config']['M']}")
 
 

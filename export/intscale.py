@@ -103,7 +103,7 @@ def calibrate_slices(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor
 
 @torch.no_grad()
 def quantize_slices(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]],
-                    sigma_unit: np.ndarray) -> dict[str, np.ndarray]:
+                    sigma_unit: np.ndarray, weight_bits: int = FAST_WEIGHT_BITS) -> dict[str, np.ndarray]:
     """Integer parameters of the slices' σ networks (codec.intscale.slice_indexes)."""
     f_max, hidden = calibrate_slices(model, samples)
     act_f = max(f_max, 1e-6) * HEADROOM / intscale.ACT_MAX
@@ -111,9 +111,9 @@ def quantize_slices(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]
     p["f_m"], p["f_s"] = _multiplier(sigma_unit / act_f)
     for k, ((a, b), net) in enumerate(zip(model.context.bounds[1:], model.context.scale, strict=True), start=1):
         act_h = max(hidden[k - 1], 1e-6) * HEADROOM / intscale.ACT_MAX
-        wf, swf = _quantize_weight(net.f.weight)
-        ws, sws = _quantize_weight(net.s.weight)
-        w2, sw2 = _quantize_weight(net.out.weight)
+        wf, swf = _quantize_weight(net.f.weight, bits=weight_bits)
+        ws, sws = _quantize_weight(net.s.weight, bits=weight_bits)
+        w2, sw2 = _quantize_weight(net.out.weight, bits=weight_bits)
         mf, sf = _rescaler(act_f * swf / act_h)
         ms, ss = _rescaler(1.0 * sws / act_h)  # symbols enter as plain integers
         m2, s2 = _rescaler(act_h * sw2 / sigma_unit[a:b])
@@ -126,11 +126,14 @@ def quantize_slices(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]
 
 @torch.no_grad()
 def quantize(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]],
-             scale_table: np.ndarray) -> dict[str, np.ndarray]:
+             scale_table: np.ndarray, weight_bits: int = FAST_WEIGHT_BITS) -> dict[str, np.ndarray]:
     """Integer parameters of the σ branch, as codec.intscale.accumulate/indexes expect them.
 
-    ``samples``: (y, h_s's input) pairs from calibration images.
+    ``samples``: (y, h_s's input) pairs from calibration images; ``weight_bits``: of every
+    layer but the first (which has the format's WEIGHT_BITS).
     """
+    if not 2 <= weight_bits <= intscale.WEIGHT_BITS:
+        raise ValueError(f"weight_bits must be 2-{intscale.WEIGHT_BITS}, got {weight_bits}")
     z_samples = [z for _, z in samples]
     d0, _, d1, _, c2 = model.h_s
     M = model.cfg.M
@@ -143,7 +146,7 @@ def quantize(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]],
         (d1.weight, d1.bias, 1),
         (c2.weight[M:], c2.bias[M:], 0),  # only the σ half of the last conv
     ]):
-        p[f"w{i}"], sw = _quantize_weight(w, out_axis, intscale.WEIGHT_BITS if i == 0 else FAST_WEIGHT_BITS)
+        p[f"w{i}"], sw = _quantize_weight(w, out_axis, intscale.WEIGHT_BITS if i == 0 else weight_bits)
         unit = s_in[i] * sw  # value of one accumulator step, per output channel
         p[f"b{i}"] = np.round(b.double().numpy() / unit).astype(np.int64)
         if i < 2:
@@ -152,6 +155,6 @@ def quantize(model: Onic, samples: list[tuple[torch.Tensor, torch.Tensor]],
             # index = #(table < σ) and σ = acc·unit, so acc > floor(table/unit) ⇔ table < σ.
             p["thresholds"] = np.floor(scale_table.astype(np.float64)[None, :] / unit[:, None]).astype(np.int64)
             if model.cfg.slices:
-                p |= quantize_slices(model, samples, unit)
+                p |= quantize_slices(model, samples, unit, weight_bits)
     p["version"] = np.array(intscale.INDEX_PATH_VERSION)
     return p
