@@ -7,8 +7,8 @@
 #   cp /work/.device/N/weights.pt export/checkpoints/full.pt
 #   python benchmarks/ladder.py ../shared/data/kodak export/checkpoints/full.pt  # all 24 images
 # and add the draw to export/checkpoints/DRAWS.md. Before a model ships, compare its bundle's file
-# sizes with one exported with --scale_weight_bits 12: 8-bit weights cost draw 1 +0.51% at
-# quality 100 (README, Speed and memory).
+# sizes with one exported with --scale_weight_bits 12 (benchmarks/bundle_sizes.py): 8-bit weights
+# cost draw 1 +0.51% at quality 100 (README, Speed and memory).
 #
 # Prepare here (all ignored by git; they travel with `carry`):
 #   echo /.whl/ >> .git/info/exclude
