@@ -21,7 +21,7 @@ def each(fn: Callable, items: Sequence, workers: int) -> None:
     After a parallel loop the memory its threads freed goes back to the OS: glibc keeps it in
     per-thread heaps, and the band temporaries of the 8-bit integer convolutions (1-30 MB, under
     glibc's mmap threshold) kept a 50 MP decode's peak at 1,520-1,630 MB (1,170-1,270 MB with
-    this; round trip 2,100 → 1,810 MB). A fixed mmap threshold instead slowed kodim23 by 10-20 ms.
+    this; round trip 2,100 → 1,810–1,890 MB). A fixed mmap threshold instead slowed kodim23 by 10-20 ms.
     """
     if workers > 1 and len(items) > 1:
         with ThreadPoolExecutor(min(workers, len(items))) as pool:

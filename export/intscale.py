@@ -9,8 +9,8 @@ under 1%: ``python benchmarks/intscale_cost.py`` measures it on Kodak).
   layer's input is int16, so that the decoder runs it on onnxruntime's 8-bit
   convolutions (codec/intconv.py: the same integers, about 3× faster), and the
   format's WEIGHT_BITS (12) for the first layer, whose input ẑ · inverse gain
-  exceeds int16 and runs in float64 anyway (rate cost of 8 against 12 bits:
-  ``python benchmarks/conditional.py``'s integer-path column, README);
+  exceeds int16 and runs in float64 anyway (what 8 bits cost against 12:
+  ``python benchmarks/bundle_sizes.py``, README: +0.006% to +0.020% for 0.7.0);
 - activations: one scale per layer output, from the largest |value| seen on
   calibration images times a 2× headroom;
 - requantization: per channel, an integer multiplier in [2**14, 2**15) and the
