@@ -22,6 +22,8 @@ residual prediction stays frozen, since it serves distortion):
 - ``checkerboard``: the same plus the anchors' 5×5 networks (zero output at the start,
   so it starts as the control).
 
+Adam, learning rate 1e-4 for the checkpoint's networks and 1e-3 for new ones.
+
 ``--variants slices:16,16,32,32 slices:8,8,16,32,32 …`` instead trains fresh
 contexts of the given channel groups (every slice network new, latent residual
 prediction left out) for the same minutes: the choice of group sizes.
@@ -155,7 +157,7 @@ def train(variant: str, ckpt: str, cache: str, minutes: float, out: str, batch: 
     for p in context.lrp.parameters():
         p.requires_grad_(False)
     data = torch.load(cache, weights_only=True)
-    fresh = variant.startswith("slices:")  # every network new: the higher rate for all of them
+    fresh = variant.startswith("slices:")  # every network new: the higher learning rate for all of them
     new = [p for n, p in context.named_parameters() if p.requires_grad and (fresh or n.startswith("spatial"))]
     old = [p for p in context.parameters() if p.requires_grad and all(p is not q for q in new)]
     groups = ([{"params": old, "lr": 1e-4}] if old else []) + ([{"params": new, "lr": 1e-3}] if new else [])
