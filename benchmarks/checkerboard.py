@@ -72,27 +72,12 @@ class CheckerboardContext(ChannelContext):
             nn.init.zeros_(net[2].weight)
             nn.init.zeros_(net[2].bias)
 
-    def forward(self, y: torch.Tensor, mu_h: torch.Tensor, sigma_h: torch.Tensor):
-        mask = anchors(*y.shape[2:]).to(y)
-        y_hat, sym, mus, sigmas = [], [], [], []
-        for k, (a, b) in enumerate(self.bounds):
-            mu, sigma = mu_h[:, a:b], sigma_h[:, a:b]
-            if k:
-                mu = mu + self.mean[k - 1](torch.cat([mu_h, *y_hat], 1))
-                sigma = sigma + self.scale[k - 1](sigma_h, torch.cat(sym, 1))
-            r = y[:, a:b] - mu
-            s = r + (torch.round(r) - r).detach()  # the anchors' symbols are final here
-            d_mu, d_sigma = self.spatial[k](s * mask).chunk(2, dim=1)
-            mu = mu + d_mu * (1 - mask)
-            sigma = sigma + d_sigma * (1 - mask)
-            r = y[:, a:b] - mu
-            s = r + (torch.round(r) - r).detach()
-            y_k = mu + s
-            y_hat.append(y_k + 0.5 * torch.tanh(self.lrp[k](torch.cat([mu_h, *y_hat, y_k], 1))))
-            sym.append(s)
-            mus.append(mu)
-            sigmas.append(sigma)
-        return torch.cat(y_hat, 1), torch.cat(mus, 1), torch.cat(sigmas, 1)
+    def within_slice(self, k: int, y_k: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor):
+        mask = anchors(*y_k.shape[2:]).to(y_k)
+        r = y_k - mu
+        s = r + (torch.round(r) - r).detach()  # the anchors' symbols, final: their μ does not move
+        d_mu, d_sigma = self.spatial[k](s * mask).chunk(2, dim=1)
+        return mu + d_mu * (1 - mask), sigma + d_sigma * (1 - mask)
 
 
 @torch.no_grad()
