@@ -26,6 +26,8 @@ from pathlib import Path
 from codec.bitstream import MAX_PIXELS, OnicError
 from codec.bitstream import reason as _reason
 
+MAX_REFINE_STEPS = 1000  # codec.refine's limit, kept here so that the CLI knows it without importing the runtime
+
 STDIO = "-"
 STDIN_NAME = "<stdin>"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".avif", ".jxl"}
@@ -48,6 +50,7 @@ class Job:
     verbose: bool = False
     max_pixels: int | None = MAX_PIXELS
     psnr: bool = False  # compress: decode the output and report its PSNR (costs a decode)
+    refine: int = 0  # compress: gradient steps on the latents (codec/refine.py)
     output_quality: int = DEFAULT_OUTPUT_QUALITY  # decompress: quality of lossy output formats
     model: str | None = None  # a bundle folder; None is the shipped model
     debug: bool = False  # put the traceback of an unexpected error in the message
@@ -179,9 +182,9 @@ def _compress(job: Job) -> tuple[bytes | None, str]:
     image = api._to_image(source, job.max_pixels, name=display(job.src))
     if job.target_bpp is not None or job.target_psnr is not None:
         data, quality = api.compress_to_target(image, bpp=job.target_bpp, psnr=job.target_psnr, bundle=bundle,
-                                               max_pixels=job.max_pixels)
+                                               max_pixels=job.max_pixels, refine=job.refine)
     else:
-        data, quality = api.compress(image, job.quality, bundle, job.max_pixels), job.quality
+        data, quality = api.compress(image, job.quality, bundle, job.max_pixels, refine=job.refine), job.quality
     out = None
     if job.dst == STDIO:
         out = data

@@ -6,6 +6,10 @@ manifest.json (written by ``python -m export.bundle``); a channel-conditional
 model adds slice_meanK.onnx and slice_lrpK.onnx per slice. Its model id, the
 first 16 hex digits of a hash over the files' SHA-256 sums, is stamped into
 every .onic file so that a file is never decoded with the wrong tables.
+Files only the encoder uses and that never change a decoded symbol
+(synthesis_grad.onnx, for refinement) are listed apart, as encoder_files:
+hashed and checked as well, but outside the model id, so adding one to a
+bundle keeps its files decoding.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ class Bundle:
 
     def _verify(self) -> None:
         files = self.manifest.get("files", {})
-        for name, digest in files.items():
+        for name, digest in {**files, **self.manifest.get("encoder_files", {})}.items():
             if hashlib.sha256((self.path / name).read_bytes()).hexdigest() != digest:
                 raise OnicError(f"model bundle {self.path} is damaged: {name} does not match its hash")
         model_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
@@ -96,14 +100,35 @@ class Bundle:
         Quality maps linearly onto ladder positions [position_floor, rungs − 1].
         """
         lg, lig = self._tables["log_gain"], self._tables["log_inv_gain"]
-        rungs = lg.shape[0]
-        floor = float(self._tables.get("position_floor", 0.0))
-        t = floor + min(max(quality, 0), 100) / 100 * (rungs - 1 - floor)
-        i = min(int(np.floor(t)), rungs - 2)
-        w = t - i
+        i, w = self._position(quality)
         gain = np.exp(lg[i] * (1 - w) + lg[i + 1] * w).astype(np.float32)
         inv = np.exp(lig[i] * (1 - w) + lig[i + 1] * w).astype(np.float32)
         return gain.reshape(1, -1, 1, 1), inv.reshape(1, -1, 1, 1)
+
+    def lam(self, quality: int) -> float:
+        """λ of quality 0–100, interpolated as the gains are: the rate-distortion trade-off that the
+        model was trained for there (bits per pixel + λ·MSE of 8-bit pixels)."""
+        lams = np.log(self._tables["lambdas"].astype(np.float64))
+        i, w = self._position(quality)
+        return float(np.exp(lams[i] * (1 - w) + lams[i + 1] * w))
+
+    def _position(self, quality: int) -> tuple[int, float]:
+        """The ladder rung below quality's position and the weight of the rung above it."""
+        rungs = self._tables["log_gain"].shape[0]
+        floor = float(self._tables.get("position_floor", 0.0))
+        t = floor + min(max(quality, 0), 100) / 100 * (rungs - 1 - floor)
+        i = min(int(np.floor(t)), rungs - 2)
+        return i, t - i
+
+    @property
+    def scale_table(self) -> np.ndarray:
+        """σ of each scale-table index (float32)."""
+        return self._tables["scale_table"]
+
+    @property
+    def has_gradient(self) -> bool:
+        """Whether the bundle has the synthesis' gradient graph that refinement runs (codec/refine.py)."""
+        return "synthesis_grad.onnx" in self.manifest.get("encoder_files", {})
 
     @property
     def has_z_gains(self) -> bool:

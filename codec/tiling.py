@@ -129,7 +129,8 @@ Y_BAND, Y_MARGIN = 16, 2
 
 
 def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | None, y: np.ndarray | None = None,
-                        ready: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
+                        ready: Callable[[int], np.ndarray] | None = None,
+                        mu_out: np.ndarray | None = None) -> np.ndarray:
     """ŷ (M, h, w) of a channel-conditional model, slice by slice (Minnen & Singh 2020).
 
     Slice k's μ comes from μ_h and the ŷ of the slices before it; ŷ_k is μ_k plus
@@ -137,6 +138,7 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | No
     empty ``y_sym``, which is filled with round(y − μ) on the way; the decoder
     passes the decoded symbols, or ``ready``: ready(k) returns the symbols once
     slice k's are decoded (slice k's μ is computed before it is asked).
+    ``mu_out`` (M, h, w), if given, receives every slice's μ (the encoder's refinement needs it).
     """
     y_hat = np.empty(mu_h.shape, dtype=np.float32)
     h = mu_h.shape[1]
@@ -146,6 +148,8 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | No
                             mu_h=mu_h[None], y_prev=y_hat[None, :a])
         else:
             mu = mu_h[a:b]
+        if mu_out is not None:
+            mu_out[a:b] = mu
         if ready is not None:
             y_sym = ready(k)
         if y is not None:

@@ -11,7 +11,9 @@ and, for a channel-conditional model (slices [a_k, b_k) of y):
 - slice_meanK.onnx    mu_h (1,M,h,w), y_prev (1,a_k,h,w)     → mu (1,b_k−a_k,h,w)   (K ≥ 1)
 - slice_lrpK.onnx     mu_h, y_upto (1,b_k,h,w)               → y_hat (1,b_k−a_k,h,w)
 The encoder is analysis + hyper_encoder, two graphs so that the analysis can
-run in overlapping tiles on large images (codec/tiling.py).
+run in overlapping tiles on large images (codec/tiling.py). Encoder-only, for
+refinement (codec/refine.py), listed under encoder_files and outside the model id:
+- synthesis_grad.onnx y_hat, inv_gain, x (1,3,H,W), weight (1,1,H,W) → grad (like y_hat), sse (1,)
 
 tables.npz holds the gain ladder and the integer entropy tables, scale_path.npz the
 integer σ branch of h_s (export/intscale.py); manifest.json
@@ -36,7 +38,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from codec import intscale as codec_intscale
-from export import intscale, tables
+from codec import refine as codec_refine
+from export import intscale, refine, tables
 from export.model import GDN, SCALE_MIN, FrozenGDN, Onic
 from export.train import load_model, pad_to_stride
 
@@ -172,9 +175,11 @@ def graphs(model: Onic) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], 
     return out
 
 
-def export_graph(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str], path: Path) -> None:
+def export_graph(module: nn.Module, args: tuple, inputs: list[str], outputs: list[str], path: Path,
+                 dynamic: dict[str, dict[int, str]] | None = None) -> None:
     spatial = {2: "height", 3: "width"}
-    dynamic = {n: spatial for n in inputs + outputs if n not in ("gain", "inv_gain")}
+    if dynamic is None:
+        dynamic = {n: spatial for n in inputs + outputs if n not in ("gain", "inv_gain")}
     with warnings.catch_warnings():
         # dynamo=False is deprecated but still gives the plain Conv graphs we want, with dynamic axes.
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
@@ -183,6 +188,14 @@ def export_graph(module: nn.Module, args: tuple, inputs: list[str], outputs: lis
             dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def export_gradient(model: Onic, path: Path) -> None:
+    """synthesis_grad.onnx (export/refine.py): the synthesis' squared-error gradient for refinement."""
+    latent, pixels = {2: "height", 3: "width"}, {2: "pixel_height", 3: "pixel_width"}
+    export_graph(refine.SynthesisGradient(frozen(model.g_s)), refine.example_inputs(model),
+                 ["y_hat", "inv_gain", "x", "weight"], ["grad", "sse"], path,
+                 dynamic={"y_hat": latent, "grad": latent, "x": pixels, "weight": pixels})
 
 
 def quality_positions(rungs: int, position_floor: float) -> torch.Tensor:
@@ -327,6 +340,10 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
                  **intscale.quantize(model, calibration_latents(model, calibration), tables.SCALE_TABLE,
                                      scale_weight_bits))
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())}
+        # Encoder-only, outside the model id: it changes which latents an encoder picks, never a symbol.
+        grad = tmp / f"{codec_refine.GRAPH}.onnx"
+        export_gradient(model, grad)
+        encoder_files = {grad.name: hashlib.sha256(grad.read_bytes()).hexdigest()}
         model_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         manifest = {
             "bundle_format": BUNDLE_FORMAT,
@@ -338,6 +355,7 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
             "index_path_version": intscale.intscale.INDEX_PATH_VERSION,
             "trained_steps": int(ck["step"]),
             "files": files,
+            "encoder_files": encoder_files,
         }
         if supersedes:
             manifest["also_decodes"] = superseded_ids(Path(supersedes), files, int(ck["step"]))
