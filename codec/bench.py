@@ -57,13 +57,17 @@ def _pillow_codec(name: str, fmt: str, description: str, qualities: list[int], *
     return Codec(name, description, qualities, encode, decode)
 
 
-def _onic(model: str | os.PathLike | None = None) -> Codec:
+REFINE_STEPS = 20  # onic-refine's default: --refine STEPS of the encoder (codec/refine.py)
+
+
+def _onic(model: str | os.PathLike | None = None, refine: int = 0) -> Codec:
     import codec
     from codec.session import bundle_at
 
     b = bundle_at(model)
-    return Codec("onic", f"onic {codec.__version__}, model {b.model_id}, onnxruntime CPU",
-                 list(range(0, 101, 10)), lambda im, q: codec.compress(im, quality=q, bundle=b),
+    name, extra = ("onic-refine", f", --refine {refine}") if refine else ("onic", "")
+    return Codec(name, f"onic {codec.__version__}, model {b.model_id}, onnxruntime CPU{extra}",
+                 list(range(0, 101, 10)), lambda im, q: codec.compress(im, quality=q, bundle=b, refine=refine),
                  lambda data: codec.decompress(data, bundle=b))
 
 
@@ -116,6 +120,7 @@ def _pil() -> str:
 
 CODECS: dict[str, Callable[[], Codec]] = {
     "onic": _onic,
+    "onic-refine": lambda: _onic(refine=REFINE_STEPS),
     "jpeg": _jpeg(2, ""),
     "jpeg444": _jpeg(0, "444"),
     "webp": _webp,
@@ -244,7 +249,7 @@ def plot(report: dict, anchors: dict[str, dict], path: Path, max_bpp: float = 2.
                           [(n, r, "--") for n, r in anchors.items()]:
         bpp = np.array(r["bpp"])
         keep = bpp <= max_bpp
-        ours = name == "onic"
+        ours = name.startswith("onic")
         kw = dict(lw=2.6 if ours else 1.2, ls=style, marker="o" if style == "-" else None, ms=3,
                   label=name + (" (published)" if style == "--" else ""), zorder=3 if ours else 2)
         axes[0].plot(bpp[keep], np.array(r["psnr-rgb"])[keep], **kw)
@@ -267,11 +272,12 @@ def format_table(report: dict) -> str:
         for i, q in enumerate(r["quality"]):
             lines.append(f"{name:<9}{q:>4}{r['bpp'][i]:>8.4f}{r['psnr-rgb'][i]:>8.2f}{r['ms-ssim-rgb'][i]:>9.4f}"
                          f"{1000 * r['encoding_time'][i]:>9.1f}{1000 * r['decoding_time'][i]:>9.1f}")
-    if report.get("bd_rate"):
-        lines += ["", "BD-rate of onic (negative = onic needs fewer bits at equal quality)",
-                  f"{'vs':<40}{'PSNR':>9}{'MS-SSIM':>9}"]
-        for name, v in report["bd_rate"].items():
-            lines.append(f"{name:<40}{_pct(v['psnr']):>9}{_pct(v['ms-ssim']):>9}")
+    for key, ours in (("bd_rate", "onic"), ("bd_rate_refine", "onic-refine")):
+        if report.get(key):
+            lines += ["", f"BD-rate of {ours} (negative = {ours} needs fewer bits at equal quality)",
+                      f"{'vs':<40}{'PSNR':>9}{'MS-SSIM':>9}"]
+            for name, v in report[key].items():
+                lines.append(f"{name:<40}{_pct(v['psnr']):>9}{_pct(v['ms-ssim']):>9}")
     return "\n".join(lines)
 
 
@@ -282,10 +288,11 @@ def _pct(v: float) -> str:
 def run(folder: str | os.PathLike, codecs: list[str], qualities: list[int] | None = None,
         out: str | os.PathLike = "results", anchors: Iterable[str | os.PathLike] = (), limit: int = 0,
         warn: Callable[[str], None] = print, update: bool = False,
-        model: str | os.PathLike | None = None) -> dict:
+        model: str | os.PathLike | None = None, refine: int = REFINE_STEPS) -> dict:
     """Run the benchmark and write DIR_NAME.json, .csv and _rd.png into ``out``; returns the report.
 
-    ``model`` is a bundle folder for onic (default: the shipped model).
+    ``model`` is a bundle folder for onic (default: the shipped model); ``refine``
+    the encoder's refinement steps for the codec onic-refine.
     ``update`` keeps the other codecs of an earlier DIR_NAME.json in ``out`` (same
     image count) and replaces only those run now: after retraining, rerun onic alone.
     """
@@ -304,17 +311,20 @@ def run(folder: str | os.PathLike, codecs: list[str], qualities: list[int] | Non
         if name not in CODECS:
             raise ValueError(f"unknown codec {name!r} (choose from {', '.join(CODECS)})")
         try:
-            c = _onic(model) if name == "onic" else CODECS[name]()
+            c = _onic(model, refine if name == "onic-refine" else 0) if name.startswith("onic") else CODECS[name]()
         except Unavailable as e:
             warn(f"skipping {name}: {e}")
             continue
         report["codecs"][name] = run_codec(c, images, qualities)
-        report["codecs"] = dict(sorted(report["codecs"].items(), key=lambda kv: kv[0] != "onic"))
+        report["codecs"] = dict(sorted(report["codecs"].items(), key=lambda kv: (kv[0] != "onic",
+                                                                                kv[0] != "onic-refine")))
     anchor_curves = {}
     for a in anchors:
         anchor_curves.update(load_curves(a))
     curves = {n: e["results"] for n, e in report["codecs"].items()}
-    report["bd_rate"] = bd_rates({**{f"{n} (published)": r for n, r in anchor_curves.items()}, **curves})
+    everything = {**{f"{n} (published)": r for n, r in anchor_curves.items()}, **curves}
+    report["bd_rate"] = bd_rates(everything)
+    report["bd_rate_refine"] = bd_rates(everything, "onic-refine")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = report["dataset"]

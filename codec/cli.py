@@ -447,7 +447,7 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--codecs", default="onic,jpeg,jpeg444,webp,avif,jxl", show_default=True,
-              help="Comma-separated: onic, jpeg (4:2:0), jpeg444, webp, avif, jxl.")
+              help="Comma-separated: onic, onic-refine (onic with --refine), jpeg (4:2:0), jpeg444, webp, avif, jxl.")
 @click.option("--qualities", callback=_int_list, help="Comma-separated qualities for every codec [default: per codec].")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Folder for DIR_NAME.json, DIR_NAME.csv and DIR_NAME_rd.png.")
@@ -463,8 +463,11 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
               help="With --speed: a Python that has compressai, to time its model of the same size.")
 @click.option("--model", type=click.Path(file_okay=False),
               help="A model bundle folder (made by export.bundle) for onic instead of the shipped model.")
+@click.option("--refine", type=click.IntRange(1, MAX_REFINE_STEPS), default=20, show_default=True, metavar="STEPS",
+              help="The refinement steps of the codec onic-refine.")
 def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, anchors: tuple[str, ...],
-          limit: int, update: bool, speed: bool, compressai_python: str | None, model: str | None) -> None:
+          limit: int, update: bool, speed: bool, compressai_python: str | None, model: str | None,
+          refine: int) -> None:
     """Rate-distortion and speed of onic against JPEG, WebP, AVIF and JPEG XL on FOLDER.
 
     Needs the [bench] extra (matplotlib, scipy, tqdm, pillow-jxl-plugin).
@@ -494,7 +497,8 @@ def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, ancho
         names = [c.strip() for c in codecs.split(",") if c.strip()]
         try:
             report = b.run(folder, names, qualities, out, anchors, limit,
-                           warn=lambda m: click.echo(f"onic: warning: {m}", err=True), update=update, model=model)
+                           warn=lambda m: click.echo(f"onic: warning: {m}", err=True), update=update, model=model,
+                           refine=refine)
         except ValueError as e:
             raise Failure(str(e)) from None
         click.echo(b.format_table(report))

@@ -88,3 +88,13 @@ def test_bd_rates_skip_non_overlapping():
     a = {"bpp": [0.1, 0.2], "psnr-rgb": [20, 22], "ms-ssim-rgb": [0.8, 0.85]}
     b = {"bpp": [0.5, 1.0], "psnr-rgb": [30, 33], "ms-ssim-rgb": [0.95, 0.97]}
     assert math.isnan(bench.bd_rates({"onic": a, "x": b})["x"]["psnr"])
+
+
+def test_bench_compares_the_refined_encoder(folder, tmp_path):
+    """onic-refine is onic's encoder with --refine: its own curve and BD-rates, onic's among them."""
+    report = bench.run(folder, ["onic", "onic-refine", "jpeg"], [20, 80], tmp_path, refine=2)
+    assert list(report["codecs"]) == ["onic", "onic-refine", "jpeg"]
+    assert "--refine 2" in report["codecs"]["onic-refine"]["description"]
+    assert set(report["bd_rate_refine"]) == {"onic", "jpeg"}
+    assert "onic-refine" in report["bd_rate"]
+    assert "BD-rate of onic-refine" in bench.format_table(report)

@@ -109,7 +109,7 @@ def test_refinement_keeps_the_best_latents_of_any_model(small):
     y, _ = tiling.analyse(small, rgb, gain)
     trace: list[refine.Coded] = []
     out = refine.refine(small, rgb, y, 50, 12, trace=trace)
-    assert len(trace) == 3  # steps 0, 10 and 12
+    assert len(trace) == len(range(0, 12, refine.REFRESH)) + 1  # every REFRESH steps and after the last
     assert trace[0].bits == refine.code(small, rgb, y, 50).bits
     assert refine.code(small, rgb, out, 50).cost == pytest.approx(min(c.cost for c in trace))
     data = api.compress(im, 50, small, refine=12)
