@@ -86,7 +86,7 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
         for key in ("icc_profile", "exif"):
             if im.encoderinfo.get(key):
                 im.info[key] = im.encoderinfo[key]
-    fp.write(api.compress(im, quality=quality))
+    fp.write(api.compress(im, quality=quality, refine=im.encoderinfo.get("refine", 0)))
 
 
 Image.register_open(FORMAT, OnicImageFile, _accept)

@@ -187,3 +187,8 @@ def test_cli_refine(tmp_path):
     assert (tmp_path / "a.onic").exists()
     r = run_onic("compress", str(src), "--refine", "-1", "-f")
     assert r.returncode == 2 and b"--refine" in r.stderr
+
+
+def test_pillow_save_takes_refine(tmp_path, sample):
+    sample.save(tmp_path / "a.onic", quality=60, refine=3)
+    assert (tmp_path / "a.onic").read_bytes() == codec.compress(sample, 60, refine=3)
