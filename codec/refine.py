@@ -6,7 +6,7 @@ gradient steps on y itself find latents that cost fewer bits for the same error
 CVPR Workshops 2019). Rounding has no gradient, so the steps see stochastic
 Gumbel annealing (Yang, Bamler & Mandt, "Improving Inference for Neural Image
 Compression", NeurIPS 2020): each y − μ is rounded down or up at random, with a
-soft, differentiable choice whose temperature falls to near zero.
+soft, differentiable choice whose temperature falls from step to step.
 
 What the steps see, and what they approximate:
 - distortion: the exact gradient of the synthesis (``synthesis_grad.onnx``,
@@ -40,12 +40,14 @@ from codec.threads import each
 
 GRAPH = "synthesis_grad"
 # Chosen on six training photos (none from Kodak) at qualities 10, 50 and 90, by the mean fall of the
-# real cost: at 20 steps, lr 0.005 / 0.01 / 0.02 / 0.03 gave −2.9 / −4.0 / −4.3 / −4.6% (the last
-# two with refreshes every 5 steps: −4.7 and −4.6%); refreshing every 2 or every step gained a little
-# more per step (−4.9%) but less per second than more steps (40 steps every 5: −5.7%).
-LEARNING_RATE = 0.02  # Adam's step, in units of the latents' quantization step
+# real cost at 20 steps (a one-off sweep): lr 0.005 / 0.01 / 0.02 gave −2.9 / −4.0 / −4.3% with
+# refreshes every 10 steps, −4.7% every 5 (every 2 or every step gained a little more per step but
+# less per second); with the temperature falling to 0.1 instead of 0.025, −5.3%, and at lr 0.03 /
+# 0.04 / 0.06, −5.4 / −5.4 / −5.3% (start 0.3 or 1.0 instead of 0.5: −4.9, −5.3%). The same
+# settings at 10 and 40 steps: −4.1 and −6.4%.
+LEARNING_RATE = 0.03  # Adam's step, in units of the latents' quantization step
 REFRESH = 5  # steps between re-codings of y (new μ, σ, residual prediction; best y so far)
-TAU = (0.5, 0.5 * math.exp(-3))  # annealing temperature at the first and the last step
+TAU = (0.5, 0.1)  # annealing temperature at the first and the last step
 _EPS = 1e-6
 
 
@@ -90,9 +92,12 @@ def code(bundle: Bundle, rgb: np.ndarray, y: np.ndarray, quality: int) -> Coded:
     height, width = rgb.shape[:2]
     _, inv_gain = bundle.gains(quality)
     pixels = tiling.synthesize(bundle, y_hat, inv_gain, height, width, workers=bundle.tile_workers)
-    mse = float(np.mean((pixels.astype(np.float32) - rgb) ** 2))
+    sse = sum(float(np.square(pixels[r : r + 256].astype(np.float32) - rgb[r : r + 256]).sum(dtype=np.float64))
+              for r in range(0, height, 256))  # in bands: float copies of a whole large image would be GBs
+    mse = sse / (3 * height * width)
     sigma = bundle.scale_table[ids]
-    offset = (y_hat - mu - y_sym).astype(np.float32)
+    offset = y_hat - mu
+    offset -= y_sym
     return Coded(mu, sigma, offset, bits, mse, bits / (height * width) + bundle.lam(quality) * mse)
 
 
@@ -108,27 +113,38 @@ def refine(bundle: Bundle, rgb: np.ndarray, y: np.ndarray, quality: int, steps: 
     lam = bundle.lam(quality)
     _, inv_gain = bundle.gains(quality)
     rng = np.random.default_rng(seed)
-    best, best_y = None, y
+    best, best_y = math.inf, y
     y = y.copy()
-    m1, m2 = np.zeros_like(y), np.zeros_like(y)
+    m1, m2, s, ds_dr, y_hat = (np.zeros_like(y) for _ in range(5))
+    chunks = _chunks(y)
     for step in range(steps + 1):
         if step % REFRESH == 0 or step == steps:
             with profile.stage("refinement: coding"):
                 coded = code(bundle, rgb, y, quality)
             if trace is not None:
                 trace.append(coded)
-            if best is None or coded.cost < best.cost:
-                best, best_y = coded, y.copy()
+            if coded.cost < best:
+                best, best_y = coded.cost, y.copy()
         if step == steps:
             break
         tau = TAU[0] * (TAU[1] / TAU[0]) ** (step / max(steps - 1, 1))
-        s, ds_dr = _soft_round(y - coded.mu, tau, rng)
-        g_hat, _ = gradient(bundle, rgb, coded.mu + s + coded.offset, inv_gain)
         with profile.stage("refinement: step"):
-            g = (lam * 255**2 / (3 * pixels)) * g_hat + _bits_gradient(s, coded.sigma) / pixels
-            g *= ds_dr
-            _adam(y, g, m1, m2, step + 1)
+            for c in chunks:  # a few channels at a time: the temporaries stay small on large images
+                s[c], ds_dr[c] = _soft_round(y[c] - coded.mu[c], tau, rng)
+                y_hat[c] = coded.mu[c] + s[c] + coded.offset[c]
+        g_hat, _ = gradient(bundle, rgb, y_hat, inv_gain)
+        with profile.stage("refinement: step"):
+            for c in chunks:
+                g = (lam * 255**2 / (3 * pixels)) * g_hat[c] + _bits_gradient(s[c], coded.sigma[c]) / pixels
+                g *= ds_dr[c]
+                _adam(y[c], g, m1[c], m2[c], step + 1)
     return best_y
+
+
+def _chunks(y: np.ndarray, elements: int = 1 << 20) -> list[slice]:
+    """Channel ranges of y of about ``elements`` values each."""
+    step = max(1, elements // (y.shape[1] * y.shape[2]))
+    return [slice(a, min(a + step, y.shape[0])) for a in range(0, y.shape[0], step)]
 
 
 def _soft_round(r: np.ndarray, tau: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
