@@ -125,8 +125,10 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     ``max_pixels`` (None: no limit), are refused before any work.
     ``refine``: gradient steps on the latents before coding (codec/refine.py):
     a smaller file for about the same quality, decoded by any onic with the
-    model, at about the cost of three decodes per step; 0 (the default) codes
-    the analysis' latents as they are.
+    model, at about two decodes' time per step; 0 (the default) codes the
+    analysis' latents as they are. Refined files are chosen per quality, so
+    that sizes grow with quality is measured (every Kodak image) rather than
+    guaranteed.
     """
     quality = _check_quality(quality)
     steps = refinement.check_steps(refine)
