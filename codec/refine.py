@@ -114,17 +114,19 @@ def refine(bundle: Bundle, rgb: np.ndarray, y: np.ndarray, quality: int, steps: 
     _, inv_gain = bundle.gains(quality)
     rng = np.random.default_rng(seed)
     best, best_y = math.inf, y
-    y = y.copy()
+    start, y = y, y.copy()
     m1, m2, s, ds_dr, y_hat = (np.zeros_like(y) for _ in range(5))
     chunks = _chunks(y)
+    coded = None
     for step in range(steps + 1):
         if step % REFRESH == 0 or step == steps:
+            coded = None  # not two images' μ, σ and offsets at once (225 MB at 50 MP)
             with profile.stage("refinement: coding"):
                 coded = code(bundle, rgb, y, quality)
             if trace is not None:
                 trace.append(coded)
             if coded.cost < best:
-                best, best_y = coded.cost, y.copy()
+                best, best_y = coded.cost, start if step == 0 else y.copy()
         if step == steps:
             break
         tau = TAU[0] * (TAU[1] / TAU[0]) ** (step / max(steps - 1, 1))
