@@ -13,8 +13,8 @@ What the steps see, and what they approximate:
   written by export/refine.py), tile by tile for large images;
 - rate: y − μ under N(0, σ²) integrated over its bin, with μ, σ and the latent
   residual prediction held fixed between refreshes every ``REFRESH`` steps
-  (their own dependence on y is left out: in PyTorch, that kept about 80–90%
-  of the full gradient's gain on two Kodak images, a one-off probe);
+  (their own dependence on y is left out: in PyTorch, that kept 79% and 93%
+  of the full gradient's gain on two Kodak images at 40 steps, a one-off probe);
 - every refresh codes the current y for real (the integer path's tables, the range
   coder's bytes, the decoder graph's pixels) and the best y so far is kept, so
   refinement never returns latents whose real cost is higher than the analysis'.
