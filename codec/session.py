@@ -67,8 +67,15 @@ class Bundle:
 
     def _verify(self) -> None:
         files = self.manifest.get("files", {})
-        for name, digest in {**files, **self.manifest.get("encoder_files", {})}.items():
-            if hashlib.sha256((self.path / name).read_bytes()).hexdigest() != digest:
+        encoder_only = self.manifest.get("encoder_files", {})
+        for name, digest in {**files, **encoder_only}.items():
+            try:
+                data = (self.path / name).read_bytes()
+            except OSError as e:
+                if name in encoder_only:
+                    continue  # left out of a copy: decoding and plain coding need none of them
+                raise OnicError(f"model bundle {self.path} is damaged: cannot read {name} ({e.strerror})") from None
+            if hashlib.sha256(data).hexdigest() != digest:
                 raise OnicError(f"model bundle {self.path} is damaged: {name} does not match its hash")
         model_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         if model_id != self.manifest.get("model_id"):
@@ -133,7 +140,8 @@ class Bundle:
     @property
     def has_gradient(self) -> bool:
         """Whether the bundle has the synthesis' gradient graph that refinement runs (codec/refine.py)."""
-        return "synthesis_grad.onnx" in self.manifest.get("encoder_files", {})
+        return "synthesis_grad.onnx" in self.manifest.get("encoder_files", {}) and \
+            (self.path / "synthesis_grad.onnx").is_file()
 
     @property
     def has_z_gains(self) -> bool:

@@ -170,6 +170,23 @@ def test_a_bundle_without_the_gradient_graph_says_so(tmp_path, sample):
     assert codec.compress(sample, 50, old)  # plain coding needs no gradient
 
 
+def test_a_copy_without_the_gradient_graph_still_decodes(tmp_path, sample, sample_onic):
+    shutil.copytree(DEFAULT_BUNDLE, tmp_path / "b")
+    (tmp_path / "b" / f"{refine.GRAPH}.onnx").unlink()
+    b = Bundle(tmp_path / "b")
+    assert not b.has_gradient
+    assert codec.decompress(sample_onic, b).size == sample.size
+    with pytest.raises(OnicError, match="no synthesis_grad.onnx"):
+        codec.compress(sample, 50, b, refine=1)
+
+
+def test_a_bundle_missing_a_decoding_file_is_damaged(tmp_path):
+    shutil.copytree(DEFAULT_BUNDLE, tmp_path / "b")
+    (tmp_path / "b" / "decoder.onnx").unlink()
+    with pytest.raises(OnicError, match="damaged: cannot read decoder.onnx"):
+        Bundle(tmp_path / "b")
+
+
 def test_a_damaged_gradient_graph_is_caught(tmp_path):
     shutil.copytree(DEFAULT_BUNDLE, tmp_path / "b")
     with open(tmp_path / "b" / f"{refine.GRAPH}.onnx", "r+b") as f:
