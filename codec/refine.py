@@ -35,10 +35,10 @@ import numpy as np
 from codec import entropy, profile, tiling
 from codec.batch import MAX_REFINE_STEPS as MAX_STEPS
 from codec.bitstream import OnicError
+from codec.session import GRADIENT_GRAPH as GRAPH
 from codec.session import Bundle
 from codec.threads import each
 
-GRAPH = "synthesis_grad"
 # Chosen on six training photos (none from Kodak) at qualities 10, 50 and 90, by the mean fall of the
 # real cost at 20 steps (a one-off sweep): lr 0.005 / 0.01 / 0.02 gave −2.9 / −4.0 / −4.3% with
 # refreshes every 10 steps, −4.7% every 5 (every 2 or every step gained a little more per step but
@@ -113,11 +113,10 @@ def refine(bundle: Bundle, rgb: np.ndarray, y: np.ndarray, quality: int, steps: 
     lam = bundle.lam(quality)
     _, inv_gain = bundle.gains(quality)
     rng = np.random.default_rng(seed)
-    best, best_y = math.inf, y
     start, y = y, y.copy()
+    best, best_y = math.inf, start
     m1, m2, s, ds_dr, y_hat = (np.zeros_like(y) for _ in range(5))
     chunks = _chunks(y)
-    coded = None
     for step in range(steps + 1):
         if step % REFRESH == 0 or step == steps:
             coded = None  # not two images' μ, σ and offsets at once (225 MB at 50 MP)
@@ -205,14 +204,11 @@ def gradient(bundle: Bundle, rgb: np.ndarray, y_hat: np.ndarray, inv_gain: np.nd
     grad = np.zeros_like(y_hat)
     total = [0.0]
     lock = threading.Lock()
-    core, margin = tiling.TILE // tiling.LATENT, tiling.MARGIN // tiling.LATENT
-    tiles = [(r, c) for r in tiling._spans(lh, core, margin) for c in tiling._spans(lw, core, margin)]
+    tiles = tiling.synthesis_tiles(lh, lw, height, width)
     parallel = tiling._parallel(bundle.tile_workers, len(tiles))
 
     def run(tile) -> None:
         (r0, r1, wr0, wr1), (c0, c1, wc0, wc1) = tile
-        if r0 * tiling.LATENT >= height or c0 * tiling.LATENT >= width:
-            return  # a core made only of stride padding
         L = tiling.LATENT
         x, w = _target(rgb, wr0 * L, wr1 * L, wc0 * L, wc1 * L, (r0 * L, min(r1 * L, height)),
                        (c0 * L, min(c1 * L, width)))

@@ -32,11 +32,12 @@ DEFAULT_BUNDLE = Path(__file__).parent / "models" / "default"
 RELEASED_MODELS = {"c764899c3e2f711d": "0.6.0", "67f86249e7217281": "0.5.0", "f6f2a403243faf67": "0.4.0",
                    "437f2d1a68bffa42": "0.3.0", "e3793b0615dd771e": "0.2.0", "8f88facf8bfd2f24": "0.1.0"}
 GRAPHS = ("analysis", "hyper_encoder", "hyper_decoder", "decoder")
+GRADIENT_GRAPH = "synthesis_grad"  # encoder-only: the synthesis' gradient that refinement runs (codec/refine.py)
 # Graphs run without onnxruntime's memory pattern (one block planned for all of a run's tensors):
 # the synthesis gradient keeps every activation for its backward pass, and at 768×512 (one-off
 # probe) the plan took 334 MiB against 177 without it, at the same 185 ms (without the arena as
 # well: 268–282 ms).
-NO_MEMORY_PATTERN = frozenset({"synthesis_grad"})
+NO_MEMORY_PATTERN = frozenset({GRADIENT_GRAPH})
 
 
 class Bundle:
@@ -140,8 +141,8 @@ class Bundle:
     @property
     def has_gradient(self) -> bool:
         """Whether the bundle has the synthesis' gradient graph that refinement runs (codec/refine.py)."""
-        return "synthesis_grad.onnx" in self.manifest.get("encoder_files", {}) and \
-            (self.path / "synthesis_grad.onnx").is_file()
+        name = f"{GRADIENT_GRAPH}.onnx"
+        return name in self.manifest.get("encoder_files", {}) and (self.path / name).is_file()
 
     @property
     def has_z_gains(self) -> bool:

@@ -167,6 +167,15 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
         return np.clip(np.rint(x), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
+def synthesis_tiles(lh: int, lw: int, height: int, width: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The synthesis' tiles of ŷ (lh × lw latents) for a height × width image: ((r0, r1, wr0, wr1),
+    (c0, c1, wc0, wc1)), each core and its window with margins, in latents; cores made only of
+    stride padding are left out."""
+    core, margin = TILE // LATENT, MARGIN // LATENT
+    return [(r, c) for r in _spans(lh, core, margin) for c in _spans(lw, core, margin)
+            if r[0] * LATENT < height and c[0] * LATENT < width]
+
+
 def synthesize(bundle: Bundle, y_hat: np.ndarray, inv_gain: np.ndarray, height: int, width: int,
                workers: int = 1) -> np.ndarray:
     """ŷ (M, h, w) → uint8 (height, width, 3), tile by tile for large images."""
@@ -175,13 +184,10 @@ def synthesize(bundle: Bundle, y_hat: np.ndarray, inv_gain: np.ndarray, height: 
         (x,) = bundle.run("decoder", y_hat=y_hat[None], inv_gain=inv_gain)
         return np.ascontiguousarray(_to_uint8(x[0, :, :height, :width]))
     out = np.empty((height, width, 3), dtype=np.uint8)
-    core, margin = TILE // LATENT, MARGIN // LATENT
-    tiles = [(r, c) for r in _spans(lh, core, margin) for c in _spans(lw, core, margin)]
+    tiles = synthesis_tiles(lh, lw, height, width)
 
     def run(tile) -> None:
         (r0, r1, wr0, wr1), (c0, c1, wc0, wc1) = tile
-        if r0 * LATENT >= height or c0 * LATENT >= width:
-            return  # a core made only of stride padding
         (x,) = bundle.run("decoder", y_hat=np.ascontiguousarray(y_hat[None, :, wr0:wr1, wc0:wc1]), inv_gain=inv_gain,
                           single_thread=parallel)
         top, left = (r0 - wr0) * LATENT, (c0 - wc0) * LATENT

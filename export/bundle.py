@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from codec import intscale as codec_intscale
-from codec import refine as codec_refine
+from codec.session import GRADIENT_GRAPH
 from export import intscale, refine, tables
 from export.model import GDN, SCALE_MIN, FrozenGDN, Onic
 from export.train import load_model, pad_to_stride
@@ -341,7 +341,7 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
                                      scale_weight_bits))
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())}
         # Encoder-only, outside the model id: it changes which latents an encoder picks, never a symbol.
-        grad = tmp / f"{codec_refine.GRAPH}.onnx"
+        grad = tmp / f"{GRADIENT_GRAPH}.onnx"
         export_gradient(model, grad)
         encoder_files = {grad.name: hashlib.sha256(grad.read_bytes()).hexdigest()}
         model_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
