@@ -1,0 +1,95 @@
+"""A/B speed of two or more source trees, each timed in processes of its own, alternated.
+
+This machine's speed drifts by up to 2× within an hour, so a before/after pair of
+single runs says little. Each round runs every tree once, in a fresh process
+(median of --repeat warm round trips there), in turn; the table gives each tree's
+per-round medians, their median and the median of its per-round speed-ups over
+the first tree (the first tree's time over its own, in the same round).
+
+    git worktree add /tmp/before <commit>
+    python benchmarks/ab_speed.py ../shared/data/kodak/kodim23.png /tmp/before . --rounds 5
+    python benchmarks/ab_speed.py IMAGE . . --env ONIC_X=1   # the same tree, an environment change
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+# Runs inside each tree's process: its own codec package, warm sessions, stage-free timing.
+CHILD = r"""
+import hashlib, json, sys, time
+import numpy as np
+from PIL import Image
+import codec
+image, quality, repeat, megapixels = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+im = Image.open(image).convert("RGB")
+if megapixels:
+    s = (megapixels * 1e6 / (im.width * im.height)) ** 0.5
+    im = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.BICUBIC)
+def median_ms(fn):
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+data = codec.compress(im, quality=quality)
+print(json.dumps({"encode": median_ms(lambda: codec.compress(im, quality=quality)),
+                  "decode": median_ms(lambda: codec.decompress(data)),
+                  "pixels": hashlib.sha256(np.asarray(codec.decompress(data)).tobytes()).hexdigest(),
+                  "bytes": len(data)}))
+"""
+
+
+def run_once(tree: Path, image: str, quality: int, repeat: int, megapixels: float, env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, image, str(quality), str(repeat), str(megapixels)],
+                         cwd=tree, env={**os.environ, "PYTHONPATH": str(tree), **env},
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"ab_speed: {tree} failed:\n{out.stderr.strip()}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image")
+    p.add_argument("trees", nargs="+", help="source checkouts (folders holding codec/)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=9, help="warm round trips per process")
+    p.add_argument("--quality", type=int, default=75)
+    p.add_argument("--megapixels", type=float, default=0.0, help="upscale the image to this size first (0: as is)")
+    p.add_argument("--env", action="append", default=[],
+                   help="NAME=VALUE for the last tree's processes (to A/B a setting in one tree)")
+    a = p.parse_args()
+    trees = [Path(t).resolve() for t in a.trees]
+    a.image = str(Path(a.image).resolve())
+    extra = dict(e.split("=", 1) for e in a.env)
+    results: list[list[dict]] = [[] for _ in trees]
+    for r in range(a.rounds):
+        for i, tree in enumerate(trees):
+            env = extra if i == len(trees) - 1 else {}
+            results[i].append(run_once(tree, a.image, a.quality, a.repeat, a.megapixels, env))
+        print(f"round {r + 1}: " + "  ".join(f"{res[-1]['decode']:.0f}/{res[-1]['encode']:.0f}" for res in results),
+              file=sys.stderr)
+    # Speed-ups per round (the first tree's time over this one's, in the same round), so that the
+    # machine's drift between rounds cancels; their median is the table's ratio.
+    def ratio(res: list[dict], key: str) -> float:
+        return statistics.median(b[key] / x[key] for b, x in zip(results[0], res, strict=True))
+
+    print(f"{'tree':40} {'decode ms, each round':>30} {'median':>7} {'speed-up':>8}  "
+          f"{'encode ms':>9} {'speed-up':>8}  same pixels and bytes")
+    for tree, res in zip(trees, results, strict=True):
+        dec = [x["decode"] for x in res]
+        enc = statistics.median(x["encode"] for x in res)
+        same = all(x["pixels"] == results[0][0]["pixels"] and x["bytes"] == results[0][0]["bytes"] for x in res)
+        label = str(tree) + (" " + " ".join(a.env) if tree == trees[-1] and a.env else "")
+        print(f"{label[-40:]:40} {' '.join(f'{d:.0f}' for d in dec):>30} {statistics.median(dec):7.1f} "
+              f"{ratio(res, 'decode'):8.2f}  {enc:9.1f} {ratio(res, 'encode'):8.2f}  {same}")
+
+if __name__ == "__main__":
+    main()
