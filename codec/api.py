@@ -154,7 +154,8 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
         with ThreadPoolExecutor(1) as pool:
             state = pool.submit(bundle.scale_state, z_sym, quality) if beside else None
             y_sym = np.empty(y.shape, dtype=np.int32)
-            tiling.conditional_latents(bundle, tiling.hyper_decode(bundle, z_sym, quality), y_sym, y)
+            tiling.conditional_latents(bundle, tiling.hyper_decode(bundle, z_sym, quality, beside), y_sym, y,
+                                       single_thread=beside)
             del y
             state = state.result() if beside else bundle.scale_state(z_sym, quality)
         parts = [(y_sym[a:b], bundle.slice_indexes(k, state, y_sym)) for k, (a, b) in enumerate(bundle.slices)]
@@ -276,7 +277,8 @@ def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
     slices = _Slices(len(bundle.slices))
     with ThreadPoolExecutor(1) as pool:
         floats = pool.submit(lambda: tiling.conditional_latents(
-            bundle, tiling.hyper_decode(bundle, z_sym, h.quality), None, ready=slices.wait))
+            bundle, tiling.hyper_decode(bundle, z_sym, h.quality, True), None, ready=slices.wait,
+            single_thread=True))
         try:
             _y_symbols(dec, bundle, z_sym, h.quality, slices.decoded)
         except BaseException:

@@ -217,9 +217,11 @@ class Bundle:
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        # Idle workers that spin steal a core from whatever runs next on a 2-core machine (the other
-        # graphs' pools, the integer path); an A/B run once measured kodim23's decode 232 → 214 ms.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Workers spin between the operators of a run but stop when it returns: parked workers woke
+        # too late to help on this 2-core VM, while workers left spinning after a run steal a core
+        # from whatever runs next (the other graphs' pools, the integer path).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
         if graph in NO_MEMORY_PATTERN:
             opts.enable_mem_pattern = False
         opts.graph_optimization_level = {

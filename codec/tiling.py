@@ -101,8 +101,8 @@ def _row_bands(graph: Callable[..., np.ndarray], rows: int, band: int, margin: i
     return out
 
 
-def _graph(bundle: Bundle, name: str) -> Callable[..., np.ndarray]:
-    return lambda **inputs: bundle.run(name, **inputs)[0]
+def _graph(bundle: Bundle, name: str, single_thread: bool = False) -> Callable[..., np.ndarray]:
+    return lambda **inputs: bundle.run(name, single_thread=single_thread, **inputs)[0]
 
 
 def hyper_encode(bundle: Bundle, y: np.ndarray) -> np.ndarray:
@@ -117,10 +117,12 @@ def z_symbols(bundle: Bundle, z: np.ndarray, quality: int) -> np.ndarray:
     return np.round(np.clip(z, -(2**30), 2**30)).astype(np.int32)
 
 
-def hyper_decode(bundle: Bundle, z_sym: np.ndarray, quality: int) -> np.ndarray:
-    """ẑ symbols (N, h, w) → μ (M, 4h, 4w) by h_s, in bands of z rows (σ is the integer path's job)."""
+def hyper_decode(bundle: Bundle, z_sym: np.ndarray, quality: int, single_thread: bool = False) -> np.ndarray:
+    """ẑ symbols (N, h, w) → μ (M, 4h, 4w) by h_s, in bands of z rows (σ is the integer path's job).
+    ``single_thread`` when it runs beside the integer chain, which has the other core."""
     z = bundle.hyper_input(z_sym, quality)[None]
-    return _row_bands(_graph(bundle, "hyper_decoder"), z.shape[2], BAND, BAND_MARGIN, 1, HYPER, z_hat=z)
+    return _row_bands(_graph(bundle, "hyper_decoder", single_thread), z.shape[2], BAND, BAND_MARGIN, 1, HYPER,
+                      z_hat=z)
 
 
 # Rows of y per band of a slice graph, and of context (they reach 2 rows). Seven sessions each keep
@@ -130,7 +132,7 @@ Y_BAND, Y_MARGIN = 16, 2
 
 def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | None, y: np.ndarray | None = None,
                         ready: Callable[[int], np.ndarray] | None = None,
-                        mu_out: np.ndarray | None = None) -> np.ndarray:
+                        mu_out: np.ndarray | None = None, single_thread: bool = False) -> np.ndarray:
     """ŷ (M, h, w) of a channel-conditional model, slice by slice (Minnen & Singh 2020).
 
     Slice k's μ comes from μ_h and the ŷ of the slices before it; ŷ_k is μ_k plus
@@ -139,12 +141,13 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | No
     passes the decoded symbols, or ``ready``: ready(k) returns the symbols once
     slice k's are decoded (slice k's μ is computed before it is asked).
     ``mu_out`` (M, h, w), if given, receives every slice's μ (the encoder's refinement needs it).
+    ``single_thread`` when the chain runs beside the integer one, which has the other core.
     """
     y_hat = np.empty(mu_h.shape, dtype=np.float32)
     h = mu_h.shape[1]
     for k, (a, b) in enumerate(bundle.slices):
         if k:
-            mu = _row_bands(_graph(bundle, f"slice_mean{k}"), h, Y_BAND, Y_MARGIN, 1, 1,
+            mu = _row_bands(_graph(bundle, f"slice_mean{k}", single_thread), h, Y_BAND, Y_MARGIN, 1, 1,
                             mu_h=mu_h[None], y_prev=y_hat[None, :a])
         else:
             mu = mu_h[a:b]
@@ -155,7 +158,7 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | No
         if y is not None:
             y_sym[a:b] = np.round(np.clip(y[a:b] - mu, -(2**30), 2**30))  # escapes refuse beyond 2**24
         y_hat[a:b] = mu + y_sym[a:b]
-        y_hat[a:b] = _row_bands(_graph(bundle, f"slice_lrp{k}"), h, Y_BAND, Y_MARGIN, 1, 1,
+        y_hat[a:b] = _row_bands(_graph(bundle, f"slice_lrp{k}", single_thread), h, Y_BAND, Y_MARGIN, 1, 1,
                                 mu_h=mu_h[None], y_upto=y_hat[None, :b])
     return y_hat
 
