@@ -34,7 +34,6 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 
 from codec import intscale as codec_intscale
@@ -141,7 +140,23 @@ class SubPixelConv(nn.Module):
             self.conv.bias.copy_(deconv.bias.detach().repeat_interleave(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(self.conv(x), 2)
+        return pixel_shuffle(self.conv(x))
+
+
+def pixel_shuffle(x: torch.Tensor) -> torch.Tensor:
+    """F.pixel_shuffle(x, 2) as two transposes, which export as Transpose instead of DepthToSpace.
+
+    Channel 4c + 2a + b moves to pixel (2h + a, 2w + b) of channel c. onnxruntime's
+    DepthToSpace moved the synthesis' largest tensor (256 × 192 × 128 at 768×512) in
+    12–19 ms, about as long as the convolution before it; interleaving the columns
+    (b) first, then the rows (a), whole rows at a time, takes two transposes of a
+    few ms each (the same values: the export's test compares the graphs).
+    """
+    n, c4, h, w = x.shape
+    c = c4 // 4
+    cols = x.reshape(n * c * 2, 2, h * w).transpose(1, 2)  # (n c a) (h w) b: columns interleaved
+    rows = cols.reshape(n * c, 2, h, 2 * w).transpose(1, 2)  # (n c) h a (w b): rows interleaved
+    return rows.reshape(n, c, 2 * h, 2 * w)
 
 
 def frozen(seq: nn.Sequential) -> nn.Sequential:

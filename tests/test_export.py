@@ -300,6 +300,15 @@ def test_sub_pixel_conv_equals_the_transposed_conv(k):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_pixel_shuffle_is_torchs_and_exports_without_depth_to_space():
+    x = torch.randn(2, 12, 7, 5)
+    assert torch.equal(export_bundle.pixel_shuffle(x), torch.nn.functional.pixel_shuffle(x, 2))
+    # onnxruntime's DepthToSpace took as long as the convolution before it (export_bundle.pixel_shuffle)
+    for graph in ("decoder", "hyper_decoder"):
+        ops = {n.op_type for n in onnx.load(str(DEFAULT_BUNDLE / f"{graph}.onnx")).graph.node}
+        assert "DepthToSpace" not in ops and "Transpose" in ops, graph
+
+
 def test_exported_transforms_equal_the_trained_ones(tiny):
     model, _ = tiny
     g = torch.Generator().manual_seed(3)
