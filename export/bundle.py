@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 
 from codec import intscale as codec_intscale
@@ -77,7 +78,7 @@ class HyperDecoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, m: Onic):
         super().__init__()
-        self.g_s = frozen(m.g_s)
+        self.g_s = gdn_before_shuffle(frozen(m.g_s))
 
     def forward(self, y_hat: torch.Tensor, inv_gain: torch.Tensor) -> torch.Tensor:
         return self.g_s(y_hat * inv_gain)
@@ -157,6 +158,56 @@ def pixel_shuffle(x: torch.Tensor) -> torch.Tensor:
     cols = x.reshape(n * c * 2, 2, h * w).transpose(1, 2)  # (n c a) (h w) b: columns interleaved
     rows = cols.reshape(n * c, 2, h, 2 * w).transpose(1, 2)  # (n c) h a (w b): rows interleaved
     return rows.reshape(n, c, 2 * h, 2 * w)
+
+
+def phase_major_shuffle(x: torch.Tensor) -> torch.Tensor:
+    """The pixel shuffle of channels in phase-major order: channel (2a + b)·C + c moves to
+    pixel (2h + a, 2w + b) of channel c; the same two transposes as ``pixel_shuffle``."""
+    n, c4, h, w = x.shape
+    c = c4 // 4
+    cols = x.reshape(n, 2, 2, c * h * w).transpose(2, 3)  # n a (c h w) b: columns interleaved
+    rows = cols.reshape(n, 2, c, h, 2 * w).permute(0, 2, 3, 1, 4)  # n c h a (w b): rows interleaved
+    return rows.reshape(n, c, 2 * h, 2 * w)
+
+
+class SubPixelGDN(nn.Module):
+    """A sub-pixel convolution and the (inverse) GDN after it, the GDN run before the pixel shuffle.
+
+    GDN acts on each pixel's channels alone, so it commutes with the shuffle: on the four
+    phases of the convolution's output it is a grouped 1×1 convolution, one group per
+    phase. onnxruntime then keeps the convolution, x² and the GDN's own convolution in its
+    blocked layout, and the synthesis reorders one tensor fewer per layer (768×512: the
+    synthesis 14% faster in a one-off A/B of the two graphs; the same values).
+    """
+
+    def __init__(self, sp: SubPixelConv, gdn: FrozenGDN):
+        super().__init__()
+        w, b = sp.conv.weight.detach(), sp.conv.bias.detach()  # channel 4c + phase
+        c = w.shape[0] // 4
+        order = torch.arange(4 * c).reshape(c, 4).T.reshape(-1)  # phase-major: channel phase·C + c
+        self.conv = nn.Conv2d(w.shape[1], 4 * c, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(w[order])
+            self.conv.bias.copy_(b[order])
+        self.inverse = gdn.inverse
+        self.register_buffer("gamma", gdn.gamma.detach().repeat(4, 1, 1, 1))
+        self.register_buffer("beta", gdn.beta.detach().repeat(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.conv(x)
+        norm = torch.sqrt(F.conv2d(v * v, self.gamma, self.beta, groups=4))
+        return phase_major_shuffle(v * norm if self.inverse else v / norm)
+
+
+def gdn_before_shuffle(seq: nn.Sequential) -> nn.Sequential:
+    """A frozen transform with each SubPixelConv + FrozenGDN pair fused into a SubPixelGDN."""
+    layers, out = list(seq), []
+    while layers:
+        m = layers.pop(0)
+        if isinstance(m, SubPixelConv) and layers and isinstance(layers[0], FrozenGDN):
+            m = SubPixelGDN(m, layers.pop(0))
+        out.append(m)
+    return nn.Sequential(*out)
 
 
 def frozen(seq: nn.Sequential) -> nn.Sequential:
