@@ -9,6 +9,7 @@ the first tree (the first tree's time over its own, in the same round).
     git worktree add /tmp/before <commit>
     python benchmarks/ab_speed.py ../shared/data/kodak/kodim23.png /tmp/before . --rounds 5
     python benchmarks/ab_speed.py IMAGE . . --env ONIC_X=1   # the same tree, an environment change
+    python benchmarks/ab_speed.py IMAGE /tmp/before . --model runs/full   # each tree's own export of full.pt
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import hashlib, json, sys, time
 import numpy as np
 from PIL import Image
 import codec
+from codec.session import bundle_at
 image, quality, repeat, megapixels = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+bundle = bundle_at(sys.argv[5] or None)
 im = Image.open(image).convert("RGB")
 if megapixels:
     s = (megapixels * 1e6 / (im.width * im.height)) ** 0.5
@@ -38,16 +41,16 @@ def median_ms(fn):
     for _ in range(repeat):
         t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
     return 1000 * float(np.median(times))
-data = codec.compress(im, quality=quality)
-print(json.dumps({"encode": median_ms(lambda: codec.compress(im, quality=quality)),
-                  "decode": median_ms(lambda: codec.decompress(data)),
-                  "pixels": hashlib.sha256(np.asarray(codec.decompress(data)).tobytes()).hexdigest(),
+data = codec.compress(im, quality=quality, bundle=bundle)
+print(json.dumps({"encode": median_ms(lambda: codec.compress(im, quality=quality, bundle=bundle)),
+                  "decode": median_ms(lambda: codec.decompress(data, bundle=bundle)),
+                  "pixels": hashlib.sha256(np.asarray(codec.decompress(data, bundle=bundle)).tobytes()).hexdigest(),
                   "bytes": len(data)}))
 """
 
 
-def run_once(tree: Path, image: str, quality: int, repeat: int, megapixels: float, env: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, image, str(quality), str(repeat), str(megapixels)],
+def run_once(tree: Path, image: str, quality: int, repeat: int, megapixels: float, model: str, env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, image, str(quality), str(repeat), str(megapixels), model],
                          cwd=tree, env={**os.environ, "PYTHONPATH": str(tree), **env},
                          capture_output=True, text=True)
     if out.returncode:
@@ -63,6 +66,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=9, help="warm round trips per process")
     p.add_argument("--quality", type=int, default=75)
     p.add_argument("--megapixels", type=float, default=0.0, help="upscale the image to this size first (0: as is)")
+    p.add_argument("--model", default="", help="a bundle folder, relative to each tree (default: its shipped one), "
+                   "e.g. the full-size model exported by each tree's own export.bundle")
     p.add_argument("--env", action="append", default=[],
                    help="NAME=VALUE for the last tree's processes (to A/B a setting in one tree)")
     a = p.parse_args()
@@ -73,7 +78,7 @@ def main() -> None:
     for r in range(a.rounds):
         for i, tree in enumerate(trees):
             env = extra if i == len(trees) - 1 else {}
-            results[i].append(run_once(tree, a.image, a.quality, a.repeat, a.megapixels, env))
+            results[i].append(run_once(tree, a.image, a.quality, a.repeat, a.megapixels, a.model, env))
         print(f"round {r + 1}: " + "  ".join(f"{res[-1]['decode']:.0f}/{res[-1]['encode']:.0f}" for res in results),
               file=sys.stderr)
     # Speed-ups per round (the first tree's time over this one's, in the same round), so that the
