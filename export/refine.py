@@ -31,6 +31,17 @@ def _flipped(conv: nn.Conv2d) -> torch.Tensor:
     return conv.weight.detach().transpose(0, 1).flip(2, 3).contiguous()
 
 
+def pixel_unshuffle(g: torch.Tensor) -> torch.Tensor:
+    """F.pixel_unshuffle(g, 2) (the pixel shuffle's VJP) as two transposes, the inverse of
+    export.bundle.pixel_shuffle: the exporter writes F.pixel_unshuffle as a six-dimensional
+    Transpose, which onnxruntime ran as slowly as DepthToSpace."""
+    n, c, h2, w2 = g.shape
+    h, w = h2 // 2, w2 // 2
+    rows = g.reshape(n * c, h, 2, w2).transpose(1, 2)  # (n c) a h (w b): rows apart
+    cols = rows.reshape(n * c * 2, h * w, 2).transpose(1, 2)  # (n c a) b (h w): columns apart
+    return cols.reshape(n, 4 * c, h, w)
+
+
 class SynthesisGradient(nn.Module):
     """g_s forward, then its vector-Jacobian product written layer by layer.
 
@@ -70,7 +81,7 @@ class SynthesisGradient(nn.Module):
                 v, norm = s
                 g = g * norm + v * F.conv2d(g * v / norm, back)
             else:
-                g = F.conv2d(F.pixel_unshuffle(g, 2), back, padding=1)
+                g = F.conv2d(pixel_unshuffle(g), back, padding=1)
         sse = torch.sum(weight * err * err).reshape(1)
         return g * inv_gain, sse
 

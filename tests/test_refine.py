@@ -28,6 +28,13 @@ def autograd_gradient(g_s, y_hat, inv_gain, x, weight):
     return y.grad[0].numpy(), sse.item()
 
 
+def test_pixel_unshuffle_is_torchs():
+    from export.refine import pixel_unshuffle
+
+    g = torch.randn(2, 3, 14, 10)
+    assert torch.equal(pixel_unshuffle(g), torch.nn.functional.pixel_unshuffle(g, 2))
+
+
 def test_shipped_gradient_graph_is_the_synthesis_gradient(bundle):
     """synthesis_grad.onnx of the shipped bundle, run by onnxruntime, against PyTorch's autograd of
     the shipped checkpoint's g_s, with a weight that masks pixels and values clipped at both ends."""
