@@ -6,7 +6,7 @@ for Neural Image Compression", NeurIPS 2020) moves an image's latents y downhill
 its own rate-distortion cost before they are coded. The decoder and the file format
 do not change. The torch-free runtime needs dLoss/dŷ of the synthesis, so this module
 writes g_s's backward pass out by hand as ordinary forward operators (Conv,
-DepthToSpace, Mul, Sqrt), which the exporter turns into a plain graph:
+Transpose, Mul, Sqrt), which the exporter turns into a plain graph:
 
     synthesis_grad.onnx  y_hat (1,M,h,w), inv_gain (1,M,1,1), x (1,3,16h,16w) in [0,1],
                          weight (1,1,16h,16w)
