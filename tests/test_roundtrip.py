@@ -9,7 +9,9 @@ from PIL import Image
 import codec
 from codec import metrics
 from codec.session import Bundle
-from tests.conftest import random_image
+from tests.conftest import ROOT, random_image
+
+DATA = ROOT / "tests" / "data"
 
 # Measured on the shipped model (onic demo at quality 75) minus a 0.3 dB margin;
 # update on purpose whenever the shipped bundle changes.
@@ -72,3 +74,16 @@ def test_float_images_are_refused():
 def test_bad_quality(quality, sample):
     with pytest.raises(codec.OnicError, match="quality"):
         codec.compress(sample, quality=quality)
+
+
+def test_the_previous_releases_files_decode_to_its_pixels():
+    """A file onic 0.7.0 wrote (tests/data, made with that release) decodes with this one, to the
+    pixels 0.7.0 decoded: 0.8.0 changed only how its graphs compute the same values. Another
+    CPU's float kernels may move a handful of pixels by one level (docs/FORMAT.md)."""
+    data = (DATA / "parrots-0.7.0.onic").read_bytes()
+    assert codec.read_header(data).model_id == "4a3671d07ed71d8b"
+    got = np.asarray(codec.decompress(data), dtype=np.int16)
+    with Image.open(DATA / "parrots-0.7.0.png") as im:
+        want = np.asarray(im.convert("RGB"), dtype=np.int16)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1 and np.mean(got != want) < 0.01
