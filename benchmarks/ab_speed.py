@@ -10,6 +10,7 @@ the first tree (the first tree's time over its own, in the same round).
     python benchmarks/ab_speed.py ../shared/data/kodak/kodim23.png /tmp/before . --rounds 5
     python benchmarks/ab_speed.py IMAGE . . --env ONIC_X=1   # the same tree, an environment change
     python benchmarks/ab_speed.py IMAGE /tmp/before . --model runs/full   # each tree's own export of full.pt
+    python benchmarks/ab_speed.py IMAGE /tmp/before . --synthesis-threads 1   # and the synthesis alone
 """
 
 from __future__ import annotations
@@ -42,15 +43,26 @@ def median_ms(fn):
         t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
     return 1000 * float(np.median(times))
 data = codec.compress(im, quality=quality, bundle=bundle)
-print(json.dumps({"encode": median_ms(lambda: codec.compress(im, quality=quality, bundle=bundle)),
-                  "decode": median_ms(lambda: codec.decompress(data, bundle=bundle)),
-                  "pixels": hashlib.sha256(np.asarray(codec.decompress(data, bundle=bundle)).tobytes()).hexdigest(),
-                  "bytes": len(data)}))
+result = {"encode": median_ms(lambda: codec.compress(im, quality=quality, bundle=bundle)),
+          "decode": median_ms(lambda: codec.decompress(data, bundle=bundle)),
+          "pixels": hashlib.sha256(np.asarray(codec.decompress(data, bundle=bundle)).tobytes()).hexdigest(),
+          "bytes": len(data)}
+threads = int(sys.argv[6])
+if threads:  # the synthesis alone, on the file's ŷ, with sessions of that many threads
+    from codec import api, bitstream, tiling
+    from codec.session import Bundle
+    b = Bundle(bundle.path, threads=threads)
+    y_hat = api._latents(bitstream.unpack(data, bitstream.MAX_PIXELS), b)
+    _, inv_gain = b.gains(quality)
+    result["synthesis"] = median_ms(lambda: tiling.synthesize(b, y_hat, inv_gain, im.height, im.width))
+print(json.dumps(result))
 """
 
 
-def run_once(tree: Path, image: str, quality: int, repeat: int, megapixels: float, model: str, env: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, image, str(quality), str(repeat), str(megapixels), model],
+def run_once(tree: Path, image: str, quality: int, repeat: int, megapixels: float, model: str, threads: int,
+             env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, image, str(quality), str(repeat), str(megapixels), model,
+                          str(threads)],
                          cwd=tree, env={**os.environ, "PYTHONPATH": str(tree), **env},
                          capture_output=True, text=True)
     if out.returncode:
@@ -68,6 +80,8 @@ def main() -> None:
     p.add_argument("--megapixels", type=float, default=0.0, help="upscale the image to this size first (0: as is)")
     p.add_argument("--model", default="", help="a bundle folder, relative to each tree (default: its shipped one), "
                    "e.g. the full-size model exported by each tree's own export.bundle")
+    p.add_argument("--synthesis-threads", type=int, default=0, metavar="N",
+                   help="also time the synthesis alone (the decoder graph on the file's ŷ) with N-thread sessions")
     p.add_argument("--env", action="append", default=[],
                    help="NAME=VALUE for the last tree's processes (to A/B a setting in one tree)")
     a = p.parse_args()
@@ -78,7 +92,8 @@ def main() -> None:
     for r in range(a.rounds):
         for i, tree in enumerate(trees):
             env = extra if i == len(trees) - 1 else {}
-            results[i].append(run_once(tree, a.image, a.quality, a.repeat, a.megapixels, a.model, env))
+            results[i].append(run_once(tree, a.image, a.quality, a.repeat, a.megapixels, a.model,
+                                       a.synthesis_threads, env))
         print(f"round {r + 1}: " + "  ".join(f"{res[-1]['decode']:.0f}/{res[-1]['encode']:.0f}" for res in results),
               file=sys.stderr)
     # Speed-ups per round (the first tree's time over this one's, in the same round), so that the
@@ -95,6 +110,13 @@ def main() -> None:
         label = str(tree) + (" " + " ".join(a.env) if tree == trees[-1] and a.env else "")
         print(f"{label[-40:]:40} {' '.join(f'{d:.0f}' for d in dec):>30} {statistics.median(dec):7.1f} "
               f"{ratio(res, 'decode'):8.2f}  {enc:9.1f} {ratio(res, 'encode'):8.2f}  {same}")
+    if a.synthesis_threads:
+        print(f"\nthe synthesis alone, {a.synthesis_threads}-thread sessions")
+        for tree, res in zip(trees, results, strict=True):
+            ms = [x["synthesis"] for x in res]
+            print(f"{str(tree)[-40:]:40} {' '.join(f'{d:.0f}' for d in ms):>30} {statistics.median(ms):7.1f} "
+                  f"{ratio(res, 'synthesis'):8.2f}")
+
 
 if __name__ == "__main__":
     main()

@@ -176,8 +176,8 @@ class SubPixelGDN(nn.Module):
     GDN acts on each pixel's channels alone, so it commutes with the shuffle: on the four
     phases of the convolution's output it is a grouped 1×1 convolution, one group per
     phase. onnxruntime then keeps the convolution, x² and the GDN's own convolution in its
-    blocked layout, and the synthesis reorders one tensor fewer per layer (768×512, the graph
-    alone: 105 → 100 ms on one thread, 64 → 61 on two, alternated; the same values).
+    blocked layout, and the synthesis reorders one tensor fewer per layer (the same values;
+    README, Speed and memory: benchmarks/ab_speed.py --synthesis-threads against acb293c).
     """
 
     def __init__(self, sp: SubPixelConv, gdn: FrozenGDN):

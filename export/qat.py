@@ -232,7 +232,7 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
 def export_decoder(decoder: QuantDecoder, path: Path, channels: int) -> None:
     """The int8 decoder graph, with the fp32 export's pixel shuffles (transposes) and its float
     sub-pixel convolutions fused with their GDNs (export.bundle.SubPixelGDN): the same values.
-    768×512, the graph alone, five alternations: 64 ms with DepthToSpace and separate GDNs,
+    768×512, the graph alone, five alternations of a one-off script: 64 ms with DepthToSpace and separate GDNs,
     52 with the transposes, 47 with both, against 56 for 0.8.0's fp32 graph."""
     decoder = copy.deepcopy(decoder).eval()
     decoder.g_s = gdn_before_shuffle(decoder.g_s)
