@@ -351,10 +351,12 @@ def calibration_images(folder: str | Path, count: int, seed: int = 0) -> list[np
 def architecture(model: Onic) -> str:
     """The manifest's one-line description of the model."""
     gains = "on y and z (Minnen 2018, Cui 2021)" if model.cfg.hyper_gains else "(Minnen 2018, Cui 2021)"
+    # Only a slimmer synthesis says so: the N-wide models' manifests stay as they were.
+    slim = f", synthesis widths {list(model.cfg.synthesis)} (export/slim.py)" if model.cfg.synthesis else ""
     if model.cfg.slices:
         return (f"channel-conditional hyperprior, slices {list(model.cfg.slices)} with latent residual "
-                f"prediction (Minnen & Singh 2020), gain units {gains}")
-    return f"mean-scale hyperprior with gain units {gains}"
+                f"prediction (Minnen & Singh 2020), gain units {gains}{slim}")
+    return f"mean-scale hyperprior with gain units {gains}{slim}"
 
 
 # The files that decide which symbols a file holds; the graphs only move pixel values.

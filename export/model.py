@@ -57,21 +57,29 @@ class ModelConfig:
     lambdas: tuple[float, ...] = field(default_factory=lambda: DEFAULT_LAMBDAS)
     hyper_gains: bool = False  # per-rung gain and inverse gain on z (False: the 0.x models)
     slices: tuple[int, ...] = ()  # channel-slice sizes of y (summing to M); () = the plain hyperprior
+    synthesis: tuple[int, ...] = ()  # widths of g_s's three hidden stages, coarse to fine; () = N each
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lambdas"] = list(self.lambdas)
         d["slices"] = list(self.slices)
+        if self.synthesis:  # absent for N-wide ones, so their manifests stay as they were
+            d["synthesis"] = list(self.synthesis)
+        else:
+            del d["synthesis"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         return cls(N=int(d["N"]), M=int(d["M"]), lambdas=tuple(float(v) for v in d["lambdas"]),
-                   hyper_gains=bool(d.get("hyper_gains", False)), slices=tuple(int(v) for v in d.get("slices", ())))
+                   hyper_gains=bool(d.get("hyper_gains", False)), slices=tuple(int(v) for v in d.get("slices", ())),
+                   synthesis=tuple(int(v) for v in d.get("synthesis", ())))
 
     def __post_init__(self):
         if self.slices and (sum(self.slices) != self.M or min(self.slices) < 1):
             raise ValueError(f"slices {self.slices} must be positive and sum to M={self.M}")
+        if self.synthesis and (len(self.synthesis) != 3 or min(self.synthesis) < 1):
+            raise ValueError(f"synthesis widths {self.synthesis} must be three positive numbers")
 
 
 class GDN(nn.Module):
@@ -230,12 +238,20 @@ class Analysis(nn.Sequential):
 
 
 class Synthesis(nn.Sequential):
-    """g_s: the mirror of g_a with inverse GDN (ŷ → x̂)."""
+    """g_s: the mirror of g_a with inverse GDN (ŷ → x̂).
 
-    def __init__(self, N: int, M: int):
+    ``widths`` narrows its hidden stages (coarse to fine; default N each): an asymmetric
+    model whose decoder is lighter than its encoder (Johnston et al., "Computationally
+    efficient neural image compression", 2019). The finest stage, at half resolution,
+    holds about 60% of the N-wide synthesis' multiply-adds. export/slim.py trains one
+    against a model's frozen analysis and entropy model, so its symbols stay the same.
+    """
+
+    def __init__(self, N: int, M: int, widths: tuple[int, ...] = ()):
+        a, b, c = widths or (N, N, N)
         super().__init__(
-            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
-            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+            deconv(M, a), GDN(a, inverse=True), deconv(a, b), GDN(b, inverse=True),
+            deconv(b, c), GDN(c, inverse=True), deconv(c, 3),
         )
 
 
@@ -348,7 +364,7 @@ class Onic(nn.Module):
         self.cfg = cfg
         N, M, L = cfg.N, cfg.M, len(cfg.lambdas)
         self.g_a = Analysis(N, M)
-        self.g_s = Synthesis(N, M)
+        self.g_s = Synthesis(N, M, cfg.synthesis)
         self.h_a = HyperAnalysis(N, M)
         self.h_s = HyperSynthesis(N, M)
         self.entropy_bottleneck = EntropyBottleneck(N)

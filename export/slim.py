@@ -1,0 +1,211 @@
+"""Train a slimmer synthesis for a trained model: the encoder, entropy model and every symbol stay.
+
+    python -m export.slim export/checkpoints/default.pt --widths 64,48,32 --out runs/slim --max_minutes 60
+    python -m export.bundle runs/slim/weights.pt runs/slim/bundle --calibration ../shared/data/train
+
+An asymmetric model (Johnston et al., "Computationally efficient neural image
+compression", 2019): decoding costs what g_s costs, so g_s gets narrower hidden
+stages than g_a. The student starts from the model's own g_s with the least used
+channels pruned (mean |activation| times the norm of the weights that read the
+channel, on training crops), then learns to map the model's real ŷ (rounded, as
+a file holds it) back to the image, at every quality of the ladder:
+
+    loss = mean over the batch of λ(t)·255²·MSE(g_s'(ŷ·inv_gain(t)), x)
+
+the rate-distortion loss with the rate fixed. Everything but g_s is frozen, so
+the bitstream of any image is unchanged and a bundle of the student decodes the
+files of the model it came from (``--supersedes``), to its own pixels.
+The log compares the student with the teacher on the same batches; judge the
+result on all of Kodak with benchmarks/kodak.py, never on the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from export.model import Onic, Synthesis
+from export.train import load_images, load_model, random_batch
+
+
+@dataclass
+class SlimConfig:
+    teacher: str = "export/checkpoints/default.pt"  # the trained model whose g_s is replaced
+    widths: str = "64,48,32"  # the student's hidden stages, coarse to fine
+    data: str = "../shared/data/train"  # training photos; never the test set
+    out: str = "runs/slim"  # weights.pt (the whole model, with the student as g_s) and log
+    crop: int = 256  # pixels per training crop side
+    batch_size: int = 8  # crops per step
+    lr: float = 1e-4  # Adam; tenfold lower after decay_at of the budget
+    decay_at: float = 0.8  # fraction of the budget after which lr drops tenfold
+    max_minutes: float = 60.0  # wall-clock budget; weights are saved at it
+    max_steps: int = 1_000_000  # or stop after this many steps
+    prune_crops: int = 32  # training crops that rank the channels to keep
+    resume: str = ""  # continue from an earlier run's weights.pt (its g_s) instead of pruning
+    log_every: int = 50  # steps between log lines (each also runs the teacher on its batch)
+    save_every: int = 500  # steps between saves of weights.pt
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
+@torch.no_grad()
+def synthesis_input(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ŷ · inverse gain, λ) at ladder positions t: the decoder's input as a file holds it (rounded)."""
+    gain, inv_gain, lam = model.gains(t)
+    z_gain, z_inv_gain = model.z_gains(t)
+    y = model.g_a(x) * gain
+    z_hat = torch.round(model.h_a(y) * z_gain)
+    y_hat, _, _ = model.entropy_parameters(y, z_hat * z_inv_gain)
+    return y_hat * inv_gain, lam
+
+
+@torch.no_grad()
+def channel_importance(g_s: nn.Sequential, inputs: torch.Tensor) -> list[torch.Tensor]:
+    """Per hidden stage (after each IGDN): mean |activation| × the norm of the next layer's weights on it."""
+    scores = []
+    h = inputs
+    for i, layer in enumerate(g_s):
+        h = layer(h)
+        if i in (1, 3, 5):
+            reader = g_s[i + 1].weight  # ConvTranspose2d: (in, out, k, k)
+            scores.append(h.abs().mean(dim=(0, 2, 3)) * reader.flatten(1).norm(dim=1))
+    return scores
+
+
+@torch.no_grad()
+def pruned(g_s: nn.Sequential, keep: list[torch.Tensor], N: int, M: int) -> Synthesis:
+    """A narrower copy of g_s holding the channels ``keep`` of each hidden stage."""
+    student = Synthesis(N, M, tuple(len(k) for k in keep))
+    rows = [None, *keep]  # input channels of each deconv: all of ŷ's, then the kept ones
+    for j, i in enumerate((0, 2, 4, 6)):
+        w = g_s[i].weight if rows[j] is None else g_s[i].weight[rows[j]]
+        out = keep[j] if j < 3 else slice(None)
+        student[i].weight.copy_(w[:, out])
+        student[i].bias.copy_(g_s[i].bias[out])
+    for j, i in enumerate((1, 3, 5)):
+        k = keep[j]
+        student[i].beta.copy_(g_s[i].beta[k])
+        student[i].gamma.copy_(g_s[i].gamma[k][:, k])
+    return student
+
+
+def prune(model: Onic, widths: tuple[int, ...], images: list[torch.Tensor], crops: int, crop: int,
+          rng: random.Random) -> Synthesis:
+    """The model's g_s cut to ``widths`` by channel importance over a spread of qualities."""
+    x = random_batch(images, crops, crop, rng)
+    t = torch.linspace(0, len(model.cfg.lambdas) - 1, crops)
+    inputs, _ = synthesis_input(model, x, t)
+    scores = channel_importance(model.g_s, inputs)
+    keep = [torch.sort(torch.topk(s, w).indices).values for s, w in zip(scores, widths, strict=True)]
+    return pruned(model.g_s, keep, model.cfg.N, model.cfg.M)
+
+
+def _psnr(mse: float) -> float:
+    return 10 * math.log10(1 / max(mse, 1e-12))
+
+
+def distill(cfg: SlimConfig) -> Path:
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    widths = tuple(int(v) for v in cfg.widths.split(","))
+    teacher, ckpt = load_model(cfg.teacher)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    t0 = time.time()
+    images = [torch.from_numpy(a.copy()) for a in load_images(cfg.data, 0, cfg.crop)]
+    first = 0
+    if cfg.resume:
+        earlier, done = load_model(cfg.resume)
+        if any(not torch.equal(v, earlier.state_dict()[k]) for k, v in teacher.state_dict().items()
+               if not k.startswith("g_s.")):
+            raise SystemExit(f"{cfg.resume} was not distilled from {cfg.teacher}")
+        student, widths, first = earlier.g_s, earlier.cfg.synthesis, int(done.get("synthesis_steps", 0))
+    rng = random.Random(cfg.seed + first)  # new crops after a resume
+    if not cfg.resume:
+        student = prune(teacher, widths, images, cfg.prune_crops, cfg.crop, rng)
+    model = Onic(dataclasses.replace(teacher.cfg, synthesis=widths))
+    state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("g_s.")}
+    state.update({f"g_s.{k}": v for k, v in student.state_dict().items()})
+    model.load_state_dict(state)
+    model.eval()
+    params = [sum(p.numel() for p in s.parameters()) for s in (teacher.g_s, model.g_s)]
+    print(f"{len(images)} training images in {time.time() - t0:.1f}s; teacher g_s {params[0] / 1e3:.0f}k params, "
+          f"student {widths} {params[1] / 1e3:.0f}k{f', from step {first}' if first else ''}; "
+          f"crop {cfg.crop} batch {cfg.batch_size} lr {cfg.lr}", flush=True)
+
+    opt = torch.optim.Adam(model.g_s.parameters(), lr=cfg.lr)
+    rungs = len(teacher.cfg.lambdas)
+    start = last = time.time()
+    step, gaps = 0, []
+    while step < cfg.max_steps:
+        elapsed = time.time() - start
+        if elapsed > cfg.max_minutes * 60:
+            print(f"wall-clock budget of {cfg.max_minutes} min reached at step {step}")
+            break
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * (0.1 if elapsed > cfg.decay_at * cfg.max_minutes * 60 else 1.0)
+        x = random_batch(images, cfg.batch_size, cfg.crop, rng)
+        t = torch.rand(cfg.batch_size) * (rungs - 1)
+        inputs, lam = synthesis_input(teacher, x, t)
+        mse = (model.g_s(inputs) - x).pow(2).mean(dim=(1, 2, 3))
+        loss = (lam * 255**2 * mse).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % cfg.log_every == 0:
+            with torch.no_grad():
+                ref = (teacher.g_s(inputs) - x).pow(2).mean(dim=(1, 2, 3))
+            # Per-crop dB differences on the same crops, so that qualities weigh alike.
+            ratio = ref.clamp_min(1e-12) / mse.detach().clamp_min(1e-12)
+            gaps = [*gaps[-9:], float(torch.mean(10 * torch.log10(ratio)))]
+            dt = (time.time() - last) / cfg.log_every
+            last = time.time()
+            print(f"step {step}: loss {loss.item():.3f} psnr {_psnr(mse.mean().item()):.2f} dB, student − teacher "
+                  f"{gaps[-1]:+.3f} dB (last {len(gaps)} logs {sum(gaps) / len(gaps):+.3f}) "
+                  f"lr {opt.param_groups[0]['lr']:.0e} {dt * 1000:.0f} ms/step {cfg.batch_size / dt:.1f} img/s",
+                  flush=True)
+        if step % cfg.save_every == 0:
+            save(model, ckpt, first + step, out)
+    save(model, ckpt, first + step, out)
+    print(f"saved {out / 'weights.pt'}: {step} steps in {(time.time() - start) / 60:.1f} min "
+          f"({first + step} in all)")
+    return out / "weights.pt"
+
+
+def save(model: Onic, ckpt: dict, synthesis_steps: int, out: Path) -> None:
+    """The whole model with the student as g_s, as export.train.save_weights writes it. Its step
+    stays the teacher's: the step names the encoder and entropy model that decide the symbols
+    (export.bundle's ``--supersedes`` checks it); the student's own steps are kept beside it."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = out / "weights.tmp"
+    torch.save({"model": state, "model_config": model.cfg.to_dict(), "step": int(ckpt["step"]),
+                "synthesis_steps": synthesis_steps}, tmp)
+    tmp.replace(out / "weights.pt")
+
+
+def parse_args(argv: list[str] | None = None) -> SlimConfig:
+    parser = argparse.ArgumentParser(prog="python -m export.slim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("teacher", nargs="?", default=SlimConfig.teacher)
+    for f in dataclasses.fields(SlimConfig):
+        if f.name != "teacher":
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    return SlimConfig(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    distill(parse_args())

@@ -1,0 +1,110 @@
+"""export/slim.py: a slimmer synthesis keeps every symbol of the model it came from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import codec  # noqa: E402
+from codec.session import Bundle  # noqa: E402
+from export import bundle as export_bundle  # noqa: E402
+from export import slim  # noqa: E402
+from export.model import ModelConfig, Onic, Synthesis  # noqa: E402
+from export.train import load_model, save_weights  # noqa: E402
+from tests.conftest import image_folder, random_image  # noqa: E402
+
+
+def test_pruning_nothing_keeps_the_synthesis():
+    torch.manual_seed(0)
+    g_s = Synthesis(8, 12).eval()
+    keep = [torch.arange(8)] * 3
+    x = torch.randn(1, 12, 4, 5)
+    with torch.no_grad():
+        assert torch.equal(slim.pruned(g_s, keep, 8, 12)(x), g_s(x))
+
+
+def test_pruning_keeps_the_chosen_channels():
+    """The pruned synthesis computes the original one with the other channels' signals removed."""
+    torch.manual_seed(0)
+    g_s = Synthesis(8, 12).eval()
+    keep = [torch.tensor([0, 2, 3, 7]), torch.arange(8), torch.tensor([1, 5])]
+    student = slim.pruned(g_s, keep, 8, 12)
+    assert [student[i].out_channels for i in (0, 2, 4)] == [4, 8, 2]
+    mask = [torch.zeros(8).index_fill_(0, k, 1.0) for k in keep]
+    x = torch.randn(1, 12, 4, 5)
+    with torch.no_grad():
+        h = x
+        for i, layer in enumerate(g_s):
+            h = layer(h)
+            if isinstance(layer, torch.nn.ConvTranspose2d) and i < 6:
+                h = h * mask[i // 2][None, :, None, None]  # zeroed channels also leave the GDN's sums
+        torch.testing.assert_close(student(x), h, atol=1e-6, rtol=1e-5)
+
+
+def test_widths_round_trip_and_are_checked():
+    cfg = ModelConfig(N=8, M=12, synthesis=(8, 6, 4))
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert "synthesis" not in ModelConfig(N=8, M=12).to_dict()  # N-wide manifests stay as they were
+    with pytest.raises(ValueError, match="synthesis widths"):
+        ModelConfig(N=8, M=12, synthesis=(8, 6))
+
+
+def _sha(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.suffix == ".onnx"}
+
+
+def test_a_slim_bundle_decodes_the_teachers_files_symbol_for_symbol(tmp_path):
+    """Distil a few steps, export both, and decode a file of the teacher's bundle with the student's."""
+    torch.manual_seed(0)
+    teacher = Onic(ModelConfig(N=8, M=12, slices=(4, 4, 4))).eval()
+    save_weights(tmp_path / "teacher.pt", teacher, step=7)
+    data = image_folder(tmp_path / "data", 2)
+    weights = slim.distill(slim.SlimConfig(teacher=str(tmp_path / "teacher.pt"), widths="6,6,4", data=str(data),
+                                           out=str(tmp_path / "slim"), crop=64, batch_size=2, max_steps=3,
+                                           prune_crops=2, log_every=1, save_every=2))
+    student, ck = load_model(weights)
+    assert student.cfg.synthesis == (6, 6, 4) and ck["step"] == 7 and ck["synthesis_steps"] == 3
+    for name, p in teacher.state_dict().items():
+        if not name.startswith("g_s."):
+            assert torch.equal(student.state_dict()[name], p), name
+
+    old = export_bundle.export_bundle(tmp_path / "teacher.pt", tmp_path / "old", name="tiny")
+    new = export_bundle.export_bundle(weights, tmp_path / "new", name="tiny", supersedes=tmp_path / "old")
+    assert new["also_decodes"] == [old["model_id"]] and new["config"]["synthesis"] == [6, 6, 4]
+    before, after = _sha(tmp_path / "old"), _sha(tmp_path / "new")
+    assert {n for n in before if before[n] != after[n]} == {"decoder.onnx", "synthesis_grad.onnx"}  # g_s alone
+    assert json.loads((tmp_path / "new" / "manifest.json").read_text())["files"]["tables.npz"] == \
+        old["files"]["tables.npz"]
+
+    image = random_image(70, 45)
+    file = codec.compress(image, quality=60, bundle=Bundle(tmp_path / "old"))
+    _, z_old, y_old = codec.api.decode_latents(file, Bundle(tmp_path / "old"))
+    _, z_new, y_new = codec.api.decode_latents(file, Bundle(tmp_path / "new"))
+    assert np.array_equal(z_old, z_new) and np.array_equal(y_old, y_new)
+    decoded = codec.decompress(file, bundle=Bundle(tmp_path / "new"))
+    assert decoded.size == image.size
+
+
+def test_distillation_resumes_and_refuses_another_teacher(tmp_path):
+    torch.manual_seed(0)
+    teacher = Onic(ModelConfig(N=8, M=12)).eval()
+    save_weights(tmp_path / "teacher.pt", teacher, step=3)
+    data = image_folder(tmp_path / "data", 2)
+    cfg = slim.SlimConfig(teacher=str(tmp_path / "teacher.pt"), widths="6,4,4", data=str(data),
+                          out=str(tmp_path / "a"), crop=64, batch_size=2, max_steps=2, prune_crops=2)
+    first = slim.distill(cfg)
+    again = slim.distill(slim.SlimConfig(**{**cfg.__dict__, "resume": str(first), "out": str(tmp_path / "b"),
+                                           "widths": "8,8,8"}))
+    model, ck = load_model(again)
+    assert model.cfg.synthesis == (6, 4, 4) and ck["synthesis_steps"] == 4 and ck["step"] == 3
+    torch.manual_seed(1)
+    save_weights(tmp_path / "other.pt", Onic(ModelConfig(N=8, M=12)), step=3)
+    with pytest.raises(SystemExit, match="not distilled from"):
+        slim.distill(slim.SlimConfig(**{**cfg.__dict__, "resume": str(first), "teacher": str(tmp_path / "other.pt")}))
