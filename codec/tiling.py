@@ -10,7 +10,9 @@ would leave instead.
   of context on each side (the image is edge-padded on the fly);
 - synthesis: cores of TILE/16 latents, MARGIN/16 latents of context.
 Images up to two tiles' area run whole. Tiles are independent: with several
-per worker they run on threads, each on a single-threaded session.
+per worker they run on threads, each on a single-threaded session. Once a
+graph's tiles or bands are done, its session gives its arena back
+(Bundle.release), so a large image holds one graph's arena at a time.
 
 The latent-domain graphs (h_a, h_s) run in bands of BAND rows of z with
 BAND_MARGIN rows of context, so that their activations (the widest tensors
@@ -76,6 +78,7 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
             yt[0, :, top : top + (r1 - r0) // LATENT, left : left + (c1 - c0) // LATENT]
 
     each(run, tiles, bundle.tile_workers if parallel else 1)
+    bundle.release("analysis", parallel)
     return y, hyper_encode(bundle, y)
 
 
@@ -86,28 +89,26 @@ def _parallel(workers: int, tiles: int) -> bool:
     return workers > 1 and tiles >= 2 * workers
 
 
-def _row_bands(graph: Callable[..., np.ndarray], rows: int, band: int, margin: int, rows_in: int, rows_out: int,
-               **inputs: np.ndarray) -> np.ndarray:
-    """graph over bands of ``rows`` rows, ``margin`` of context per side: inputs (1, C, rows·rows_in, w)
+def _row_bands(bundle: Bundle, graph: str, single_thread: bool, rows: int, band: int, margin: int, rows_in: int,
+               rows_out: int, **inputs: np.ndarray) -> np.ndarray:
+    """A graph over bands of ``rows`` rows, ``margin`` of context per side: inputs (1, C, rows·rows_in, w)
     → (C', rows·rows_out, w') float32. A band's margin must cover the graph's reach."""
     if rows <= band + 2 * margin:
-        return graph(**inputs)[0]
+        return bundle.run(graph, single_thread=single_thread, **inputs)[0][0]
     out = None
     for r0, r1, w0, w1 in _spans(rows, band, margin):
-        t = graph(**{k: np.ascontiguousarray(v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()})
+        t = bundle.run(graph, single_thread=single_thread,
+                       **{k: np.ascontiguousarray(v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()})[0]
         if out is None:
             out = np.empty((t.shape[1], rows * rows_out, t.shape[3]), dtype=np.float32)
         out[:, r0 * rows_out : r1 * rows_out] = t[0, :, (r0 - w0) * rows_out : (r1 - w0) * rows_out]
+    bundle.release(graph, single_thread)
     return out
-
-
-def _graph(bundle: Bundle, name: str, single_thread: bool = False) -> Callable[..., np.ndarray]:
-    return lambda **inputs: bundle.run(name, single_thread=single_thread, **inputs)[0]
 
 
 def hyper_encode(bundle: Bundle, y: np.ndarray) -> np.ndarray:
     """y (M, h, w) → z (N, h/4, w/4) by h_a, in bands of z rows."""
-    return _row_bands(_graph(bundle, "hyper_encoder"), y.shape[1] // HYPER, BAND, BAND_MARGIN, HYPER, 1, y=y[None])
+    return _row_bands(bundle, "hyper_encoder", False, y.shape[1] // HYPER, BAND, BAND_MARGIN, HYPER, 1, y=y[None])
 
 
 def z_symbols(bundle: Bundle, z: np.ndarray, quality: int) -> np.ndarray:
@@ -121,8 +122,7 @@ def hyper_decode(bundle: Bundle, z_sym: np.ndarray, quality: int, single_thread:
     """ẑ symbols (N, h, w) → μ (M, 4h, 4w) by h_s, in bands of z rows (σ is the integer path's job).
     ``single_thread`` when it runs beside the integer chain, which has the other core."""
     z = bundle.hyper_input(z_sym, quality)[None]
-    return _row_bands(_graph(bundle, "hyper_decoder", single_thread), z.shape[2], BAND, BAND_MARGIN, 1, HYPER,
-                      z_hat=z)
+    return _row_bands(bundle, "hyper_decoder", single_thread, z.shape[2], BAND, BAND_MARGIN, 1, HYPER, z_hat=z)
 
 
 # Rows of y per band of a slice graph, and of context (they reach 2 rows). Seven sessions each keep
@@ -147,7 +147,7 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | No
     h = mu_h.shape[1]
     for k, (a, b) in enumerate(bundle.slices):
         if k:
-            mu = _row_bands(_graph(bundle, f"slice_mean{k}", single_thread), h, Y_BAND, Y_MARGIN, 1, 1,
+            mu = _row_bands(bundle, f"slice_mean{k}", single_thread, h, Y_BAND, Y_MARGIN, 1, 1,
                             mu_h=mu_h[None], y_prev=y_hat[None, :a])
         else:
             mu = mu_h[a:b]
@@ -158,7 +158,7 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | No
         if y is not None:
             y_sym[a:b] = np.round(np.clip(y[a:b] - mu, -(2**30), 2**30))  # escapes refuse beyond 2**24
         y_hat[a:b] = mu + y_sym[a:b]
-        y_hat[a:b] = _row_bands(_graph(bundle, f"slice_lrp{k}", single_thread), h, Y_BAND, Y_MARGIN, 1, 1,
+        y_hat[a:b] = _row_bands(bundle, f"slice_lrp{k}", single_thread, h, Y_BAND, Y_MARGIN, 1, 1,
                                 mu_h=mu_h[None], y_upto=y_hat[None, :b])
     return y_hat
 
@@ -201,4 +201,5 @@ def synthesize(bundle: Bundle, y_hat: np.ndarray, inv_gain: np.ndarray, height: 
 
     parallel = _parallel(workers, len(tiles))
     each(run, tiles, workers if parallel else 1)
+    bundle.release("decoder", parallel)
     return out
