@@ -1,7 +1,11 @@
 """Train a slimmer synthesis for a trained model: the encoder, entropy model and every symbol stay.
 
-    python -m export.slim export/checkpoints/default.pt --widths 64,48,32 --out runs/slim --max_minutes 60
-    python -m export.bundle runs/slim/weights.pt runs/slim/bundle --calibration ../shared/data/train
+    git show 0dd8dcf:export/checkpoints/default.pt > runs/wide.pt   # onic 0.8.0's N-wide model
+    python -m export.slim runs/wide.pt --widths 64,64,32 --out runs/slim --max_minutes 65 --lr 2e-4
+    python -m export.bundle runs/slim/weights.pt runs/slim/bundle --calibration ../shared/data/train \
+        --supersedes codec/models/default
+
+(That run made onic 0.9.0's synthesis: export/checkpoints/default_synthesis.log.)
 
 An asymmetric model (Johnston et al., "Computationally efficient neural image
 compression", 2019): decoding costs what g_s costs, so g_s gets narrower hidden
@@ -38,7 +42,8 @@ from export.train import load_images, load_model, random_batch
 
 @dataclass
 class SlimConfig:
-    teacher: str = "export/checkpoints/default.pt"  # the trained model whose g_s is replaced
+    teacher: str = "export/checkpoints/default.pt"  # the trained model whose g_s is replaced (the shipped
+    # one's is already narrow since 0.9.0: its N-wide teacher is 0dd8dcf's default.pt)
     widths: str = "64,48,32"  # the student's hidden stages, coarse to fine
     data: str = "../shared/data/train"  # training photos; never the test set
     out: str = "runs/slim"  # weights.pt (the whole model, with the student as g_s) and log
@@ -192,8 +197,9 @@ def save(model: Onic, ckpt: dict, synthesis_steps: int, out: Path) -> None:
     (export.bundle's ``--supersedes`` checks it); the student's own steps are kept beside it."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = out / "weights.tmp"
+    kept = {"config": ckpt["config"]} if "config" in ckpt else {}  # the run settings a resume keeps
     torch.save({"model": state, "model_config": model.cfg.to_dict(), "step": int(ckpt["step"]),
-                "synthesis_steps": synthesis_steps}, tmp)
+                "synthesis_steps": synthesis_steps, **kept}, tmp)
     tmp.replace(out / "weights.pt")
 
 

@@ -8,8 +8,9 @@ from PIL import Image
 
 import codec
 from codec import metrics
+from codec.api import decode_latents
 from codec.session import Bundle
-from tests.conftest import ROOT, random_image
+from tests.conftest import ROOT, SAMPLE, random_image
 
 DATA = ROOT / "tests" / "data"
 
@@ -76,14 +77,22 @@ def test_bad_quality(quality, sample):
         codec.compress(sample, quality=quality)
 
 
-def test_the_previous_releases_files_decode_to_its_pixels():
-    """A file onic 0.7.0 wrote (tests/data, made with that release) decodes with this one, to the
-    pixels 0.7.0 decoded: 0.8.0 changed only how its graphs compute the same values. Another
-    CPU's float kernels may move a handful of pixels by one level (docs/FORMAT.md)."""
+def test_the_previous_releases_files_decode_to_their_symbols_and_near_their_pixels():
+    """A file onic 0.7.0 wrote (tests/data: the sample's top-left 160×112 at quality 60, made with
+    that release) decodes with this one. 0.9.0 kept the encoder and the entropy model, so the
+    file holds the symbols this encoder makes of the same crop (a float rounding of another CPU
+    may flip one); its narrower synthesis (export/slim.py) decodes them to pixels close to the
+    ones 0.7.0 decoded, at the same PSNR within a few hundredths of a dB."""
     data = (DATA / "parrots-0.7.0.onic").read_bytes()
     assert codec.read_header(data).model_id == "4a3671d07ed71d8b"
-    got = np.asarray(codec.decompress(data), dtype=np.int16)
+    with Image.open(SAMPLE) as im:
+        crop = im.convert("RGB").crop((0, 0, 160, 112))
+    _, z_old, y_old = decode_latents(data)
+    _, z_new, y_new = decode_latents(codec.compress(crop, 60))
+    assert np.sum(z_old != z_new) + np.sum(y_old != y_new) <= 2
+    got = codec.decompress(data)
     with Image.open(DATA / "parrots-0.7.0.png") as im:
-        want = np.asarray(im.convert("RGB"), dtype=np.int16)
-    assert got.shape == want.shape
-    assert np.abs(got - want).max() <= 1 and np.mean(got != want) < 0.01
+        want = im.convert("RGB")
+    assert got.size == want.size
+    assert metrics.psnr(want, got) > 45
+    assert abs(metrics.psnr(crop, got) - metrics.psnr(crop, want)) < 0.1
