@@ -411,6 +411,17 @@ class Onic(nn.Module):
             y_hat = mu + (y - mu) + (torch.round(y - mu) - (y - mu)).detach()
         return y_hat, mu, scale_lower_bound(sigma, SCALE_MIN)
 
+    @torch.no_grad()
+    def coded_latents(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ŷ, inverse gain, λ) at ladder positions t as the codec decodes them: μ plus the
+        rounded residual, ẑ rounded (what export/qat.py and export/slim.py train g_s on)."""
+        gain, inv_gain, lam = self.gains(t)
+        z_gain, z_inv_gain = self.z_gains(t)
+        y = self.g_a(x) * gain
+        z_hat = torch.round(self.h_a(y) * z_gain)
+        y_hat, _, _ = self.entropy_parameters(y, z_hat * z_inv_gain)
+        return y_hat, inv_gain, lam
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         gain, inv_gain, lam = self.gains(t)
         z_gain, z_inv_gain = self.z_gains(t)

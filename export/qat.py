@@ -152,15 +152,9 @@ def load_state(decoder: QuantDecoder, path: str | Path) -> QuantDecoder:
     return decoder
 
 
-@torch.no_grad()
 def latents(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ŷ, inverse gain) as the codec decodes them: μ plus the rounded residual, at ladder positions t."""
-    gain, inv_gain, _ = model.gains(t)
-    z_gain, z_inv_gain = model.z_gains(t)
-    y = model.g_a(x) * gain
-    z_hat = torch.round(model.h_a(y) * z_gain)
-    y_hat, _, _ = model.entropy_parameters(y, z_hat * z_inv_gain)
-    return y_hat, inv_gain
+    return model.coded_latents(x, t)[:2]
 
 
 def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int, crop: int, seed: int,

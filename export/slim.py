@@ -61,14 +61,9 @@ class SlimConfig:
     threads: int = 0  # torch threads; 0 = torch's default
 
 
-@torch.no_grad()
 def synthesis_input(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ŷ · inverse gain, λ) at ladder positions t: the decoder's input as a file holds it (rounded)."""
-    gain, inv_gain, lam = model.gains(t)
-    z_gain, z_inv_gain = model.z_gains(t)
-    y = model.g_a(x) * gain
-    z_hat = torch.round(model.h_a(y) * z_gain)
-    y_hat, _, _ = model.entropy_parameters(y, z_hat * z_inv_gain)
+    y_hat, inv_gain, lam = model.coded_latents(x, t)
     return y_hat * inv_gain, lam
 
 
