@@ -247,7 +247,7 @@ class Bundle:
         holds a dozen of them: with the full-size model, a 50 MP round trip peaked at
         2.9 GB. onnxruntime shrinks an arena only at the end of a run asked to, and
         asking on every tile re-faults its pages on the next one, so one run on a
-        1-latent input asks instead (a few milliseconds per graph and image).
+        1-latent input asks instead (under a millisecond per graph, full-size model).
         """
         session = self._sessions.get((graph, single_thread))
         if session is None:

@@ -26,12 +26,12 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from codec.session import Bundle
+from codec.session import PIXELS_PER_LATENT, Bundle
 from codec.threads import each
 
 TILE = 512  # pixels per tile core side; multiple of 16
 MARGIN = 32  # pixels of context per side: g_a reaches 30 pixels past a latent, g_s 2 latents past a pixel
-LATENT = 16  # pixels per latent of y
+LATENT = PIXELS_PER_LATENT  # pixels per latent of y
 HYPER = 4  # latents of y per latent of z
 BAND = 16  # rows of z per band core of h_a and h_s (1024 pixels)
 BAND_MARGIN = 4  # rows of z of context per side (the receptive fields of h_a and h_s are about 2)

@@ -152,11 +152,6 @@ def load_state(decoder: QuantDecoder, path: str | Path) -> QuantDecoder:
     return decoder
 
 
-def latents(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ŷ, inverse gain) as the codec decodes them: μ plus the rounded residual, at ladder positions t."""
-    return model.coded_latents(x, t)[:2]
-
-
 def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int, crop: int, seed: int,
           calibration_batches: int = 16, max_steps: int | None = None, resume: str | None = None,
           weight_bits: int = 7, convs: tuple[int, ...] = INT8_CONVS, range_lr: float = 1e-3) -> QuantDecoder:
@@ -182,7 +177,7 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
     def sample() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = random_batch(images, batch, crop, rng)
         t = torch.rand(batch) * (rungs - 1)
-        return (x, *latents(model, x, t))
+        return (x, *model.coded_latents(x, t)[:2])  # ŷ and the inverse gain, as a file decodes
 
     if resume:
         load_state(decoder, resume)

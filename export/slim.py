@@ -1,7 +1,7 @@
 """Train a slimmer synthesis for a trained model: the encoder, entropy model and every symbol stay.
 
     git show 0dd8dcf:export/checkpoints/default.pt > runs/wide.pt   # onic 0.8.0's N-wide model
-    python -m export.slim runs/wide.pt --widths 64,64,32 --out runs/slim --max_minutes 65 --lr 2e-4
+    python -m export.slim runs/wide.pt --out runs/slim   # the defaults: widths 64,64,32, 65 min, lr 2e-4
     python -m export.bundle runs/slim/weights.pt runs/slim/bundle --calibration ../shared/data/train \
         --supersedes codec/models/default
 
@@ -20,7 +20,8 @@ the rate-distortion loss with the rate fixed. Everything but g_s is frozen, so
 the bitstream of any image is unchanged and a bundle of the student decodes the
 files of the model it came from (``--supersedes``), to its own pixels.
 The log compares the student with the teacher on the same batches; judge the
-result on all of Kodak with benchmarks/kodak.py, never on the log.
+result on all of Kodak with benchmarks/slim.py (the same files through both
+decoders), never on the log.
 """
 
 from __future__ import annotations
@@ -37,21 +38,21 @@ import torch
 import torch.nn as nn
 
 from export.model import Onic, Synthesis
-from export.train import load_images, load_model, random_batch
+from export.train import field_help, load_images, load_model, random_batch, save_weights
 
 
 @dataclass
 class SlimConfig:
-    teacher: str = "export/checkpoints/default.pt"  # the trained model whose g_s is replaced (the shipped
-    # one's is already narrow since 0.9.0: its N-wide teacher is 0dd8dcf's default.pt)
-    widths: str = "64,48,32"  # the student's hidden stages, coarse to fine
+    teacher: str = ""  # the trained model whose g_s is replaced (required; the shipped default.pt is already
+    # narrow since 0.9.0, its N-wide teacher is 0dd8dcf's)
+    widths: str = "64,64,32"  # the student's hidden stages, coarse to fine (0.9.0's)
     data: str = "../shared/data/train"  # training photos; never the test set
-    out: str = "runs/slim"  # weights.pt (the whole model, with the student as g_s) and log
+    out: str = "runs/slim"  # folder for weights.pt: the whole model, with the student as g_s
     crop: int = 256  # pixels per training crop side
     batch_size: int = 8  # crops per step
-    lr: float = 1e-4  # Adam; tenfold lower after decay_at of the budget
+    lr: float = 2e-4  # Adam; tenfold lower after decay_at of the budget
     decay_at: float = 0.8  # fraction of the budget after which lr drops tenfold
-    max_minutes: float = 60.0  # wall-clock budget; weights are saved at it
+    max_minutes: float = 65.0  # wall-clock budget; weights are saved at it
     max_steps: int = 1_000_000  # or stop after this many steps
     prune_crops: int = 32  # training crops that rank the channels to keep
     resume: str = ""  # continue from an earlier run's weights.pt (its g_s) instead of pruning
@@ -113,8 +114,7 @@ def _psnr(mse: float) -> float:
 
 
 def distill(cfg: SlimConfig) -> Path:
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the quality draws; the crops have their own rng
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -187,24 +187,22 @@ def distill(cfg: SlimConfig) -> Path:
 
 
 def save(model: Onic, ckpt: dict, synthesis_steps: int, out: Path) -> None:
-    """The whole model with the student as g_s, as export.train.save_weights writes it. Its step
-    stays the teacher's: the step names the encoder and entropy model that decide the symbols
-    (export.bundle's ``--supersedes`` checks it); the student's own steps are kept beside it."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = out / "weights.tmp"
-    kept = {"config": ckpt["config"]} if "config" in ckpt else {}  # the run settings a resume keeps
-    torch.save({"model": state, "model_config": model.cfg.to_dict(), "step": int(ckpt["step"]),
-                "synthesis_steps": synthesis_steps, **kept}, tmp)
-    tmp.replace(out / "weights.pt")
+    """The whole model with the student as g_s. Its step stays the teacher's: the step names the
+    encoder and entropy model that decide the symbols (export.bundle's ``--supersedes`` checks it);
+    the student's own steps are kept beside it, and the teacher's run settings for a resume."""
+    kept = {"config": ckpt["config"]} if "config" in ckpt else {}
+    save_weights(out / "weights.pt", model, int(ckpt["step"]), extra={"synthesis_steps": synthesis_steps, **kept})
 
 
 def parse_args(argv: list[str] | None = None) -> SlimConfig:
     parser = argparse.ArgumentParser(prog="python -m export.slim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("teacher", nargs="?", default=SlimConfig.teacher)
+    parser.add_argument("teacher", help="the trained model's checkpoint (an N-wide one, e.g. 0dd8dcf's default.pt)")
+    helps = field_help(SlimConfig)
     for f in dataclasses.fields(SlimConfig):
         if f.name != "teacher":
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
+                                help=f"{helps.get(f.name, '')} (default: {f.default!r})")
     return SlimConfig(**vars(parser.parse_args(argv)))
 
 

@@ -191,18 +191,20 @@ def save_checkpoint(path: Path, model: Onic, opt: torch.optim.Optimizer, step: i
     tmp.replace(path)
 
 
-def save_weights(path: Path, model: Onic, step: int, half: bool = False, cfg: TrainConfig | None = None) -> None:
+def save_weights(path: Path, model: Onic, step: int, half: bool = False, cfg: TrainConfig | None = None,
+                 extra: dict | None = None) -> None:
     """Weights only (what the repo keeps for later runs to resume from): no optimizer state.
 
     ``half`` stores floats as fp16 so that the full-size model stays under 16 MiB a file
     (the device tool's limit on what comes back); load_model widens them again.
+    ``extra``: more top-level fields (export/slim.py's own step count, a teacher's run settings).
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     tmp = Path(path).with_suffix(".tmp")
-    extra = {"config": {k: getattr(cfg, k) for k in RESUMED}} if cfg else {}
-    torch.save({"model": state, "model_config": model.cfg.to_dict(), "step": step, **extra}, tmp)
+    settings = {"config": {k: getattr(cfg, k) for k in RESUMED}} if cfg else {}
+    torch.save({"model": state, "model_config": model.cfg.to_dict(), "step": step, **settings, **(extra or {})}, tmp)
     tmp.replace(path)
 
 
@@ -423,11 +425,11 @@ def train(cfg: TrainConfig) -> Path:
     return ckpt_path
 
 
-def _field_help() -> dict[str, str]:
-    """Each TrainConfig field's comment in the source above: the one place its meaning is written."""
+def field_help(config: type) -> dict[str, str]:
+    """Each field's comment in a config dataclass's source: the one place its meaning is written."""
     helps: dict[str, str] = {}
     last = None
-    for line in inspect.getsource(TrainConfig).splitlines():
+    for line in inspect.getsource(config).splitlines():
         m = re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", line)
         if m:
             last = m.group(1)
@@ -445,7 +447,7 @@ RESUMED = ("crop", "batch_size")  # run settings a resumed run keeps unless give
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m export.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    helps = _field_help()
+    helps = field_help(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind = (lambda v: bool(int(v))) if isinstance(f.default, bool) else type(f.default)
         metavar = "0|1" if isinstance(f.default, bool) else f.name.upper()
