@@ -269,16 +269,18 @@ def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
     chain never feeds the integer one, so the symbols are those of a serial decode."""
     h = c.header
     z_sym, dec = _open_latents(c, bundle)
-    if not bundle.slices:
-        y_sym = _y_symbols(dec, bundle, z_sym, h.quality)
-        y_hat = tiling.hyper_decode(bundle, z_sym, h.quality)
-        y_hat += y_sym
-        return y_hat
-    slices = _Slices(len(bundle.slices))
     # One core each for the two chains where the image runs whole, as in the encoder. Large images'
     # integer bands take both cores anyway, and second sessions of h_s and the slice graphs would
     # hold arenas of their own beside the encoder's (50 MP round trip: 1.82 → 2.20 GB).
     single = tiling.whole(h.height, h.width)
+    if not bundle.slices:  # μ is h_s's alone: it runs beside the indexes and the entropy decoding
+        with ThreadPoolExecutor(1) as pool:
+            mu = pool.submit(tiling.hyper_decode, bundle, z_sym, h.quality, True) if single else None
+            y_sym = _y_symbols(dec, bundle, z_sym, h.quality)
+            y_hat = mu.result() if single else tiling.hyper_decode(bundle, z_sym, h.quality)
+        y_hat += y_sym
+        return y_hat
+    slices = _Slices(len(bundle.slices))
     with ThreadPoolExecutor(1) as pool:
         floats = pool.submit(lambda: tiling.conditional_latents(
             bundle, tiling.hyper_decode(bundle, z_sym, h.quality, single), None, ready=slices.wait,

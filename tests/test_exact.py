@@ -167,6 +167,21 @@ def test_tiles_match_the_whole_image(bundle, sample, monkeypatch, margin, exact)
     assert (y_close and x_close) == exact
 
 
+def test_non_finite_synthesis_output_gives_defined_pixels():
+    """A crafted file can drive the synthesis to NaN or ±inf: they become 0, 0 and 255, and
+    finite values round to the nearest level, clipped."""
+    from codec import tiling
+
+    x = np.zeros((3, 2, 4), dtype=np.float32)
+    x[0, 0] = [np.nan, -np.inf, np.inf, 0.5]
+    x[1, 1] = [-0.2, 1.7, 3e38, 127.4 / 255]
+    out = np.full((2, 4, 3), 7, dtype=np.uint8)
+    tiling._to_uint8(x, out)
+    assert out[0, :, 0].tolist() == [0, 0, 255, 128]
+    assert out[1, :, 1].tolist() == [0, 255, 255, 127]
+    assert (out[:, :, 2] == 0).all()
+
+
 def test_requantize_clip_changes_nothing_up_to_the_largest_shift():
     """Clipping the accumulator keeps int64 from overflowing and equals exact arithmetic (Python ints)."""
     rng = np.random.default_rng(4)

@@ -117,6 +117,21 @@ def test_tiny_bundle_round_trip(tiny):
     assert codec.decompress(data, bundle=b).size == (70, 45)
 
 
+def test_plain_hyperprior_decode_with_mu_beside_is_the_serial_decode(tiny):
+    """Without slices, decompress runs h_s's μ on a second thread beside the indexes and the
+    entropy decoding: the image is that of the steps run one after another."""
+    from codec import api, tiling
+
+    b = Bundle(tiny[1])
+    assert not b.slices
+    data = codec.compress(random_image(96, 80), quality=60, bundle=b)
+    h, z, y = codec.api.decode_latents(data, b)
+    y_hat = tiling.hyper_decode(b, z, h.quality)
+    y_hat += y
+    serial = tiling.synthesize(b, y_hat, b.gains(h.quality)[1], h.height, h.width)
+    assert np.array_equal(np.asarray(api.decompress(data, bundle=b)), serial)
+
+
 def test_scale_weight_bits_choose_the_integer_path_engine(tiny, tmp_path):
     """Exports default to 8-bit weights after the first layer, which run on onnxruntime's 8-bit
     convolutions; ``--scale_weight_bits 12`` keeps 12 bits there (float64 products); both decode."""
