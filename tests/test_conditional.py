@@ -246,6 +246,33 @@ def test_a_failing_integer_chain_stops_the_float_chain(sliced, image):
     assert threading.active_count() == before
 
 
+def test_encoder_chains_beside_each_other_code_the_serial_bytes(sliced, image, monkeypatch):
+    """An image that runs whole codes each slice's indexes and symbols on a second thread as the
+    float chain makes the symbols: the file is that of the steps run one after another (the path
+    of large images)."""
+    _, b = sliced
+    beside = codec.compress(image, 70, bundle=b)
+    monkeypatch.setattr(tiling, "whole", lambda h, w: False)
+    assert codec.compress(image, 70, bundle=b) == beside
+
+
+def test_a_failing_float_chain_stops_the_encoders_integer_chain(sliced, image, tmp_path):
+    """A slice graph that cannot load (a damaged copy opened without verification) fails the
+    encode while the integer chain waits for that slice's symbols: the call returns with the
+    error and leaves no thread behind."""
+    import shutil
+    import threading
+
+    _, b = sliced
+    shutil.copytree(b.path, tmp_path / "damaged")
+    (tmp_path / "damaged" / "slice_mean2.onnx").write_bytes(b"not a graph")
+    damaged = Bundle(tmp_path / "damaged", verify=False)
+    before = threading.active_count()
+    with pytest.raises(Exception, match="(?i)protobuf|load|invalid"):
+        codec.compress(image, 70, bundle=damaged)
+    assert threading.active_count() == before
+
+
 def test_hostile_symbols_keep_the_slice_path_bounded(sliced):
     _, b = sliced
     z = np.full((8, 2, 3), 2**23, dtype=np.int64)

@@ -167,6 +167,19 @@ def test_tiles_match_the_whole_image(bundle, sample, monkeypatch, margin, exact)
     assert (y_close and x_close) == exact
 
 
+@pytest.mark.parametrize("h, w, window", [(50, 70, (0, 64, 0, 128)), (100, 30, (20, 120, 5, 64)),
+                                          (64, 64, (0, 64, 0, 64))])
+def test_analysis_window_edge_pads_beyond_the_image(h, w, window):
+    """A window reaching past the image repeats its last row and column, scaled to [0, 1]."""
+    from codec import tiling
+
+    rgb = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    r0, r1, c0, c1 = window
+    rows, cols = np.minimum(np.arange(r0, r1), h - 1), np.minimum(np.arange(c0, c1), w - 1)
+    want = rgb[rows[:, None], cols[None, :]].transpose(2, 0, 1)[None].astype(np.float32) / 255
+    assert np.array_equal(tiling._window(rgb, *window), want)
+
+
 def test_non_finite_synthesis_output_gives_defined_pixels():
     """A crafted file can drive the synthesis to NaN or ±inf: they become 0, 0 and 255, and
     finite values round to the nearest level, clipped."""

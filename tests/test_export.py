@@ -117,9 +117,10 @@ def test_tiny_bundle_round_trip(tiny):
     assert codec.decompress(data, bundle=b).size == (70, 45)
 
 
-def test_plain_hyperprior_decode_with_mu_beside_is_the_serial_decode(tiny):
+def test_plain_hyperprior_with_mu_beside_is_the_serial_path(tiny, monkeypatch):
     """Without slices, decompress runs h_s's μ on a second thread beside the indexes and the
-    entropy decoding: the image is that of the steps run one after another."""
+    entropy decoding, and compress runs the indexes and the range coder beside μ: the image
+    and the bytes are those of the steps run one after another."""
     from codec import api, tiling
 
     b = Bundle(tiny[1])
@@ -130,6 +131,11 @@ def test_plain_hyperprior_decode_with_mu_beside_is_the_serial_decode(tiny):
     y_hat += y
     serial = tiling.synthesize(b, y_hat, b.gains(h.quality)[1], h.height, h.width)
     assert np.array_equal(np.asarray(api.decompress(data, bundle=b)), serial)
+    # and the encoder, whose indexes and range coder run beside μ: the bytes of the serial path
+    im = random_image(96, 80)
+    beside = codec.compress(im, quality=60, bundle=b)
+    monkeypatch.setattr(tiling, "whole", lambda h, w: False)
+    assert codec.compress(im, quality=60, bundle=b) == beside
 
 
 def test_scale_weight_bits_choose_the_integer_path_engine(tiny, tmp_path):
