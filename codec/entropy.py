@@ -158,12 +158,8 @@ class Decoder:
         below = np.zeros(bounds[-1], dtype=bool)
         above = np.zeros(bounds[-1], dtype=bool)
         try:
-            for k in np.flatnonzero(np.diff(bounds)):
-                a, b = bounds[k], bounds[k + 1]
-                idx = self._dec.decode(tables.models[k], int(b - a))
-                self._spend(float(tables.bits[tables.starts[k] + idx].sum()), len(idx))
-                below[a:b], above[a:b] = idx == 0, idx == tables.lengths[k] - 1
-                s[a:b] = idx + tables.offsets[k]
+            for ks in _batches(np.flatnonzero(np.diff(bounds)), bounds):
+                self._read_tables(ks, bounds, tables, s, below, above)
             esc = np.flatnonzero(below | above)
             residual, bits = _decode_residuals(self._dec, len(esc))
             self._spend(bits, len(esc))
@@ -179,6 +175,36 @@ class Decoder:
         out = np.empty_like(s)
         out[order] = s
         return out.reshape(shape)
+
+    def _read_tables(self, ks: np.ndarray, bounds: np.ndarray, tables: TableSet, s: np.ndarray,
+                     below: np.ndarray, above: np.ndarray) -> None:
+        """The groups of tables ``ks``, consecutive in the grouped order, into s, their end entries
+        marked: the decoding one call per table, the rest once for all of them."""
+        a, b = int(bounds[ks[0]]), int(bounds[ks[-1] + 1])
+        idx = np.concatenate([self._dec.decode(tables.models[k], int(bounds[k + 1] - bounds[k])) for k in ks])
+        # A table's id per symbol; a batch of one (a large image's big table) needs no array of them.
+        table = ks[0] if len(ks) == 1 else np.repeat(ks, bounds[ks + 1] - bounds[ks])
+        self._spend(float(tables.bits[tables.starts[table] + idx].sum()), len(idx))
+        np.equal(idx, 0, out=below[a:b])
+        np.equal(idx, tables.lengths[table] - 1, out=above[a:b])
+        np.add(idx, tables.offsets[table], out=s[a:b], casting="unsafe")
+
+
+BATCH_SYMBOLS = 2**20  # symbols per batch of tables in Decoder.read: bounds its int64 temporaries (8 MiB each)
+
+
+def _batches(ks: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
+    """The non-empty tables ks in runs of at most BATCH_SYMBOLS symbols (a larger table alone)."""
+    out, start, total = [], 0, 0
+    for i, k in enumerate(ks.tolist()):
+        n = int(bounds[k + 1] - bounds[k])
+        if total and total + n > BATCH_SYMBOLS:
+            out.append(ks[start:i])
+            start, total = i, 0
+        total += n
+    if start < len(ks):
+        out.append(ks[start:])
+    return out
 
 
 def check_room(data: bytes, min_bits: float, count: int, section: str) -> None:

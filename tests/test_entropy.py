@@ -22,8 +22,11 @@ def gaussian_tables(scales=(0.2, 1.0, 5.0, 40.0)) -> TableSet:
     return TableSet(np.concatenate(tables), starts, -(lengths - 1) // 2)
 
 
+@pytest.mark.parametrize("batch", [entropy.BATCH_SYMBOLS, 150, 1])
 @pytest.mark.parametrize("seed", range(3))
-def test_round_trip_with_escapes(seed):
+def test_round_trip_with_escapes(seed, batch, monkeypatch):
+    """Decoded in batches of tables of every size (one table each, a few, all at once): the same symbols."""
+    monkeypatch.setattr(entropy, "BATCH_SYMBOLS", batch)
     rng = np.random.default_rng(seed)
     tables = gaussian_tables()
     ids = rng.integers(0, len(tables), size=(6, 9, 11))
