@@ -179,15 +179,35 @@ class Decoder:
     def _read_tables(self, ks: np.ndarray, bounds: np.ndarray, tables: TableSet, s: np.ndarray,
                      below: np.ndarray, above: np.ndarray) -> None:
         """The groups of tables ``ks``, consecutive in the grouped order, into s, their end entries
-        marked: the decoding one call per table, the rest once for all of them."""
-        a, b = int(bounds[ks[0]]), int(bounds[ks[-1] + 1])
-        idx = np.concatenate([self._dec.decode(tables.models[k], int(bounds[k + 1] - bounds[k])) for k in ks])
-        # A table's id per symbol; a batch of one (a large image's big table) needs no array of them.
-        table = ks[0] if len(ks) == 1 else np.repeat(ks, bounds[ks + 1] - bounds[ks])
-        self._spend(float(tables.bits[tables.starts[table] + idx].sum()), len(idx))
-        np.equal(idx, 0, out=below[a:b])
-        np.equal(idx, tables.lengths[table] - 1, out=above[a:b])
-        np.add(idx, tables.offsets[table], out=s[a:b], casting="unsafe")
+        marked: the decoding one call per table, the rest once for all of them.
+
+        The errors are those of a table-by-table read (the web decoder's): a stream that ends
+        early is reported at the first table whose symbols it cannot hold, before any error of
+        the range decoder on a later one.
+        """
+        counts = bounds[ks + 1] - bounds[ks]
+        parts, failure = [], None
+        for k, n in zip(ks.tolist(), counts.tolist(), strict=True):
+            try:
+                parts.append(self._dec.decode(tables.models[k], n))
+            except BaseException as e:
+                failure = e
+                break
+        done, counts = ks[: len(parts)], counts[: len(parts)]
+        if len(parts):
+            a = int(bounds[ks[0]])
+            b = a + int(counts.sum())
+            idx = np.concatenate(parts)
+            # A table's id per symbol; a batch of one (a large image's big table) needs no array of them.
+            table = done[0] if len(done) == 1 else np.repeat(done, counts)
+            bits = np.add.reduceat(tables.bits[tables.starts[table] + idx], np.cumsum(counts) - counts)
+            for table_bits, n in zip(bits.tolist(), counts.tolist(), strict=True):  # each table in turn
+                self._spend(table_bits, n)
+            np.equal(idx, 0, out=below[a:b])
+            np.equal(idx, tables.lengths[table] - 1, out=above[a:b])
+            np.add(idx, tables.offsets[table], out=s[a:b], casting="unsafe")
+        if failure is not None:
+            raise failure
 
 
 BATCH_SYMBOLS = 2**20  # symbols per batch of tables in Decoder.read: bounds its int64 temporaries (8 MiB each)

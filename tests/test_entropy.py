@@ -76,6 +76,25 @@ def test_streams_of_rare_symbols_are_not_mistaken_for_cut_ones(seed):
     assert (entropy.decode(entropy.encode(symbols, ids, t), ids, t) == symbols).all()
 
 
+@pytest.mark.parametrize("cut", [0.1, 0.5, 0.9])
+def test_a_cut_stream_fails_as_a_table_by_table_read_does(cut, monkeypatch):
+    """Tables decoded in batches report a stream cut short with the error, and at the table, of a
+    read one table at a time (the web decoder's): batches change the speed, never the error."""
+    rng = np.random.default_rng(7)
+    tables = gaussian_tables((0.3, 0.8, 2.0, 6.0, 15.0, 40.0))
+    ids = rng.integers(0, len(tables), 30000)
+    symbols = np.round(rng.normal(0, np.array([0.3, 0.8, 2.0, 6.0, 15.0, 40.0])[ids])).astype(np.int64)
+    data = entropy.encode(symbols, ids, tables)
+    data = data[: int(len(data) * cut) // 4 * 4]
+    errors = []
+    for batch in (1, entropy.BATCH_SYMBOLS):
+        monkeypatch.setattr(entropy, "BATCH_SYMBOLS", batch)
+        with pytest.raises(OnicError) as e:
+            entropy.decode(data, ids, tables)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1]
+
+
 def test_bits_are_those_of_the_quantized_tables():
     t = TableSet(np.array([1, 1000, 1, 5, 7]), np.array([0, 3, 5]), np.array([0, 0]))
     for a, b in zip(t.starts[:-1], t.starts[1:], strict=True):
