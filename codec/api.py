@@ -307,7 +307,8 @@ def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
     """ŷ of a file. For a channel-conditional model the float chain (μ of h_s, then each slice's μ,
     ŷ and residual prediction) runs on a second thread beside the integer chain (indexes, then
     entropy decoding of each slice), taking each slice's symbols as they are decoded: the float
-    chain never feeds the integer one, so the symbols are those of a serial decode."""
+    chain never feeds the integer one, so the symbols are those of a serial decode. Without
+    slices, h_s's μ runs beside the indexes and the entropy decoding."""
     h = c.header
     z_sym, dec = _open_latents(c, bundle)
     # One core each for the two chains where the image runs whole, as in the encoder. Large images'
