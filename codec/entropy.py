@@ -197,9 +197,9 @@ class Decoder:
         if len(parts):
             a = int(bounds[ks[0]])
             b = a + int(counts.sum())
-            idx = np.concatenate(parts)
-            # A table's id per symbol; a batch of one (a large image's big table) needs no array of them.
-            table = done[0] if len(done) == 1 else np.repeat(done, counts)
+            # A batch of one table (a large image's big ones) takes scalars, as a table-by-table read.
+            idx = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            table = int(done[0]) if len(done) == 1 else np.repeat(done, counts)
             bits = np.add.reduceat(tables.bits[tables.starts[table] + idx], np.cumsum(counts) - counts)
             for table_bits, n in zip(bits.tolist(), counts.tolist(), strict=True):  # each table in turn
                 self._spend(table_bits, n)
@@ -210,18 +210,25 @@ class Decoder:
             raise failure
 
 
-BATCH_SYMBOLS = 2**20  # symbols per batch of tables in Decoder.read: bounds its int64 temporaries (8 MiB each)
+# Decoder.read batches tables of up to SMALL_TABLE symbols, up to BATCH_SYMBOLS in all: the
+# bookkeeping of a small table costs more than its decoding (kodim23), while per-symbol table ids
+# cost a large table more than one call does (a 12 MP decode's reads: 104 against 122 ms batched).
+SMALL_TABLE, BATCH_SYMBOLS = 2**12, 2**16
 
 
 def _batches(ks: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
-    """The non-empty tables ks in runs of at most BATCH_SYMBOLS symbols (a larger table alone)."""
+    """The non-empty tables ks in order, in runs of small tables of at most BATCH_SYMBOLS symbols
+    in all; a larger table alone."""
     out, start, total = [], 0, 0
     for i, k in enumerate(ks.tolist()):
         n = int(bounds[k + 1] - bounds[k])
-        if total and total + n > BATCH_SYMBOLS:
+        if total and (total + n > BATCH_SYMBOLS or n > SMALL_TABLE):
             out.append(ks[start:i])
             start, total = i, 0
         total += n
+        if n > SMALL_TABLE:
+            out.append(ks[i : i + 1])
+            start, total = i + 1, 0
     if start < len(ks):
         out.append(ks[start:])
     return out

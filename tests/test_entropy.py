@@ -22,10 +22,13 @@ def gaussian_tables(scales=(0.2, 1.0, 5.0, 40.0)) -> TableSet:
     return TableSet(np.concatenate(tables), starts, -(lengths - 1) // 2)
 
 
-@pytest.mark.parametrize("batch", [entropy.BATCH_SYMBOLS, 150, 1])
+@pytest.mark.parametrize("small, batch", [(entropy.SMALL_TABLE, entropy.BATCH_SYMBOLS), (100, 2**20), (2**20, 150),
+                                          (2**20, 1)])
 @pytest.mark.parametrize("seed", range(3))
-def test_round_trip_with_escapes(seed, batch, monkeypatch):
-    """Decoded in batches of tables of every size (one table each, a few, all at once): the same symbols."""
+def test_round_trip_with_escapes(seed, small, batch, monkeypatch):
+    """Decoded in batches of tables of every size (all at once, the larger tables alone, a few,
+    one table each): the same symbols."""
+    monkeypatch.setattr(entropy, "SMALL_TABLE", small)
     monkeypatch.setattr(entropy, "BATCH_SYMBOLS", batch)
     rng = np.random.default_rng(seed)
     tables = gaussian_tables()
@@ -87,8 +90,9 @@ def test_a_cut_stream_fails_as_a_table_by_table_read_does(cut, monkeypatch):
     data = entropy.encode(symbols, ids, tables)
     data = data[: int(len(data) * cut) // 4 * 4]
     errors = []
-    for batch in (1, entropy.BATCH_SYMBOLS):
-        monkeypatch.setattr(entropy, "BATCH_SYMBOLS", batch)
+    for size in (1, 2**20):  # one table at a time; all six in one batch
+        monkeypatch.setattr(entropy, "SMALL_TABLE", size)
+        monkeypatch.setattr(entropy, "BATCH_SYMBOLS", size)
         with pytest.raises(OnicError) as e:
             entropy.decode(data, ids, tables)
         errors.append(str(e.value))
