@@ -193,6 +193,31 @@ def test_signals_exit_with_their_code_and_leave_no_temporary(tmp_path, sig, code
         assert codec.read_header(f.read_bytes()).width == 1536  # whole files only
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_inside_the_temporary_files_steps_waits_for_their_end(sig, tmp_path):
+    """The steps that create, place and remove a temporary file hold signals: the block runs to
+    its end, then the signal acts (here Python's KeyboardInterrupt, and SIGTERM's own handler)."""
+    from codec.batch import _uninterrupted
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stop
+
+    previous, interrupt = signal.signal(signal.SIGTERM, stop), signal.getsignal(signal.SIGINT)
+    steps = []
+    try:
+        with pytest.raises(KeyboardInterrupt if sig == signal.SIGINT else Stop):
+            with _uninterrupted():
+                os.kill(os.getpid(), sig)
+                time.sleep(0.05)  # the handler would run here, between the steps
+                steps.append("after")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert steps == ["after"] and signal.getsignal(signal.SIGINT) is interrupt  # handlers restored
+
+
 def test_closed_stdout_ends_quietly(small_onic):
     p = subprocess.Popen([sys.executable, "-m", "codec.cli", "info", *[str(small_onic)] * 400],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
