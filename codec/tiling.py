@@ -55,7 +55,8 @@ def _window(rgb: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
     """rgb[r0:r1, c0:c1] as float (1, 3, h, w), edge-padding rows/columns beyond the image.
 
     Plane by plane into one array, scaled in place: the gather, transposed copy and two float
-    temporaries it replaced took 5 ms of a 768×512 encode (timeline probe, this round).
+    temporaries it replaced took 3.6–5 ms of a 768×512 encode, this 0.4 (a one-off timeline
+    probe, onic 0.9.1's round).
     """
     rows, cols = min(r1, rgb.shape[0]) - r0, min(c1, rgb.shape[1]) - c0
     out = np.empty((1, 3, r1 - r0, c1 - c0), dtype=np.float32)
@@ -157,7 +158,7 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | No
     h = mu_h.shape[1]
     # An image that runs whole takes each slice graph in one run rather than bands: its tensors are
     # smaller than one band of a large image's, and kodim23's two bands cost a run's overhead and
-    # the margins' rows again, 4 runs of 14 (about 1 ms of a decode, timeline probe, this round).
+    # the margins' rows again (about 1 ms of a decode, a one-off timeline probe, onic 0.9.1's round).
     band = h if whole(h * LATENT, mu_h.shape[2] * LATENT) else Y_BAND
     for k, (a, b) in enumerate(bundle.slices):
         if k:
@@ -183,11 +184,12 @@ def _to_uint8(x: np.ndarray, out: np.ndarray) -> None:
     """(3, h, w) float in [0, 1] → ``out`` uint8 (h, w, 3), overwriting x (the graph's own output).
 
     In place and plane by plane: three image-sized temporaries and a transposed copy cost a
-    768×512 decode 5.5 ms after its synthesis, this about 1 (timeline probe, this round).
-    A crafted file may drive values to ±inf or NaN: fmax and fmin take the number over a NaN,
-    so NaN becomes 0, −inf 0 and +inf 255.
+    768×512 decode 5.5 ms after its synthesis, this about 1.5 (a one-off timeline probe, onic
+    0.9.1's round). A crafted file may drive values to ±inf or NaN (silently: no warning on
+    stderr): fmax and fmin take the number over a NaN, so NaN becomes 0, −inf 0 and +inf 255.
     """
-    np.multiply(x, 255, out=x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.multiply(x, 255, out=x)
     np.fmax(x, 0, out=x)
     np.fmin(x, 255, out=x)
     np.rint(x, out=x)
