@@ -17,13 +17,22 @@ from pathlib import Path
 from codec import speed
 
 
+def megapixels(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1000:  # also NaN; an image over 1,000 MP would not fit in memory
+        raise argparse.ArgumentTypeError(f"{text} megapixels: give 0 to 1000")
+    return value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image")
     p.add_argument("--quality", type=int, default=75)
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--megapixels", type=float, default=12.0, help="size of the upscaled photo-sized image")
-    p.add_argument("--big-megapixels", type=float, default=0.0, help="also a round trip of this size for peak RSS")
+    p.add_argument("--megapixels", type=megapixels, default=12.0,
+                   help="size of the upscaled photo-sized image (0: none)")
+    p.add_argument("--big-megapixels", type=megapixels, default=0.0,
+                   help="also a round trip of this size for peak RSS (0: none)")
     p.add_argument("--compressai-python")
     p.add_argument("--model", help="a bundle folder (default: the shipped model), e.g. the full-size one")
     p.add_argument("--tile-workers", type=int, default=0,

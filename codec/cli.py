@@ -473,13 +473,20 @@ def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, ancho
     Needs the [bench] extra (matplotlib, scipy, tqdm, pillow-jxl-plugin).
     """
     if speed:
-        from codec import speed as sp
         from codec.batch import expand_inputs
 
         images = expand_inputs((folder,), IMAGE_SUFFIXES)
         if not images:
             raise click.UsageError(f"no images in {folder}")
-        click.echo(sp.format_report(sp.run(images[0], compressai_python=compressai_python)))
+
+        def timed() -> None:
+            from codec import speed as sp
+            from codec.session import bundle_at
+
+            bundle_at(model)  # a bad --model fails in one line, before any timing
+            click.echo(sp.format_report(sp.run(images[0], compressai_python=compressai_python, model=model)))
+
+        _guarded(timed)
         return
 
     def body() -> None:

@@ -172,8 +172,9 @@ def machine() -> dict:
 def run(image_path: str, quality: int = 75, repeat: int = 5, megapixels: float = 12.0,
         compressai_python: str | None = None, big_megapixels: float = 0.0, model: str | None = None,
         tile_workers: int = 0) -> dict:
-    """The whole report; ``model`` is a bundle folder (default: the shipped model); ``tile_workers``
-    as in ``Bundle`` (1: large images on one thread's tiles, to compare with the default)."""
+    """The whole report; ``model`` is a bundle folder (default: the shipped model); ``megapixels`` 0
+    leaves out the large image; ``tile_workers`` as in ``Bundle`` (1: large images on one thread's
+    tiles, to compare with the default)."""
     bundle = bundle_at(model) if not tile_workers else Bundle(bundle_at(model).path, tile_workers=tile_workers)
     with Image.open(image_path) as im:
         image = im.convert("RGB")
@@ -182,9 +183,10 @@ def run(image_path: str, quality: int = 75, repeat: int = 5, megapixels: float =
                     "model": f"{bundle.model_id} (N={cfg['N']}, M={cfg['M']})"}
     report["onic"] = onic_times(image, quality, repeat, bundle)
     report["pillow"] = pillow_decode_times(image, repeat)
-    large = large_image(image, megapixels)
-    report["onic_large"] = onic_times(large, quality, max(1, repeat // 3), bundle)
-    report["pillow_large"] = pillow_decode_times(large, max(1, repeat // 3))
+    if megapixels > 0:
+        large = large_image(image, megapixels)
+        report["onic_large"] = onic_times(large, quality, max(1, repeat // 3), bundle)
+        report["pillow_large"] = pillow_decode_times(large, max(1, repeat // 3))
     if compressai_python:
         report["compressai"] = compressai_times(compressai_python, image.width, image.height, repeat, bundle)
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,6 +206,8 @@ def format_report(r: dict) -> str:
     lines = [f"{m['cpu']}, {m['cpus']} CPUs, onnxruntime {m['onnxruntime']}; model {r.get('model', '?')}; "
              f"quality {r['quality']}; median of warm runs", ""]
     for key, label in (("onic", r["image"]), ("onic_large", "large")):
+        if key not in r:  # megapixels 0: no large image
+            continue
         o = r[key]
         lines += [f"onic on {label} ({o['size']}, {o['bpp']:.3f} bpp): encode {o['encode_ms']:.0f} ms "
                   f"({o['encode_mp_s']:.2f} MP/s), decode {o['decode_ms']:.0f} ms ({o['decode_mp_s']:.2f} MP/s), "

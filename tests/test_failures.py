@@ -364,6 +364,13 @@ def test_model_option(tmp_path):
     assert "no model bundle" in line
 
 
+def test_bench_speed_takes_the_model_option(tmp_path):
+    """--speed times --model's bundle (it once timed the shipped one whatever was given): a folder
+    that is not a bundle fails in one line, before any timing."""
+    line = one_line(invoke("bench", str(SAMPLE.parent), "--speed", "--model", str(tmp_path)))
+    assert "no model bundle" in line
+
+
 def test_bench_without_its_extra_fails_first(tmp_path, monkeypatch):
     import importlib.util
 

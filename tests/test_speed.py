@@ -16,3 +16,11 @@ def test_speed_report_small(sample, tmp_path):
     assert r["memory"]["peak_rss_mb"] > 0 and r["startup"]["decompress_process_ms"] > 0
     text = speed.format_report(r)
     assert "onic on sample.png" in text and "peak RSS" in text
+
+
+def test_speed_report_without_the_large_image(sample, tmp_path):
+    path = tmp_path / "sample.png"
+    sample.convert("RGB").save(path)
+    r = speed.run(str(path), quality=50, repeat=1, megapixels=0)
+    assert "onic_large" not in r and r["onic"]["decode_ms"] > 0
+    assert "large" not in speed.format_report(r)
