@@ -24,6 +24,13 @@
 # The CPU test (tests/test_export.py) runs this same script with DEVICE=cpu at tiny scale.
 # Other knobs (environment): SLICES=16,16,32,64,64 adds the channel-conditional entropy model
 # (measured behind on the CPU: README), BF16=0 trains in fp32, LR, BATCH, CROP, RESUME, FP32_HYPER.
+# SLIM=128,64,32 then distils a narrower synthesis from the new weights in the same call, for
+# SLIM_MINUTES (export/slim.py, bf16 student; issue 14: the synthesis is most of a full-size
+# decode), and leaves slim.pt (the whole model, the student as g_s) and slim.log; keep MINUTES +
+# SLIM_MINUTES + about a minute of start-up and compilation inside the call. With SLIM, two
+# snapshots come back instead of three (64 MiB in all). Judge it here, all 24 images:
+#   python -m export.bundle /work/.device/N/slim.pt runs/slim --supersedes runs/wide  # runs/wide: weights.pt's bundle
+#   python benchmarks/slim.py ../shared/data/kodak runs/slim --reference runs/wide
 set -euo pipefail
 # The device has no constriction: install the carried wheel unless it is already importable.
 python3 -c "import constriction" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
@@ -38,10 +45,19 @@ python3 -m export.train --device "$DEVICE" --data "${DATA:-data/train}" --kodak 
     --bf16 "${BF16:-1}" --fp32_hyper "${FP32_HYPER:-1}" --channels_last 1 --compile "${COMPILE:-1}" --max_minutes "${MINUTES:-8}" --max_steps "${STEPS:-1000000}" \
     --eval_every "${EVAL_EVERY:-10000}" --log_every "${LOG_EVERY:-500}" --out "$OUT/run" 2>&1 | tee "$OUT/train.log"
 # Only what comes back: the log, the evaluations, the fp16 weights of the end and of the last
-# three evaluated steps (longer training has made the low rungs worse before: pick the best
+# three (two with SLIM) evaluated steps (longer training has made the low rungs worse before: pick the best
 # on all 24 Kodak images with benchmarks/ladder.py). 4 × 13.4 MiB stays under the 64 MiB that
 # comes back; the full checkpoint with Adam's state is over the 16 MiB a file may have.
 mv "$OUT/run/weights.pt" "$OUT/weights.pt"
-(cd "$OUT/run" && ls weights_*.pt 2>/dev/null | sort -t_ -k2 -n | tail -n 3 | xargs -r mv -t "$OUT")
+(cd "$OUT/run" && ls weights_*.pt 2>/dev/null | sort -t_ -k2 -n | tail -n "$([ -n "${SLIM-}" ] && echo 2 || echo 3)" \
+    | xargs -r mv -t "$OUT")
 cp "$OUT/run/eval.jsonl" "$OUT/eval.jsonl" 2>/dev/null || true
 rm -rf "$OUT/run"
+if [ -n "${SLIM-}" ]; then
+    python3 -m export.slim "$OUT/weights.pt" --widths "$SLIM" --device "$DEVICE" --bf16 "${BF16:-1}" --half 1 \
+        --data "${DATA:-data/train}" --crop "${CROP:-256}" --batch_size "${SLIM_BATCH:-32}" \
+        --max_minutes "${SLIM_MINUTES:-1.5}" --max_steps "${SLIM_STEPS:-1000000}" --log_every "${LOG_EVERY:-500}" \
+        --save_every 1000000 --out "$OUT/slim" 2>&1 | tee "$OUT/slim.log"
+    mv "$OUT/slim/weights.pt" "$OUT/slim.pt"
+    rm -rf "$OUT/slim"
+fi

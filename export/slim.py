@@ -31,6 +31,7 @@ import dataclasses
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,9 @@ class SlimConfig:
     save_every: int = 500  # steps between saves of weights.pt
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch's default
+    device: str = "cpu"  # cuda on a device draw (export/gpu_run.sh's SLIM)
+    bf16: bool = False  # bf16 autocast for the student; the teacher's ŷ stays fp32, as files hold it
+    half: bool = False  # fp16 weights.pt (the full-size model's, under the device tool's 16 MiB a file)
 
 
 def synthesis_input(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +106,7 @@ def prune(model: Onic, widths: tuple[int, ...], images: list[torch.Tensor], crop
           rng: random.Random) -> Synthesis:
     """The model's g_s cut to ``widths`` by channel importance over a spread of qualities."""
     x = random_batch(images, crops, crop, rng)
-    t = torch.linspace(0, len(model.cfg.lambdas) - 1, crops)
+    t = torch.linspace(0, len(model.cfg.lambdas) - 1, crops, device=x.device)
     inputs, _ = synthesis_input(model, x, t)
     scores = channel_importance(model.g_s, inputs)
     keep = [torch.sort(torch.topk(s, w).indices).values for s, w in zip(scores, widths, strict=True)]
@@ -120,16 +124,17 @@ def distill(cfg: SlimConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     widths = tuple(int(v) for v in cfg.widths.split(","))
+    device = torch.device(cfg.device)
     teacher, ckpt = load_model(cfg.teacher)
-    teacher.eval()
+    teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     t0 = time.time()
-    images = [torch.from_numpy(a.copy()) for a in load_images(cfg.data, 0, cfg.crop)]
+    images = [torch.from_numpy(a.copy()).to(device) for a in load_images(cfg.data, 0, cfg.crop)]
     first = 0
     if cfg.resume:
         earlier, done = load_model(cfg.resume)
-        if any(not torch.equal(v, earlier.state_dict()[k]) for k, v in teacher.state_dict().items()
+        if any(not torch.equal(v.cpu(), earlier.state_dict()[k]) for k, v in teacher.state_dict().items()
                if not k.startswith("g_s.")):
             raise SystemExit(f"{cfg.resume} was not distilled from {cfg.teacher}")
         student, widths, first = earlier.g_s, earlier.cfg.synthesis, int(done.get("synthesis_steps", 0))
@@ -140,11 +145,12 @@ def distill(cfg: SlimConfig) -> Path:
     state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("g_s.")}
     state.update({f"g_s.{k}": v for k, v in student.state_dict().items()})
     model.load_state_dict(state)
-    model.eval()
+    model.to(device).eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     params = [sum(p.numel() for p in s.parameters()) for s in (teacher.g_s, model.g_s)]
     print(f"{len(images)} training images in {time.time() - t0:.1f}s; teacher g_s {params[0] / 1e3:.0f}k params, "
           f"student {widths} {params[1] / 1e3:.0f}k{f', from step {first}' if first else ''}; "
-          f"crop {cfg.crop} batch {cfg.batch_size} lr {cfg.lr}", flush=True)
+          f"crop {cfg.crop} batch {cfg.batch_size} lr {cfg.lr} on {device}{' (bf16)' if cfg.bf16 else ''}", flush=True)
 
     opt = torch.optim.Adam(model.g_s.parameters(), lr=cfg.lr)
     rungs = len(teacher.cfg.lambdas)
@@ -158,9 +164,12 @@ def distill(cfg: SlimConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * (0.1 if elapsed > cfg.decay_at * cfg.max_minutes * 60 else 1.0)
         x = random_batch(images, cfg.batch_size, cfg.crop, rng)
-        t = torch.rand(cfg.batch_size) * (rungs - 1)
-        inputs, lam = synthesis_input(teacher, x, t)
-        mse = (model.g_s(inputs) - x).pow(2).mean(dim=(1, 2, 3))
+        t = torch.rand(cfg.batch_size, device=device) * (rungs - 1)
+        with torch.no_grad():
+            inputs, lam = synthesis_input(teacher, x, t)
+        with autocast:
+            x_hat = model.g_s(inputs)
+        mse = (x_hat.float() - x).pow(2).mean(dim=(1, 2, 3))
         loss = (lam * 255**2 * mse).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,19 +188,20 @@ def distill(cfg: SlimConfig) -> Path:
                   f"lr {opt.param_groups[0]['lr']:.0e} {dt * 1000:.0f} ms/step {cfg.batch_size / dt:.1f} img/s",
                   flush=True)
         if step % cfg.save_every == 0:
-            save(model, ckpt, first + step, out)
-    save(model, ckpt, first + step, out)
+            save(model, ckpt, first + step, out, cfg.half)
+    save(model, ckpt, first + step, out, cfg.half)
     print(f"saved {out / 'weights.pt'}: {step} steps in {(time.time() - start) / 60:.1f} min "
           f"({first + step} in all)")
     return out / "weights.pt"
 
 
-def save(model: Onic, ckpt: dict, synthesis_steps: int, out: Path) -> None:
+def save(model: Onic, ckpt: dict, synthesis_steps: int, out: Path, half: bool = False) -> None:
     """The whole model with the student as g_s. Its step stays the teacher's: the step names the
     encoder and entropy model that decide the symbols (export.bundle's ``--supersedes`` checks it);
     the student's own steps are kept beside it, and the teacher's run settings for a resume."""
     kept = {"config": ckpt["config"]} if "config" in ckpt else {}
-    save_weights(out / "weights.pt", model, int(ckpt["step"]), extra={"synthesis_steps": synthesis_steps, **kept})
+    save_weights(out / "weights.pt", model, int(ckpt["step"]), half=half,
+                 extra={"synthesis_steps": synthesis_steps, **kept})
 
 
 def parse_args(argv: list[str] | None = None) -> SlimConfig:
@@ -201,8 +211,9 @@ def parse_args(argv: list[str] | None = None) -> SlimConfig:
     helps = field_help(SlimConfig)
     for f in dataclasses.fields(SlimConfig):
         if f.name != "teacher":
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
-                                help=f"{helps.get(f.name, '')} (default: {f.default!r})")
+            kind = (lambda v: bool(int(v))) if isinstance(f.default, bool) else type(f.default)
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, metavar="0|1" if kind is not type(
+                f.default) else None, help=f"{helps.get(f.name, '')} (default: {f.default!r})")
     return SlimConfig(**vars(parser.parse_args(argv)))
 
 

@@ -290,24 +290,34 @@ def test_train_bf16_channels_last_and_real_coder_eval(tmp_path, data, fp32_hyper
 
 def test_the_device_script_runs_on_the_cpu(tmp_path, data):
     """export/gpu_run.sh end to end (DEVICE=cpu, a few steps on tiny crops): it resumes the real
-    checkpoint and adds the gain units on z, as a device draw does; a draw must never be lost to a bug."""
+    checkpoint and adds the gain units on z, as a device draw does, then distils a narrower synthesis
+    from the new weights (SLIM); a draw must never be lost to a bug."""
     import os
     import subprocess
 
     start = torch.load(FULL_CHECKPOINT, weights_only=True)["step"]
     env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE": "cpu", "DATA": str(data), "KODAK": str(data),
            "CROP": "64", "BATCH": "2", "STEPS": str(start + 3), "EVAL_EVERY": "1", "LOG_EVERY": "1",
-           "COMPILE": "0", "MINUTES": "5"}
+           "COMPILE": "0", "MINUTES": "5", "SLIM": "16,16,8", "SLIM_STEPS": "2", "SLIM_BATCH": "2"}
     (tmp_path / "out").mkdir()
     root = Path(export_bundle.__file__).parents[1]
     r = subprocess.run(["bash", "export/gpu_run.sh"], cwd=root, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["eval.jsonl", "train.log", "weights.pt", f"weights_{start + 1}.pt", f"weights_{start + 2}.pt"]
+    assert names == ["eval.jsonl", "slim.log", "slim.pt", "train.log", "weights.pt", f"weights_{start + 1}.pt",
+                     f"weights_{start + 2}.pt"]
     model, ck = load_model(tmp_path / "out" / "weights.pt")
     assert ck["step"] == start + 3 and len(model.cfg.lambdas) == 10 and model.cfg.hyper_gains
     assert all(v.dtype == torch.float16 for v in ck["model"].values() if v.is_floating_point())
     export_bundle.export_bundle(tmp_path / "out" / "weights.pt", tmp_path / "bundle")  # the weights export
+    slim, sk = load_model(tmp_path / "out" / "slim.pt")
+    assert slim.cfg.synthesis == (16, 16, 8) and sk["step"] == start + 3 and sk["synthesis_steps"] == 2
+    assert all(v.dtype == torch.float16 for v in sk["model"].values() if v.is_floating_point())
+    export_bundle.export_bundle(tmp_path / "out" / "slim.pt", tmp_path / "slim", supersedes=tmp_path / "bundle")
+    slim_bundle = Bundle(tmp_path / "slim")
+    assert slim_bundle.manifest["also_decodes"] == [Bundle(tmp_path / "bundle").model_id]
+    image = random_image(64, 48)
+    assert codec.decompress(codec.compress(image, 50, Bundle(tmp_path / "bundle")), slim_bundle).size == image.size
 
 
 @pytest.mark.parametrize("k", [3, 5])
