@@ -137,6 +137,31 @@ def _uninterrupted() -> Iterator[None]:
                 signal.raise_signal(sig)
 
 
+_temp_owner = os.getpid()  # whose run the temporaries belong to: a pool's workers take their main process's
+
+
+def adopt_temporaries(owner: int) -> None:
+    """Name this process's temporaries after ``owner`` (a worker pool's main process), so that
+    it can remove those of a worker that was killed mid-write (remove_temporaries)."""
+    global _temp_owner
+    _temp_owner = owner
+
+
+def _temp_prefix(owner: int) -> str:
+    return f".onic-{owner}-"
+
+
+def remove_temporaries(folders: set[Path], owner: int) -> None:
+    """Remove the temporaries of ``owner``'s run left in ``folders`` (by a SIGKILL'd worker: the
+    others remove their own). Another run's, with its own owner in the name, stay."""
+    for folder in folders:
+        try:
+            for tmp in folder.glob(f"{_temp_prefix(owner)}*.tmp"):
+                tmp.unlink(missing_ok=True)
+        except OSError:  # the folder went away, or cannot be listed: nothing more to do
+            pass
+
+
 def write_atomic(path: Path, write: Callable[[Path], None], force: bool) -> None:
     """Write through a temporary file in the same folder, then move it into place: no partial outputs.
 
@@ -156,7 +181,7 @@ def write_atomic(path: Path, write: Callable[[Path], None], force: bool) -> None
         try:
             mode = os.stat(path).st_mode & 0o7777 if force and path.exists() else _new_file_mode()
             with _uninterrupted():
-                fd, name = tempfile.mkstemp(prefix=".onic-", suffix=".tmp", dir=path.parent)
+                fd, name = tempfile.mkstemp(prefix=_temp_prefix(_temp_owner), suffix=".tmp", dir=path.parent)
                 os.close(fd)
                 tmp = Path(name)
         except OSError as e:

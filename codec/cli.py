@@ -37,6 +37,7 @@ from codec.batch import (
     expand_inputs,
     output_format,
     read_input,
+    remove_temporaries,
 )
 from codec.bitstream import MAX_PIXELS, reason
 
@@ -217,9 +218,14 @@ def _run_batch(worker: Callable[[Job], Result], jobs: list[Job], processes: int,
         sys.exit(EXIT_BAD_INPUT if single else EXIT_SOME_FAILED)
 
 
-def _worker_signals() -> None:
+def _worker_signals(owner: int) -> None:
     """Workers leave interruptions to the main process: it cancels what has not started, and
-    each worker finishes its file (outputs appear whole or not at all), then exits quietly."""
+    each worker finishes its file (outputs appear whole or not at all), then exits quietly.
+    Their temporary files carry the main process's id (``owner``), for it to remove those of a
+    worker killed mid-write."""
+    from codec.batch import adopt_temporaries
+
+    adopt_temporaries(owner)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
 
@@ -230,13 +236,16 @@ def _run_pool(worker: Callable[[Job], Result], jobs: list[Job], processes: int,
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(max_workers=min(processes, len(jobs)), initializer=_worker_signals)
+    pool = ProcessPoolExecutor(max_workers=min(processes, len(jobs)), initializer=_worker_signals,
+                               initargs=(os.getpid(),))
     try:
         futures = [pool.submit(worker, job) for job in jobs]
         for job, future in zip(jobs, futures, strict=True):
             try:
                 result = future.result()
             except BrokenProcessPool:
+                pool.shutdown(wait=True, cancel_futures=True)  # every worker gone: what is left is the dead one's
+                remove_temporaries({Path(j.dst).parent for j in jobs if j.dst != STDIO}, os.getpid())
                 _fail(f"a worker process died (killed, or out of memory?) while coding {display(job.src)}; "
                       f"files from it on were not done")
             done(result)

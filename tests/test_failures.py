@@ -193,6 +193,32 @@ def test_signals_exit_with_their_code_and_leave_no_temporary(tmp_path, sig, code
         assert codec.read_header(f.read_bytes()).width == 1536  # whole files only
 
 
+def test_a_worker_killed_mid_write_leaves_no_temporary(tmp_path, monkeypatch):
+    """SIGKILL (the OOM killer's) gives a worker no chance to remove its temporary file; the main
+    process removes it, and only its own run's: another run's temporary in the folder stays."""
+    main_pid = os.getpid()
+    write_bytes = Path.write_bytes
+
+    def dying_write(self, data):
+        if os.getpid() != main_pid and self.name.startswith(".onic-"):  # in a worker, mid-write
+            write_bytes(self, data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return write_bytes(self, data)
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        random_image(40, 32, seed=i).save(src / f"{i}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".onic-1-other.tmp").write_bytes(b"another run's")
+    monkeypatch.setattr(Path, "write_bytes", dying_write)
+    line = one_line(invoke("compress", *sorted(map(str, src.iterdir())), "--out-dir", str(out), "-j", "2"))
+    assert "worker process died" in line
+    assert leftovers(out) == [".onic-1-other.tmp"]
+    assert not any(p.suffix == ".onic" for p in out.iterdir())
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_inside_the_temporary_files_steps_waits_for_their_end(sig, tmp_path):
     """The steps that create, place and remove a temporary file hold signals: the block runs to
