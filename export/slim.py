@@ -125,6 +125,7 @@ def distill(cfg: SlimConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     widths = tuple(int(v) for v in cfg.widths.split(","))
     device = torch.device(cfg.device)
+    torch.backends.cudnn.allow_tf32 = False  # the teacher's ŷ in full fp32, as the ONNX encoder makes it
     teacher, ckpt = load_model(cfg.teacher)
     teacher.to(device).eval()
     for p in teacher.parameters():
