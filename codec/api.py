@@ -8,7 +8,6 @@ import warnings
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -343,7 +342,8 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
     as metadata, never applied to the pixels.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        data = Path(data).read_bytes()
+        with open(data, "rb") as f:  # the header first; a stream (a pipe, a device) only as far as it allows
+            data = bitstream.read_from(f, str(data), max_pixels)
     bundle = bundle or default_bundle()
     with profile.stage("container"):
         c = bitstream.unpack(bytes(data), max_pixels)

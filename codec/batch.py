@@ -201,6 +201,20 @@ def write_atomic(path: Path, write: Callable[[Path], None], force: bool) -> None
             tmp.unlink(missing_ok=True)
 
 
+def read_onic(src: str, max_pixels: int | None = MAX_PIXELS) -> bytes:
+    """An .onic file's bytes (a path, or stdin for '-'), read as bitstream.read_from does: the
+    header first, a stream no further than its header allows."""
+    from codec.bitstream import read_from
+
+    try:
+        if src == STDIO:
+            return read_from(sys.stdin.buffer, display(src), max_pixels)
+        with open(src, "rb") as f:
+            return read_from(f, display(src), max_pixels)
+    except OSError as e:
+        raise Failure(f"cannot read {display(src)}: {_reason(e)}") from None
+
+
 def read_input(src: str) -> bytes:
     """Bytes of a file, or of stdin for '-'."""
     try:
@@ -295,7 +309,7 @@ def _decompress(job: Job) -> tuple[bytes | None, str]:
     from codec.session import bundle_at
 
     fmt = output_format(job.dst)
-    image = api.decompress(read_input(job.src), bundle_at(job.model), max_pixels=job.max_pixels)
+    image = api.decompress(read_onic(job.src, job.max_pixels), bundle_at(job.model), max_pixels=job.max_pixels)
     kwargs = save_options(image, fmt, job.output_quality, job.dst)
 
     def save(target) -> None:

@@ -27,9 +27,13 @@ the header's size is bounded (``check_size``) before anything else.
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from codec.intscale import INDEX_PATH_VERSION
 
@@ -146,6 +150,38 @@ def parse_header(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Header:
     if zlen % 4 or ylen % 4:
         raise OnicError("bad header: section lengths must be multiples of 4")
     return Header(MODES[mode], quality, model_id.hex(), width, height, zlen, ylen, version, index_path)
+
+
+STREAM_CHUNKS = 2**26  # bytes of chunks beyond an alpha plane's bound that a stream may carry
+_BLOCK = 2**20
+
+
+def read_from(f: BinaryIO, name: str, max_pixels: int | None = MAX_PIXELS) -> bytes:
+    """The bytes of an .onic file open for reading, its header checked on the first 32 bytes
+    before the rest is read: anything else fails there, however large.
+
+    A stream whose size is not known beforehand (stdin, a pipe, a device) is read no
+    further than its header allows: the sections, an alpha plane's deflate bound and
+    ``STREAM_CHUNKS`` bytes of other chunks (`onic decompress /dev/zero` read until
+    memory ran out). OSError is the caller's.
+    """
+    head = f.read(HEADER.size)
+    header = parse_header(head, max_pixels)
+    try:
+        regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, AttributeError, io.UnsupportedOperation):  # an in-memory file: its size is known
+        regular = True
+    if regular:
+        return head + f.read()
+    pixels = header.width * header.height
+    limit = header.min_file_size + pixels + pixels // 1000 + 2**16 + STREAM_CHUNKS
+    blocks, size = [head], len(head)
+    while block := f.read(min(_BLOCK, limit + 1 - size)):
+        blocks.append(block)
+        size += len(block)
+        if size > limit:
+            raise OnicError(f"{name} goes on past the {limit} bytes its header allows")
+    return b"".join(blocks)
 
 
 def _parse_chunks(region: bytes) -> dict[bytes, bytes]:

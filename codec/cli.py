@@ -36,7 +36,7 @@ from codec.batch import (
     display,
     expand_inputs,
     output_format,
-    read_input,
+    read_onic,
     remove_temporaries,
 )
 from codec.bitstream import MAX_PIXELS, reason
@@ -422,7 +422,7 @@ def info(inputs: tuple[str, ...]) -> None:
     failures = 0
     for n, path in enumerate(inputs):
         try:
-            data = read_input(path)
+            data = read_onic(path)
             c = bitstream.unpack(data)
         except (OnicError, Failure) as e:
             failures += 1

@@ -390,6 +390,47 @@ def test_model_option(tmp_path):
     assert "no model bundle" in line
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+@pytest.mark.parametrize("command", ["decompress", "info"])
+def test_an_endless_device_fails_after_its_header(tmp_path, command):
+    out = ["-o", str(tmp_path / "x.png")] if command == "decompress" else []
+    assert "bad magic" in one_line(invoke(command, "/dev/zero", *out))
+    with pytest.raises(codec.bitstream.OnicError, match="bad magic"):
+        codec.decompress("/dev/zero")  # the API reads paths the same way
+
+
+def test_an_endless_stream_stops_where_its_header_ends(tmp_path, small_onic):
+    """A stream with an honest header and no end is read no further than the header allows
+    (sections, the alpha bound, bitstream.STREAM_CHUNKS), then fails in one line."""
+    import threading
+
+    from codec.bitstream import STREAM_CHUNKS
+
+    p = subprocess.Popen([sys.executable, "-m", "codec.cli", "decompress", "-", "-o", str(tmp_path / "x.png")],
+                         stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    sent = 0
+
+    def feed() -> None:
+        nonlocal sent
+        try:
+            p.stdin.write(small_onic.read_bytes())
+            while sent < 4 * STREAM_CHUNKS:  # the test's own bound: a reader without one reads on
+                p.stdin.write(bytes(2**20))
+                sent += 2**20
+            p.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    err = p.stderr.read()  # until the process ends (communicate would close stdin under the writer)
+    p.wait(timeout=120)
+    writer.join()
+    assert sent < 2 * STREAM_CHUNKS
+    assert "goes on past" in one_line(subprocess.CompletedProcess(p.args, p.returncode, b"", err))
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_bench_speed_takes_the_model_option(tmp_path):
     """--speed times --model's bundle (it once timed the shipped one whatever was given): a folder
     that is not a bundle fails in one line, before any timing."""
