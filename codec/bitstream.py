@@ -27,7 +27,6 @@ the header's size is bounded (``check_size``) before anything else.
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import struct
@@ -169,7 +168,7 @@ def read_from(f: BinaryIO, name: str, max_pixels: int | None = MAX_PIXELS) -> by
     header = parse_header(head, max_pixels)
     try:
         regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
-    except (OSError, AttributeError, io.UnsupportedOperation):  # an in-memory file: its size is known
+    except (OSError, AttributeError):  # an in-memory file (io.UnsupportedOperation is an OSError): its size is known
         regular = True
     if regular:
         return head + f.read()
