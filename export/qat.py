@@ -53,7 +53,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from export.bundle import OPSET, SubPixelConv, frozen, gdn_before_shuffle, pixel_shuffle
+from codec.session import GRADIENT_GRAPH
+from export import refine
+from export.bundle import OPSET, SubPixelConv, export_graph, frozen, gdn_before_shuffle, pixel_shuffle
 from export.model import Onic
 from export.train import load_images, load_model, random_batch
 
@@ -102,13 +104,25 @@ class QuantSubPixel(nn.Module):
         self.q_in, self.q_out = FakeQuant(), FakeQuant()
         self.weight_max = 2 ** (weight_bits - 1) - 1  # within int8's range, so the export is plain int8
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantized_weight(self) -> torch.Tensor:
+        """The weights as the int8 graph holds them: per output channel, symmetric, ``weight_bits``."""
         w = self.conv.weight
         scale = (w.detach().abs().amax(dim=(1, 2, 3)) / self.weight_max).clamp(min=1e-8)
         zero = torch.zeros(scale.shape, dtype=torch.int32, device=w.device)
-        w = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -128, 127)
-        y = F.conv2d(self.q_in(x), w, self.conv.bias, padding=1)
+        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -128, 127)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(self.q_in(x), self.quantized_weight(), self.conv.bias, padding=1)
         return pixel_shuffle(self.q_out(y))
+
+    def as_float(self) -> SubPixelConv:
+        """This convolution with its quantized weights, in float and without the activation grids."""
+        sp = SubPixelConv.__new__(SubPixelConv)
+        nn.Module.__init__(sp)
+        sp.conv = copy.deepcopy(self.conv)
+        with torch.no_grad():
+            sp.conv.weight.copy_(self.quantized_weight())
+        return sp
 
 
 INT8_CONVS = (3,)  # which sub-pixel convolutions (1 = the first) run in int8
@@ -136,6 +150,11 @@ class QuantDecoder(nn.Module):
 
     def quantizers(self) -> list[FakeQuant]:
         return [m for m in self.modules() if isinstance(m, FakeQuant)]
+
+    def float_layers(self) -> nn.Sequential:
+        """g_s with the trained weights (the int8 ones as quantized) and float activations: the
+        function whose gradient refinement follows (the activation grids have none to follow)."""
+        return nn.Sequential(*[m.as_float() if isinstance(m, QuantSubPixel) else copy.deepcopy(m) for m in self.g_s])
 
 
 def load_state(decoder: QuantDecoder, path: str | Path) -> QuantDecoder:
@@ -234,8 +253,20 @@ def export_decoder(decoder: QuantDecoder, path: Path, channels: int) -> None:
                           dynamo=False, do_constant_folding=True)
 
 
-def write_bundle(base: Path, decoder_graph: Path, out: Path, note: str) -> dict:
-    """The base bundle with another decoder graph; it decodes every file of the base (same symbols)."""
+def export_gradient(decoder: QuantDecoder, path: Path, channels: int) -> None:
+    """synthesis_grad.onnx (export/refine.py) of the fine-tuned synthesis, so that refinement
+    follows the weights the int8 graph runs, not the base's."""
+    layers = decoder.float_layers()
+    inputs = (torch.randn(1, channels, 8, 12), torch.ones(1, channels, 1, 1), torch.rand(1, 3, 128, 192),
+              torch.ones(1, 1, 128, 192))
+    latent, pixels = {2: "height", 3: "width"}, {2: "pixel_height", 3: "pixel_width"}
+    export_graph(refine.SynthesisGradient(layers), inputs, ["y_hat", "inv_gain", "x", "weight"], ["grad", "sse"],
+                 path, dynamic={"y_hat": latent, "grad": latent, "x": pixels, "weight": pixels})
+
+
+def write_bundle(base: Path, decoder_graph: Path, out: Path, note: str, gradient_graph: Path | None = None) -> dict:
+    """The base bundle with another decoder graph (and, given one, the gradient graph that goes with
+    it); it decodes every file of the base (same symbols)."""
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(base, out)
@@ -245,6 +276,10 @@ def write_bundle(base: Path, decoder_graph: Path, out: Path, note: str) -> dict:
     decodes = [manifest["model_id"], *manifest.get("also_decodes", [])]
     manifest.update(files=files, model_id=hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16],
                     also_decodes=decodes, name=f"{manifest['name']}-int8", synthesis=note)
+    if gradient_graph is not None and "encoder_files" in manifest:
+        grad = f"{GRADIENT_GRAPH}.onnx"
+        shutil.copyfile(gradient_graph, out / grad)
+        manifest["encoder_files"][grad] = hashlib.sha256((out / grad).read_bytes()).hexdigest()
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -277,9 +312,10 @@ def main(argv: list[str] | None = None) -> None:
                     weight_bits=a.weight_bits, convs=convs, range_lr=a.range_lr)
     channels = decoder.g_s[0].conv.in_channels
     export_decoder(decoder, out / "decoder.onnx", channels)
+    export_gradient(decoder, out / "synthesis_grad.onnx", channels)
     m = write_bundle(Path(a.base), out / "decoder.onnx", out / "bundle",
                      f"int8 (QAT, convolutions {a.int8_convs}, {a.weight_bits}-bit weights, {a.minutes} min from "
-                     f"{Path(a.checkpoint).name})")
+                     f"{Path(a.checkpoint).name})", out / "synthesis_grad.onnx")
     print(f"wrote {out / 'bundle'}: model id {m['model_id']}, decodes {', '.join(m['also_decodes'])}")
 
 

@@ -38,16 +38,24 @@ def bundle_with_decoder(tmp_path, convert) -> Bundle:
 
 def to_fp16(path):
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
+    # An int8 synthesis (export/qat.py) keeps its QDQ pairs in float32: QuantizeLinear takes no float16.
+    keep = [*DEFAULT_OP_BLOCK_LIST, "QuantizeLinear", "DequantizeLinear"]
+    onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, op_block_list=keep), str(path))
 
 
 def to_int8(path):
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # the float convolutions only: those of an int8 synthesis take their weights from a DequantizeLinear
+    graph = onnx.load(str(path)).graph
+    initializers = {t.name for t in graph.initializer}
+    quantized = [n.name for n in graph.node if n.op_type == "Conv" and n.input[1] not in initializers]
     tmp = path.with_suffix(".int8.onnx")
-    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QUInt8, op_types_to_quantize=["Conv"])
+    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QUInt8, op_types_to_quantize=["Conv"],
+                     nodes_to_exclude=quantized)
     tmp.replace(path)
 
 
@@ -345,3 +353,18 @@ def test_shipped_scale_path_runs_on_8bit_kernels_with_the_float64_indexes(bundle
     state64 = bundle.scale_state(z, header.quality)
     assert np.array_equal(state[0], state64[0]) and np.array_equal(state[1], state64[1])
     assert all(np.array_equal(f, bundle.slice_indexes(k, state64, y)) for k, f in enumerate(fast))
+
+
+def test_index_lookup_equals_binary_search(bundle):
+    """The log-guess index lookup gives binary search's counts: at, just above and just below every
+    threshold, at extremes, and for tables that are not geometric, where the guess is far off."""
+    rng = np.random.default_rng(2)
+    t = bundle._scale_path["thresholds"]
+    acc = rng.integers(-(10**6), 2 * int(t.max()), size=(len(t), 3, 3 * t.shape[1]))
+    acc[:, 0], acc[:, 1, : t.shape[1]], acc[:, 2, : t.shape[1]] = np.tile(t, 3), t + 1, t - 1
+    acc[:, 1, -3:] = [-(2**62), 2**62, 0]
+    assert np.array_equal(intscale._to_index(acc, t), intscale._searched(acc, t))
+    odd = np.sort(rng.integers(-5, 10**6, size=(8, 64)), axis=1)
+    for table in (odd, np.abs(odd) + 1, np.ones((2, 5), dtype=np.int64)):
+        acc = rng.integers(-10, 2 * 10**6, size=(len(table), 20, 30))
+        assert np.array_equal(intscale._to_index(acc, table), intscale._searched(acc, table))

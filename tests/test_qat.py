@@ -32,7 +32,9 @@ def int8(tmp_path_factory) -> tuple[Path, Path]:
     decoder = qat.train(str(folder / "tiny.pt"), folder / "run", str(data), minutes=5, lr=1e-4, batch=2, crop=64,
                         seed=0, calibration_batches=2, max_steps=3)
     qat.export_decoder(decoder, folder / "decoder.onnx", channels=12)
-    qat.write_bundle(folder / "base", folder / "decoder.onnx", folder / "int8", "int8 (a test)")
+    qat.export_gradient(decoder, folder / "synthesis_grad.onnx", channels=12)
+    qat.write_bundle(folder / "base", folder / "decoder.onnx", folder / "int8", "int8 (a test)",
+                     folder / "synthesis_grad.onnx")
     return folder / "base", folder / "int8"
 
 
@@ -77,6 +79,24 @@ def test_int8_weights_have_7_bits_so_no_cpu_saturates_them(int8, tmp_path):
     weights = [consts[n.input[3]] for n in graph.node if n.op_type == "QLinearConv"]  # QLinearConv's w
     assert len(weights) == len(qat.INT8_CONVS)
     assert all(w.dtype == np.int8 and np.abs(w.astype(int)).max() == 63 for w in weights)
+
+
+def test_refinement_follows_the_int8_synthesis(int8):
+    """The bundle's gradient graph is the fine-tuned synthesis' (not the base's): its squared error
+    is that of the int8 decoder's pixels, to within the activation grids, and refined files decode."""
+    from codec.refine import gradient
+
+    base, quantized = Bundle(int8[0]), Bundle(int8[1])  # verify=True: the encoder file's hash matches
+    image = np.asarray(random_image(64, 64, seed=9))
+    data = codec.compress(image, 50, quantized)
+    y_hat = codec.api._latents(codec.bitstream.unpack(data), quantized)
+    _, inv_gain = quantized.gains(50)
+    pixels = quantized.run("decoder", y_hat=y_hat[None], inv_gain=inv_gain)[0][0]
+    want = float((((np.clip(pixels, 0, 1) - image.transpose(2, 0, 1) / 255) ** 2)).sum())
+    errors = [gradient(b, image, y_hat, inv_gain)[1] for b in (quantized, base)]
+    assert abs(errors[0] - want) < abs(errors[1] - want)
+    refined = codec.compress(image, 50, quantized, refine=2)
+    assert np.asarray(codec.decompress(refined, quantized)).shape == (64, 64, 3)
 
 
 @pytest.mark.parametrize("convs", [(1,), (4,), (2, 5), ()])
