@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import codec
-from codec import intscale, metrics
+from codec import intconv, intscale, metrics
 from codec.api import decode_latents
 from codec.session import DEFAULT_BUNDLE, Bundle
 
@@ -124,6 +124,25 @@ def test_integer_convolutions_are_exact():
     wt = rng.integers(-2047, 2048, size=(5, 3, 5, 5))
     want = torch.nn.functional.conv_transpose2d(torch.from_numpy(x)[None].double(), torch.from_numpy(wt).double(),
                                                 stride=2, padding=2, output_padding=1)
+    assert np.array_equal(intscale.conv_transpose2d(x, wt), want[0].numpy().astype(np.int64))
+
+
+@pytest.mark.parametrize("bound", [128, 129, 2**15])
+def test_8bit_integer_convolutions_are_exact_in_one_and_two_digits(bound):
+    """onnxruntime's ConvInteger (codec/intconv.py) gives PyTorch's float64 integers, for input that
+    fits in one byte (one digit), just does not, and spans int16 (two digits)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(bound)
+    x = rng.integers(-bound, bound, size=(6, 9, 7))
+    x[0, 0, :2] = -bound, bound - 1
+    w = rng.integers(-127, 128, size=(4, 6, 3, 3))
+    wt = rng.integers(-127, 128, size=(6, 3, 5, 5))
+    assert intconv.engine(w) is not None and intconv.engine(wt, transposed=True) is not None
+    t = torch.from_numpy(x)[None].double()
+    want = F.conv2d(t, torch.from_numpy(w).double(), padding=1)[0].numpy().astype(np.int64)
+    assert np.array_equal(intscale.conv2d(x, w), want)
+    want = F.conv_transpose2d(t, torch.from_numpy(wt).double(), stride=2, padding=2, output_padding=1)
     assert np.array_equal(intscale.conv_transpose2d(x, wt), want[0].numpy().astype(np.int64))
 
 
