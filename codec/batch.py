@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from codec.bitstream import MAX_PIXELS, OnicError
 from codec.bitstream import reason as _reason
@@ -215,10 +216,53 @@ def read_onic(src: str, max_pixels: int | None = MAX_PIXELS) -> bytes:
         raise Failure(f"cannot read {display(src)}: {_reason(e)}") from None
 
 
-def read_input(src: str) -> bytes:
-    """Bytes of a file, or of stdin for '-'."""
+IMAGE_PREFIX = 2**20  # bytes of a streamed image read before deciding whether it is one
+IMAGE_BYTES_PER_PIXEL, IMAGE_SLACK = 8, 2**26  # a streamed image's bound: 16-bit RGBA, uncompressed, and metadata
+
+
+def read_image_stream(f: BinaryIO, name: str, max_pixels: int | None = MAX_PIXELS) -> bytes:
+    """An image's bytes from a stream of unknown length (stdin, a pipe): a prefix first, which must
+    look like an image Pillow reads, then no more than an image of ``max_pixels`` could need
+    (``IMAGE_BYTES_PER_PIXEL`` each and ``IMAGE_SLACK`` of metadata; unbounded for None), so
+    that `cat /dev/zero | onic compress -` fails at once instead of reading until memory runs out.
+    OSError is the caller's."""
+    data = f.read(IMAGE_PREFIX)
+    if len(data) < IMAGE_PREFIX:
+        return data  # the whole stream
+    if not _looks_like_an_image(data):
+        raise Failure(f"cannot identify an image in {name}: its first {IMAGE_PREFIX} bytes are no format "
+                      "Pillow reads")
+    limit = None if max_pixels is None else max_pixels * IMAGE_BYTES_PER_PIXEL + IMAGE_SLACK
+    blocks, size = [data], len(data)
+    while block := f.read(IMAGE_PREFIX if limit is None else min(IMAGE_PREFIX, limit + 1 - size)):
+        blocks.append(block)
+        size += len(block)
+        if limit is not None and size > limit:
+            raise Failure(f"{name} goes on past {limit} bytes, more than an image of --max-pixels {max_pixels} "
+                          "needs")
+    return b"".join(blocks)
+
+
+def _looks_like_an_image(prefix: bytes) -> bool:
+    """Whether Pillow opens the prefix (most formats read only their headers), or one of its formats
+    claims the first bytes (WebP, which Pillow decodes whole; a TIFF whose directory lies further on)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(prefix)):
+                return True
+        except Exception:  # any failure here only means: look at the magic numbers
+            pass
+    Image.init()
+    return any(accept is not None and accept(prefix[:16]) for _, accept in Image.OPEN.values())
+
+
+def read_input(src: str, max_pixels: int | None = MAX_PIXELS) -> bytes:
+    """Bytes of an image file, or of stdin for '-' (as read_image_stream reads it)."""
     try:
-        return sys.stdin.buffer.read() if src == STDIO else Path(src).read_bytes()
+        return read_image_stream(sys.stdin.buffer, display(src), max_pixels) if src == STDIO else Path(src).read_bytes()
     except OSError as e:
         raise Failure(f"cannot read {display(src)}: {_reason(e)}") from None
 
@@ -258,7 +302,7 @@ def _compress(job: Job) -> tuple[bytes | None, str]:
     from codec.session import bundle_at
 
     bundle = bundle_at(job.model)
-    source = io.BytesIO(read_input(job.src)) if job.src == STDIO else job.src
+    source = io.BytesIO(read_input(job.src, job.max_pixels)) if job.src == STDIO else job.src
     image = api._to_image(source, job.max_pixels, name=display(job.src))
     if job.target_bpp is not None or job.target_psnr is not None:
         data, quality = api.compress_to_target(image, bpp=job.target_bpp, psnr=job.target_psnr, bundle=bundle,

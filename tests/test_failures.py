@@ -481,3 +481,62 @@ def test_an_interrupted_write_leaves_nothing(tmp_path, signal_exception):
     with pytest.raises(kind):
         write_atomic(tmp_path / "out.png", write, force=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_an_endless_stream_of_no_image_fails_at_once(tmp_path):
+    """`cat /dev/zero | onic compress -` read until memory ran out: now its first MiB is no image."""
+    with open("/dev/zero", "rb") as zeros:
+        r = subprocess.run([sys.executable, "-m", "codec.cli", "compress", "-", "-o", str(tmp_path / "x.onic")],
+                           stdin=zeros, capture_output=True, timeout=120)
+    assert "cannot identify an image in <stdin>" in one_line(r)
+    assert not (tmp_path / "x.onic").exists()
+
+
+def test_an_endless_image_stream_stops_at_the_pixel_bound(tmp_path):
+    """A stream that starts as an image and never ends is read no further than --max-pixels allows
+    (8 bytes a pixel and batch.IMAGE_SLACK), then fails in one line."""
+    import threading
+
+    from codec.batch import IMAGE_BYTES_PER_PIXEL, IMAGE_SLACK
+
+    limit = 1000 * IMAGE_BYTES_PER_PIXEL + IMAGE_SLACK
+    buf = io.BytesIO()
+    random_image(32, 32, seed=1).save(buf, "PNG")
+    p = subprocess.Popen([sys.executable, "-m", "codec.cli", "compress", "-", "-o", str(tmp_path / "x.onic"),
+                          "--max-pixels", "1000"], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    sent = 0
+
+    def feed() -> None:
+        nonlocal sent
+        try:
+            p.stdin.write(buf.getvalue())
+            while sent < 4 * limit:  # the test's own bound
+                p.stdin.write(bytes(2**20))
+                sent += 2**20
+            p.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    err = p.stderr.read()
+    p.wait(timeout=120)
+    writer.join()
+    assert sent < 2 * limit
+    assert "goes on past" in one_line(subprocess.CompletedProcess(p.args, p.returncode, b"", err))
+    assert not (tmp_path / "x.onic").exists()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_streamed_images_longer_than_the_prefix_still_compress(tmp_path, fmt):
+    """Past the first MiB a streamed image reads on: a PNG, whose prefix opens, and a lossless
+    WebP, whose prefix does not (Pillow decodes WebP whole) but whose magic number says WebP."""
+    from codec.batch import IMAGE_PREFIX
+
+    buf = io.BytesIO()
+    random_image(1000, 800, seed=2).save(buf, fmt, lossless=True)
+    assert len(buf.getvalue()) > IMAGE_PREFIX
+    r = invoke("compress", "-", "-o", str(tmp_path / "x.onic"), input=buf.getvalue())
+    assert r.exit_code == 0, r.output
+    assert codec.decompress(tmp_path / "x.onic").size == (1000, 800)
