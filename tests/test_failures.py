@@ -399,22 +399,19 @@ def test_an_endless_device_fails_after_its_header(tmp_path, command):
         codec.decompress("/dev/zero")  # the API reads paths the same way
 
 
-def test_an_endless_stream_stops_where_its_header_ends(tmp_path, small_onic):
-    """A stream with an honest header and no end is read no further than the header allows
-    (sections, the alpha bound, bitstream.STREAM_CHUNKS), then fails in one line."""
+def endless(args: list[str], head: bytes, bound: int) -> tuple[str, int]:
+    """Run onic with ``head`` then zeros on stdin, up to 4 · ``bound`` bytes (the test's own bound:
+    a reader without one reads on); its one error line and the bytes sent after the head."""
     import threading
 
-    from codec.bitstream import STREAM_CHUNKS
-
-    p = subprocess.Popen([sys.executable, "-m", "codec.cli", "decompress", "-", "-o", str(tmp_path / "x.png")],
-                         stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-m", "codec.cli", *args], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     sent = 0
 
     def feed() -> None:
         nonlocal sent
         try:
-            p.stdin.write(small_onic.read_bytes())
-            while sent < 4 * STREAM_CHUNKS:  # the test's own bound: a reader without one reads on
+            p.stdin.write(head)
+            while sent < 4 * bound:
                 p.stdin.write(bytes(2**20))
                 sent += 2**20
             p.stdin.close()
@@ -426,8 +423,16 @@ def test_an_endless_stream_stops_where_its_header_ends(tmp_path, small_onic):
     err = p.stderr.read()  # until the process ends (communicate would close stdin under the writer)
     p.wait(timeout=120)
     writer.join()
-    assert sent < 2 * STREAM_CHUNKS
-    assert "goes on past" in one_line(subprocess.CompletedProcess(p.args, p.returncode, b"", err))
+    return one_line(subprocess.CompletedProcess(p.args, p.returncode, b"", err)), sent
+
+
+def test_an_endless_stream_stops_where_its_header_ends(tmp_path, small_onic):
+    """A stream with an honest header and no end is read no further than the header allows
+    (sections, the alpha bound, bitstream.STREAM_CHUNKS), then fails in one line."""
+    from codec.bitstream import STREAM_CHUNKS
+
+    line, sent = endless(["decompress", "-", "-o", str(tmp_path / "x.png")], small_onic.read_bytes(), STREAM_CHUNKS)
+    assert sent < 2 * STREAM_CHUNKS and "goes on past" in line
     assert not (tmp_path / "x.png").exists()
 
 
@@ -496,35 +501,14 @@ def test_an_endless_stream_of_no_image_fails_at_once(tmp_path):
 def test_an_endless_image_stream_stops_at_the_pixel_bound(tmp_path):
     """A stream that starts as an image and never ends is read no further than --max-pixels allows
     (8 bytes a pixel and batch.IMAGE_SLACK), then fails in one line."""
-    import threading
-
     from codec.batch import IMAGE_BYTES_PER_PIXEL, IMAGE_SLACK
 
     limit = 1000 * IMAGE_BYTES_PER_PIXEL + IMAGE_SLACK
     buf = io.BytesIO()
     random_image(32, 32, seed=1).save(buf, "PNG")
-    p = subprocess.Popen([sys.executable, "-m", "codec.cli", "compress", "-", "-o", str(tmp_path / "x.onic"),
-                          "--max-pixels", "1000"], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    sent = 0
-
-    def feed() -> None:
-        nonlocal sent
-        try:
-            p.stdin.write(buf.getvalue())
-            while sent < 4 * limit:  # the test's own bound
-                p.stdin.write(bytes(2**20))
-                sent += 2**20
-            p.stdin.close()
-        except (BrokenPipeError, ValueError):
-            pass
-
-    writer = threading.Thread(target=feed)
-    writer.start()
-    err = p.stderr.read()
-    p.wait(timeout=120)
-    writer.join()
-    assert sent < 2 * limit
-    assert "goes on past" in one_line(subprocess.CompletedProcess(p.args, p.returncode, b"", err))
+    line, sent = endless(["compress", "-", "-o", str(tmp_path / "x.onic"), "--max-pixels", "1000"], buf.getvalue(),
+                         limit)
+    assert sent < 2 * limit and "goes on past" in line
     assert not (tmp_path / "x.onic").exists()
 
 
