@@ -235,10 +235,11 @@ def _to_index(acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     # bounds[n] < acc ≤ bounds[n + 1]
     bounds = np.empty((c, t + 3), dtype=np.int64)
     bounds[:, 0], bounds[:, 1 : t + 1], bounds[:, t + 1 :] = np.iinfo(np.int64).min, thresholds, np.iinfo(np.int64).max
-    m += (np.arange(c) * (t + 3))[:, None]
+    row = (np.arange(c) * (t + 3))[:, None]  # where each channel's bounds start, flattened
+    m += row
     bounds = bounds.reshape(-1)
     wrong = flat <= bounds[m]
-    n = m - (np.arange(c) * (t + 3))[:, None]
+    n = m - row
     m += 1
     n += flat > bounds[m]
     m += 1

@@ -256,10 +256,12 @@ def export_graph(module: nn.Module, args: tuple, inputs: list[str], outputs: lis
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def export_gradient(model: Onic, path: Path) -> None:
-    """synthesis_grad.onnx (export/refine.py): the synthesis' squared-error gradient for refinement."""
+def export_gradient(layers: nn.Sequential, channels: int, path: Path) -> None:
+    """synthesis_grad.onnx (export/refine.py): the squared-error gradient, for refinement, of a
+    synthesis of ``channels`` latent channels given as frozen g_s layers (``frozen(model.g_s)``, or
+    export.qat's fine-tuned ones)."""
     latent, pixels = {2: "height", 3: "width"}, {2: "pixel_height", 3: "pixel_width"}
-    export_graph(refine.SynthesisGradient(frozen(model.g_s)), refine.example_inputs(model),
+    export_graph(refine.SynthesisGradient(layers), refine.example_inputs(channels),
                  ["y_hat", "inv_gain", "x", "weight"], ["grad", "sse"], path,
                  dynamic={"y_hat": latent, "grad": latent, "x": pixels, "weight": pixels})
 
@@ -410,7 +412,7 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())}
         # Encoder-only, outside the model id: it changes which latents an encoder picks, never a symbol.
         grad = tmp / f"{GRADIENT_GRAPH}.onnx"
-        export_gradient(model, grad)
+        export_gradient(frozen(model.g_s), model.cfg.M, grad)
         encoder_files = {grad.name: hashlib.sha256(grad.read_bytes()).hexdigest()}
         model_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         manifest = {

@@ -54,8 +54,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codec.session import GRADIENT_GRAPH
-from export import refine
-from export.bundle import OPSET, SubPixelConv, export_graph, frozen, gdn_before_shuffle, pixel_shuffle
+from export import bundle as export_bundle
+from export.bundle import OPSET, SubPixelConv, frozen, gdn_before_shuffle, pixel_shuffle
 from export.model import Onic
 from export.train import load_images, load_model, random_batch
 
@@ -256,12 +256,7 @@ def export_decoder(decoder: QuantDecoder, path: Path, channels: int) -> None:
 def export_gradient(decoder: QuantDecoder, path: Path, channels: int) -> None:
     """synthesis_grad.onnx (export/refine.py) of the fine-tuned synthesis, so that refinement
     follows the weights the int8 graph runs, not the base's."""
-    layers = decoder.float_layers()
-    inputs = (torch.randn(1, channels, 8, 12), torch.ones(1, channels, 1, 1), torch.rand(1, 3, 128, 192),
-              torch.ones(1, 1, 128, 192))
-    latent, pixels = {2: "height", 3: "width"}, {2: "pixel_height", 3: "pixel_width"}
-    export_graph(refine.SynthesisGradient(layers), inputs, ["y_hat", "inv_gain", "x", "weight"], ["grad", "sse"],
-                 path, dynamic={"y_hat": latent, "grad": latent, "x": pixels, "weight": pixels})
+    export_bundle.export_gradient(decoder.float_layers(), channels, path)
 
 
 def write_bundle(base: Path, decoder_graph: Path, out: Path, note: str, gradient_graph: Path | None = None) -> dict:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from export.model import FrozenGDN, Onic
+from export.model import FrozenGDN
 
 
 def _flipped(conv: nn.Conv2d) -> torch.Tensor:
@@ -86,6 +86,6 @@ class SynthesisGradient(nn.Module):
         return g * inv_gain, sse
 
 
-def example_inputs(model: Onic) -> tuple[torch.Tensor, ...]:
-    M = model.cfg.M
+def example_inputs(M: int) -> tuple[torch.Tensor, ...]:
+    """Inputs for exporting the gradient graph of a synthesis of M latent channels."""
     return (torch.randn(1, M, 8, 12), torch.ones(1, M, 1, 1), torch.rand(1, 3, 128, 192), torch.ones(1, 1, 128, 192))
