@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from codec.bitstream import MAX_PIXELS, OnicError
+from codec.bitstream import MAX_PIXELS, OnicError, read_bounded
 from codec.bitstream import reason as _reason
 
 MAX_REFINE_STEPS = 1000  # codec.refine's limit, kept here so that the CLI knows it without importing the runtime
@@ -233,14 +233,10 @@ def read_image_stream(f: BinaryIO, name: str, max_pixels: int | None = MAX_PIXEL
         raise Failure(f"cannot identify an image in {name}: its first {IMAGE_PREFIX} bytes are no format "
                       "Pillow reads")
     limit = None if max_pixels is None else max_pixels * IMAGE_BYTES_PER_PIXEL + IMAGE_SLACK
-    blocks, size = [data], len(data)
-    while block := f.read(IMAGE_PREFIX if limit is None else min(IMAGE_PREFIX, limit + 1 - size)):
-        blocks.append(block)
-        size += len(block)
-        if limit is not None and size > limit:
-            raise Failure(f"{name} goes on past {limit} bytes, more than an image of --max-pixels {max_pixels} "
-                          "needs")
-    return b"".join(blocks)
+    whole = read_bounded(f, data, limit)
+    if whole is None:
+        raise Failure(f"{name} goes on past {limit} bytes, more than an image of --max-pixels {max_pixels} needs")
+    return whole
 
 
 def _looks_like_an_image(prefix: bytes) -> bool:

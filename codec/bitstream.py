@@ -174,12 +174,21 @@ def read_from(f: BinaryIO, name: str, max_pixels: int | None = MAX_PIXELS) -> by
         return head + f.read()
     pixels = header.width * header.height
     limit = header.min_file_size + pixels + pixels // 1000 + 2**16 + STREAM_CHUNKS
+    data = read_bounded(f, head, limit)
+    if data is None:
+        raise OnicError(f"{name} goes on past the {limit} bytes its header allows")
+    return data
+
+
+def read_bounded(f: BinaryIO, head: bytes, limit: int | None) -> bytes | None:
+    """``head`` and the rest of ``f``, or None as soon as they go on past ``limit`` bytes (None: no
+    limit): a stream is never read more than one byte beyond it, however long it is."""
     blocks, size = [head], len(head)
-    while block := f.read(min(_BLOCK, limit + 1 - size)):
+    while block := f.read(_BLOCK if limit is None else min(_BLOCK, limit + 1 - size)):
         blocks.append(block)
         size += len(block)
-        if size > limit:
-            raise OnicError(f"{name} goes on past the {limit} bytes its header allows")
+        if limit is not None and size > limit:
+            return None
     return b"".join(blocks)
 
 
