@@ -144,8 +144,9 @@ class SubPixelConv(nn.Module):
         return pixel_shuffle(self.conv(x))
 
 
-def pixel_shuffle(x: torch.Tensor) -> torch.Tensor:
+def pixel_shuffle(x: torch.Tensor, shape: tuple | None = None) -> torch.Tensor:
     """F.pixel_shuffle(x, 2) as two transposes, which export as Transpose instead of DepthToSpace.
+    ``shape``, x's (n, 4c, h, w) when the graph should not read it from x (export.qat.QuantSubPixel).
 
     Channel 4c + 2a + b moves to pixel (2h + a, 2w + b) of channel c. onnxruntime's
     DepthToSpace moved the synthesis' largest tensor (256 × 192 × 128 at 768×512) in
@@ -153,7 +154,7 @@ def pixel_shuffle(x: torch.Tensor) -> torch.Tensor:
     (b) first, then the rows (a), whole rows at a time, takes two transposes of a
     few ms each (the same values: the export's test compares the graphs).
     """
-    n, c4, h, w = x.shape
+    n, c4, h, w = x.shape if shape is None else shape
     c = c4 // 4
     cols = x.reshape(n * c * 2, 2, h * w).transpose(1, 2)  # (n c a) (h w) b: columns interleaved
     rows = cols.reshape(n * c, 2, h, 2 * w).transpose(1, 2)  # (n c) h a (w b): rows interleaved

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from codec.session import GRADIENT_GRAPH
 from export import bundle as export_bundle
 from export.bundle import OPSET, SubPixelConv, frozen, gdn_before_shuffle, pixel_shuffle
-from export.model import Onic
+from export.model import FrozenGDN, Onic
 from export.train import load_images, load_model, random_batch
 
 
@@ -113,7 +113,10 @@ class QuantSubPixel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv2d(self.q_in(x), self.quantized_weight(), self.conv.bias, padding=1)
-        return pixel_shuffle(self.q_out(y))
+        # The shuffle's sizes come from x and the weights, not from y: onnxruntime gives every consumer
+        # of a DequantizeLinear a copy of its own, and the exported Shape ops of y dequantized the whole
+        # int8 output four times over just to read its shape.
+        return pixel_shuffle(self.q_out(y), (x.shape[0], self.conv.out_channels, x.shape[2], x.shape[3]))
 
     def as_float(self) -> SubPixelConv:
         """This convolution with its quantized weights, in float and without the activation grids."""
@@ -126,6 +129,21 @@ class QuantSubPixel(nn.Module):
 
 
 INT8_CONVS = (3,)  # which sub-pixel convolutions (1 = the first) run in int8
+
+
+class SquaringGDN(FrozenGDN):
+    """FrozenGDN with x² as Pow(x, 2), the same values: x enters two operators instead of three, so
+    after an int8 convolution onnxruntime dequantizes it twice instead of three times."""
+
+    def __init__(self, gdn: FrozenGDN):
+        nn.Module.__init__(self)
+        self.inverse = gdn.inverse
+        self.register_buffer("beta", gdn.beta)
+        self.register_buffer("gamma", gdn.gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.sqrt(F.conv2d(x.pow(2), self.gamma, self.beta))
+        return x * norm if self.inverse else x / norm
 
 
 class QuantDecoder(nn.Module):
@@ -142,7 +160,10 @@ class QuantDecoder(nn.Module):
                              f"convolution stay float), got {convs}")
         self.weight_bits, self.convs = weight_bits, tuple(sorted(convs))
         for c in self.convs:
-            layers[subpixel[c - 1]] = QuantSubPixel(layers[subpixel[c - 1]], weight_bits)
+            i = subpixel[c - 1]
+            layers[i] = QuantSubPixel(layers[i], weight_bits)
+            if isinstance(layers[i + 1], FrozenGDN):
+                layers[i + 1] = SquaringGDN(layers[i + 1])
         self.g_s = nn.Sequential(*layers)
 
     def forward(self, y_hat: torch.Tensor, inv_gain: torch.Tensor) -> torch.Tensor:
@@ -173,14 +194,16 @@ def load_state(decoder: QuantDecoder, path: str | Path) -> QuantDecoder:
 
 def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int, crop: int, seed: int,
           calibration_batches: int = 16, max_steps: int | None = None, resume: str | None = None,
-          weight_bits: int = 7, convs: tuple[int, ...] = INT8_CONVS, range_lr: float = 1e-3) -> QuantDecoder:
+          weight_bits: int = 7, convs: tuple[int, ...] = INT8_CONVS, range_lr: float = 1e-3,
+          decay: float = 0.0) -> QuantDecoder:
     """Calibrate the quantizers (or take them from ``resume``, an earlier qat.pt), then fine-tune g_s
     for ``minutes`` (or ``max_steps``); writes OUT/qat.pt.
 
     The loss is the mean over the batch of log MSE: each image counts by its PSNR, so the high
     rungs, whose errors are small, are not drowned by the low ones (plain MSE left quality 100
     0.21 dB below fp32 while quality 0 gained). With ``range_lr`` > 0 the activations' step
-    sizes train too (in log space, at that learning rate).
+    sizes train too (in log space, at that learning rate). The last ``decay`` of the minutes run
+    at a tenth of both learning rates, as export/slim.py's recipe does for its last 20%.
     """
     random.seed(seed)
     torch.manual_seed(seed)
@@ -216,8 +239,13 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
     print(f"{len(images)} images; {len(decoder.quantizers())} quantizers "
           f"{'from ' + resume if resume else f'calibrated on {calibration_batches} batches'}; "
           f"training {sum(p.numel() for p in params)} parameters for {minutes} min")
-    start, step, losses = time.time(), 0, []
+    start, step, losses, decayed = time.time(), 0, [], False
     while time.time() - start < minutes * 60 and (max_steps is None or step < max_steps):
+        if decay and not decayed and time.time() - start >= (1 - decay) * minutes * 60:
+            for group in opt.param_groups:
+                group["lr"] /= 10
+            decayed = True
+            print(f"step {step}: learning rates / 10 for the last {decay:.0%} of the time", flush=True)
         x, y_hat, inv_gain = sample()
         mse = ((decoder(y_hat, inv_gain) - x) ** 2).mean(dim=(1, 2, 3))
         loss = torch.log(mse + 1e-10).mean()
@@ -296,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="bits of the int8 weights: 7 never saturates onnxruntime's non-VNNI x86 kernels")
     p.add_argument("--range_lr", type=float, default=1e-3,
                    help="learning rate of the activations' log step sizes (LSQ); 0 keeps the calibrated ones")
+    p.add_argument("--decay", type=float, default=0.0,
+                   help="fraction of --minutes, at the end, run at a tenth of the learning rates")
     p.add_argument("--int8_convs", default=",".join(map(str, INT8_CONVS)),
                    help="the sub-pixel convolutions to run in int8, numbered from 1 (the first and last stay float)")
     a = p.parse_args(argv)
@@ -304,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out)
     convs = tuple(int(c) for c in a.int8_convs.split(","))
     decoder = train(a.checkpoint, out, a.data, a.minutes, a.lr, a.batch_size, a.crop, a.seed, resume=a.resume,
-                    weight_bits=a.weight_bits, convs=convs, range_lr=a.range_lr)
+                    weight_bits=a.weight_bits, convs=convs, range_lr=a.range_lr,
+                    decay=a.decay)
     channels = decoder.g_s[0].conv.in_channels
     export_decoder(decoder, out / "decoder.onnx", channels)
     export_gradient(decoder, out / "synthesis_grad.onnx", channels)

@@ -61,6 +61,9 @@ def test_onnxruntime_runs_the_synthesis_in_int8(int8, tmp_path):
     # qat.INT8_CONVS; the first sub-pixel convolution (its input's step shrinks with quality),
     # the colour conv and the GDNs stay float.
     assert ops.count("QLinearConv") == len(qat.INT8_CONVS) and ops.count("Conv") >= 2
+    # Each int8 output is dequantized once for x² and once for the GDN's product, not also for the
+    # Shape ops of its pixel shuffle (four more full dequantizations of the largest tensor).
+    assert ops.count("DequantizeLinear") == 2 * len(qat.INT8_CONVS)
 
 
 def test_int8_weights_have_7_bits_so_no_cpu_saturates_them(int8, tmp_path):
