@@ -28,13 +28,20 @@ from codec.speed import large_image, median_ms
 from codec.webview import WEB_DIR, serve_in_background, web_dir
 
 ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
-DECODER_FILES = ("tables.npz", "scale_path.npz", "hyper_decoder.onnx", "decoder.onnx")  # what the page fetches
+DECODER_FILES = ("tables.npz", "scale_path.npz", "hyper_decoder.onnx", "decoder.onnx")  # and the slice graphs
+
+
+def decoder_files(bundle: Path) -> list[Path]:
+    """The files a page fetches (web/src/bundle.js): DECODER_FILES and a channel-conditional model's slice graphs."""
+    slices = json.loads((bundle / "manifest.json").read_text())["config"].get("slices") or []
+    graphs = [g for k in range(len(slices)) for g in ([f"slice_mean{k}"] if k else []) + [f"slice_lrp{k}"]]
+    return [bundle / n for n in (*DECODER_FILES, *(f"{g}.onnx" for g in graphs))]
 
 
 def download_bytes() -> dict[str, tuple[int, int]]:
     """(bytes, gzip -9 bytes) of what a page fetches: model files, our JavaScript (and pako's), onnxruntime-web."""
     groups = {
-        "model": [DEFAULT_BUNDLE / n for n in DECODER_FILES],
+        "model": decoder_files(DEFAULT_BUNDLE),
         "javascript": [*(WEB_DIR / "src").glob("*.js"), WEB_DIR / "node_modules" / "pako" / "dist" / "pako.esm.mjs"],
         "onnxruntime-web": [ORT_DIST / n for n in ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs",
                                                    "ort-wasm-simd-threaded.wasm")],

@@ -5,7 +5,7 @@
 Graphs (dynamic height and width, checked with onnx.checker):
 - analysis.onnx       x (1,3,H,W) in [0,1], gain (1,M,1,1)  → y (1,M,H/16,W/16)
 - hyper_encoder.onnx  y                                      → z (1,N,H/64,W/64)
-- hyper_decoder.onnx  z_hat                                  → mu, sigma (1,M,H/16,W/16)
+- hyper_decoder.onnx  z_hat                                  → mu (1,M,H/16,W/16) (σ: the integer path)
 - decoder.onnx        y_hat, inv_gain (1,M,1,1)              → x_hat (1,3,H,W)
 and, for a channel-conditional model (slices [a_k, b_k) of y):
 - slice_meanK.onnx    mu_h (1,M,h,w), y_prev (1,a_k,h,w)     → mu (1,b_k−a_k,h,w)   (K ≥ 1)
@@ -40,7 +40,7 @@ from PIL import Image
 from codec import intscale as codec_intscale
 from codec.session import GRADIENT_GRAPH
 from export import intscale, refine, tables
-from export.model import GDN, SCALE_MIN, FrozenGDN, Onic
+from export.model import GDN, FrozenGDN, Onic
 from export.train import load_model, pad_to_stride
 
 OPSET = 17
@@ -66,13 +66,29 @@ class HyperEncoder(nn.Module):
 
 
 class HyperDecoder(nn.Module):
+    """h_s's μ half: the runtime takes σ from the integer path (codec/intscale.py), so the float σ
+    channels of h_s's last convolution are left out of the graph. Computed and thrown away, they were
+    half of that convolution, which holds most of h_s's multiply-adds (the same μ, bit for bit)."""
+
     def __init__(self, m: Onic):
         super().__init__()
-        self.h_s = frozen(m.h_s)
+        h_s = frozen(m.h_s)
+        last, M = h_s[-1], m.cfg.M
+        mu = nn.Conv2d(last.in_channels, M, last.kernel_size, padding=last.padding)
+        with torch.no_grad():
+            mu.weight.copy_(last.weight[:M])
+            mu.bias.copy_(last.bias[:M])
+        self.h_s = nn.Sequential(*h_s[:-1], mu)
 
-    def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, sigma = self.h_s(z_hat).chunk(2, dim=1)
-        return mu, torch.clamp(sigma, min=SCALE_MIN)
+    def forward(self, z_hat: torch.Tensor) -> torch.Tensor:
+        return self.h_s(z_hat)
+
+
+def float_sigma(model: Onic, z_hat: np.ndarray) -> np.ndarray:
+    """h_s's float σ (M, 4h, 4w) of ẑ (N, h, w) as fed to h_s: what CompressAI would index the scale
+    table with, and what the integer path approximates (tests and benchmarks/intscale_cost.py)."""
+    with torch.no_grad():
+        return model.hyper(torch.from_numpy(np.ascontiguousarray(z_hat, dtype=np.float32))[None])[1][0].numpy()
 
 
 class Decoder(nn.Module):
@@ -231,7 +247,7 @@ def graphs(model: Onic) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], 
     out = {
         "analysis": (AnalysisGraph(model), (torch.rand(1, 3, 128, 192), gain), ["x", "gain"], ["y"]),
         "hyper_encoder": (HyperEncoder(model), (torch.randn(1, M, 8, 12),), ["y"], ["z"]),
-        "hyper_decoder": (HyperDecoder(model), (torch.randn(1, N, 2, 3),), ["z_hat"], ["mu", "sigma"]),
+        "hyper_decoder": (HyperDecoder(model), (torch.randn(1, N, 2, 3),), ["z_hat"], ["mu"]),
         "decoder": (Decoder(model), (torch.randn(1, M, 8, 12), gain), ["y_hat", "inv_gain"], ["x_hat"]),
     }
     for k, (a, b) in enumerate(model.context.bounds if model.cfg.slices else []):
@@ -428,8 +444,9 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
             "files": files,
             "encoder_files": encoder_files,
         }
-        if supersedes:
-            manifest["also_decodes"] = superseded_ids(Path(supersedes), files, int(ck["step"]))
+        if supersedes:  # less this bundle's own id, where a re-export changed no file
+            ids = superseded_ids(Path(supersedes), files, int(ck["step"]))
+            manifest["also_decodes"] = [i for i in ids if i != model_id]
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)

@@ -108,6 +108,31 @@ def test_shipped_bundle_matches_shipped_checkpoint():
         assert np.abs(got - want).mean() < 2e-3 and np.abs(got - want).max() < 0.05
 
 
+def test_integer_path_tracks_the_float_scales(sample, bundle):
+    """The integer indexes pick the same table as the float σ for nearly every element (σ of the
+    shipped checkpoint's h_s: the bundle's hyper decoder graph holds only μ)."""
+    from codec.tiling import analyse, z_symbols
+
+    model, _ = load_model(SHIPPED_CHECKPOINT)
+    model.eval()
+    for q in (0, 50, 100):
+        gain, _ = bundle.gains(q)
+        _, z = analyse(bundle, np.asarray(sample), gain)
+        z_sym = z_symbols(bundle, z, q)
+        sigma = export_bundle.float_sigma(model, bundle.hyper_input(z_sym, q))
+        float_idx = codec.intscale.float_indexes(sigma, bundle._tables["scale_table"])
+        int_idx = bundle.scale_indexes(z_sym, q)
+        diff = np.abs(float_idx.astype(int) - int_idx)
+        # Index path 1 floored in its LeakyReLU; measured once, only 72-84% were equal here.
+        # 0.4.0's and 0.5.0's weights are a little less tracked at quality 100 (0.3.0's: over 99.9%
+        # within one), which costs 0.5.0 +0.34% of rate there and +0.01% BD-rate (benchmarks/intscale_cost.py).
+        # In the channel-conditional default (0.6.0) this is h_s's σ, to which every slice k ≥ 1 adds.
+        # 0.7.0's 8-bit weights (all layers but the first) track it less closely: 96 / 93 / 87% equal
+        # and 99.99 / 99.89 / 99.42% within one at qualities 0 / 50 / 100 (12 bits: 99.3 / 99.1 / 97.8%
+        # equal), for +0.006% to +0.020% of real file size on all of Kodak at qualities 0 to 100.
+        assert np.mean(diff == 0) > 0.85 and np.mean(diff <= 1) > 0.99
+
+
 def test_tiny_bundle_round_trip(tiny):
     _, folder = tiny
     b = Bundle(folder)
@@ -199,8 +224,8 @@ def test_z_gains_code_the_symbols_torch_computes(tiny_z_gains):
             z_gain, _ = model.z_gains(t)
             want = torch.round(model.h_a(model.g_a(x) * gain) * z_gain)[0].numpy()
         assert np.mean(z_sym == want) > 0.99  # ONNX and torch may round a value at .5 differently
-        _, sigma = b.run("hyper_decoder", z_hat=b.hyper_input(z_sym, q)[None])
-        float_idx = codec.intscale.float_indexes(sigma[0], b._tables["scale_table"])
+        float_idx = codec.intscale.float_indexes(export_bundle.float_sigma(model, b.hyper_input(z_sym, q)),
+                                                 b._tables["scale_table"])
         assert np.mean(np.abs(float_idx.astype(int) - b.scale_indexes(z_sym, q)) <= 1) > 0.99
         assert codec.decompress(data, bundle=b).size == (96, 80)
 
@@ -349,10 +374,9 @@ def test_exported_transforms_equal_the_trained_ones(tiny):
     gain = torch.ones(1, model.cfg.M, 1, 1)
     with torch.no_grad():
         torch.testing.assert_close(export_bundle.Decoder(model)(y, gain), model.g_s(y), atol=1e-5, rtol=1e-4)
-        mu, sigma = export_bundle.HyperDecoder(model)(z)
         want_mu, want_sigma = model.hyper(z)
-        torch.testing.assert_close(mu, want_mu, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(sigma, want_sigma, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(export_bundle.HyperDecoder(model)(z), want_mu, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(torch.from_numpy(export_bundle.float_sigma(model, z[0].numpy()))[None], want_sigma)
 
 
 def _older_export(folder: Path, out: Path) -> Bundle:
