@@ -402,6 +402,9 @@ def test_a_re_export_keeps_decoding_the_files_of_the_one_it_supersedes(tiny, tmp
                                       supersedes=tmp_path / "old")
     assert new["also_decodes"] == [old.model_id] and new["model_id"] != old.model_id
     assert codec.decompress(data, bundle=Bundle(tmp_path / "new")).size == (40, 33)
+    again = export_bundle.export_bundle(folder.parent / "tiny.pt", tmp_path / "again", name="tiny",
+                                        supersedes=tmp_path / "new")  # nothing changed: the same id
+    assert again["model_id"] == new["model_id"] and again["also_decodes"] == [old.model_id]
 
 
 def test_supersedes_refuses_other_weights(tiny, tmp_path):
