@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from codec import bitstream, entropy, profile, tiling
+from codec import bitstream, entropy, intscale, profile, tiling
 from codec import refine as refinement
 from codec.bitstream import Header, OnicError
 from codec.session import Bundle, default_bundle
@@ -256,14 +256,16 @@ def _open_latents(c: bitstream.Container, bundle: Bundle) -> tuple[np.ndarray, e
 
 
 def _y_symbols(dec: entropy.Decoder, bundle: Bundle, z_sym: np.ndarray, quality: int,
-               decoded: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+               decoded: Callable[[int, np.ndarray], None] | None = None,
+               shared: intscale.SharedHyperState | None = None) -> np.ndarray:
     """y's symbols, slice by slice for a channel-conditional model: slice k's indexes need the
-    symbols of the slices before it. ``decoded(k, symbols)`` is told as each slice is complete."""
+    symbols of the slices before it. ``decoded(k, symbols)`` is told as each slice is complete;
+    ``shared``: the slices' shared integer state, which another thread may help make."""
     if not bundle.slices:
         y_ids = bundle.scale_indexes(z_sym, quality)
         with profile.stage("entropy coding"):
             return dec.read(y_ids, bundle.y_tables)
-    state = bundle.scale_state(z_sym, quality)
+    state = bundle.scale_state(z_sym, quality, shared)
     y_sym = np.empty(state[0].shape, dtype=np.int32)
     for k, (a, b) in enumerate(bundle.slices):
         ids = bundle.slice_indexes(k, state, y_sym)
@@ -322,14 +324,24 @@ def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
         y_hat += y_sym
         return y_hat
     slices = _Slices(len(bundle.slices))
+    # The float chain has made μ well before the integer chain has its shared state, and then
+    # waits for the first slice's symbols, which need that state: meanwhile it takes a share of it.
+    shared = bundle.shared_scale_state(z_sym, h.quality) if single else None
+
+    def float_chain() -> np.ndarray:
+        mu = tiling.hyper_decode(bundle, z_sym, h.quality, single)
+        if shared is not None:
+            shared.help()
+        return tiling.conditional_latents(bundle, mu, None, ready=slices.wait, single_thread=single)
+
     with ThreadPoolExecutor(1) as pool:
-        floats = pool.submit(lambda: tiling.conditional_latents(
-            bundle, tiling.hyper_decode(bundle, z_sym, h.quality, single), None, ready=slices.wait,
-            single_thread=single))
+        floats = pool.submit(float_chain)
         try:
-            _y_symbols(dec, bundle, z_sym, h.quality, slices.decoded)
+            _y_symbols(dec, bundle, z_sym, h.quality, slices.decoded, shared)
         except BaseException:
             slices.fail()
+            if shared is not None:
+                shared.cancel()
             raise
         return floats.result()
 

@@ -34,6 +34,9 @@ stay float: they move pixel values, never decodability.
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 
 from codec import intconv
@@ -169,15 +172,21 @@ def accumulate(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None
     ``z_inv``: the integer inverse gains on z (N,) of the file's quality, for
     models with gain units on z; None for those without.
     """
-    x = np.clip(z.astype(np.int64), -ACT_MAX, ACT_MAX)
-    if z_inv is not None:
-        x = np.clip(x * np.clip(z_inv.astype(np.int64), 0, Z_INV_MAX).reshape(-1, 1, 1), -X_MAX, X_MAX)
+    x = _input(z, z_inv)
     for layer in (0, 1):  # in place where it can be: these are the largest arrays of a band
         x = conv_transpose2d(x, p[f"w{layer}"])
         x += p[f"b{layer}"].reshape(-1, 1, 1)
         x = leaky_relu(requantize(x, p[f"m{layer}"], p[f"s{layer}"], in_place=True))
     x = conv2d(x, p["w2"])
     x += p["b2"].reshape(-1, 1, 1)
+    return x
+
+
+def _input(z: np.ndarray, z_inv: np.ndarray | None) -> np.ndarray:
+    """h_s's integer input: the ẑ symbols, times the integer inverse gains on z where there are some."""
+    x = np.clip(z.astype(np.int64), -ACT_MAX, ACT_MAX)
+    if z_inv is not None:
+        x = np.clip(x * np.clip(z_inv.astype(np.int64), 0, Z_INV_MAX).reshape(-1, 1, 1), -X_MAX, X_MAX)
     return x
 
 
@@ -301,6 +310,100 @@ def hyper_state(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | Non
 
     each(band, list(range(0, z.shape[1], BAND)), workers)
     return acc, f
+
+
+HELP_GROUPS = 4  # groups of h_s's widest layer's channels, the units a second thread can take
+
+
+class SharedHyperState:
+    """hyper_state of an image that runs whole, in HELP_GROUPS groups of the channels of h_s's widest
+    (second) layer that two threads can share: the decoder's float chain, idle once its μ is made
+    until the first slice's symbols arrive, calls ``help()`` while the integer chain calls ``result()``.
+
+    Group g is the second layer's output channels [c_g, c_g+1) and the third layer's products with
+    those input channels alone; the third layer's accumulator is the sum of the groups' exact
+    integer products, so it is the same whichever thread ran which group, and the same as
+    hyper_state's. The first layer runs once, on the ``result()`` thread.
+    """
+
+    def __init__(self, z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None):
+        self._z, self._p, self._z_inv = z, p, z_inv
+        self._groups = _channel_groups(p)
+        self._x: np.ndarray | None = None  # the first layer's output, once made
+        self._started = threading.Event()  # set once the first layer is done, or has failed
+        self._lock = threading.Lock()
+        self._next = 0
+        self._parts: list[np.ndarray | None] = [None] * len(self._groups)
+        self._done = [threading.Event() for _ in self._groups]
+        self._failure: BaseException | None = None
+
+    def help(self) -> None:
+        """Take groups until none is left (the second thread; its errors go to ``result()``)."""
+        self._started.wait()
+        if self._x is not None:
+            self._take_groups()
+
+    def cancel(self) -> None:
+        """Release a waiting ``help()`` when ``result()`` will not be called (its thread failed first)."""
+        self._started.set()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(accumulator int64, F int16), as hyper_state returns them; run the rest of the groups."""
+        p = self._p
+        try:
+            x = _input(self._z, self._z_inv)
+            x = conv_transpose2d(x, p["w0"])
+            x += p["b0"].reshape(-1, 1, 1)
+            self._x = leaky_relu(requantize(x, p["m0"], p["s0"], in_place=True))
+        finally:
+            self._started.set()
+        self._take_groups()
+        for done in self._done:
+            done.wait()
+        if self._failure is not None:
+            raise self._failure
+        acc = self._parts[0]
+        for part in self._parts[1:]:
+            acc += part
+        acc += p["b2"].reshape(-1, 1, 1)
+        return acc, requantize(acc, p["f_m"], p["f_s"])
+
+    def _take_groups(self) -> None:
+        while True:
+            with self._lock:
+                g, self._next = self._next, self._next + 1
+            if g >= len(self._groups):
+                return
+            try:
+                self._parts[g] = self._group(g)
+            except BaseException as e:  # result() re-raises it on its own thread
+                self._failure = e
+            finally:
+                self._done[g].set()
+
+    def _group(self, g: int) -> np.ndarray:
+        w1, b1, m1, s1, w2 = self._groups[g]
+        x = conv_transpose2d(self._x, w1)
+        x += b1.reshape(-1, 1, 1)
+        return conv2d(leaky_relu(requantize(x, m1, s1, in_place=True)), w2)
+
+
+_group_cache: dict[int, list[tuple[np.ndarray, ...]]] = {}
+_group_lock = threading.Lock()
+
+
+def _channel_groups(p: dict[str, np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+    """(w1, b1, m1, s1, w2) of each channel group, sliced once per scale path: contiguous arrays
+    that live as long as its w1 does, so the 8-bit engines built for them (intconv.engine) are reused."""
+    key = id(p["w1"])
+    with _group_lock:
+        if key not in _group_cache:
+            edges = np.linspace(0, p["w1"].shape[1], HELP_GROUPS + 1).round().astype(int)
+            _group_cache[key] = [tuple(np.ascontiguousarray(a) for a in (
+                p["w1"][:, c0:c1], p["b1"][c0:c1], p["m1"][c0:c1], p["s1"][c0:c1], p["w2"][:, c0:c1]))
+                for c0, c1 in zip(edges[:-1], edges[1:], strict=True)]
+            weakref.finalize(p["w1"], _group_cache.pop, key, None)
+        return _group_cache[key]
 
 
 SLICE_BAND, SLICE_MARGIN = 64, 2  # rows of y per band of a slice network, and of context (two 3×3 convs)

@@ -186,11 +186,21 @@ class Bundle:
         """[a_k, b_k) channels of y per slice of a channel-conditional model; [] for the plain hyperprior."""
         return intscale.slice_bounds(self._scale_path) if "slices" in self._scale_path else []
 
-    def scale_state(self, z_sym: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
-        """What every slice's integer scale path starts from (channel-conditional models)."""
+    def scale_state(self, z_sym: np.ndarray, quality: int,
+                    shared: intscale.SharedHyperState | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """What every slice's integer scale path starts from (channel-conditional models); from
+        ``shared`` (shared_scale_state of the same ẑ) where another thread may help make it."""
         with profile.stage("integer scale path"), _blas_single_thread():
-            z_inv = self.z_gains(quality)[1] if self.has_z_gains else None
-            return intscale.hyper_state(z_sym, self._scale_path, z_inv, workers=self.tile_workers)
+            if shared is not None:
+                return shared.result()
+            return intscale.hyper_state(z_sym, self._scale_path, self._z_inv(quality), workers=self.tile_workers)
+
+    def shared_scale_state(self, z_sym: np.ndarray, quality: int) -> intscale.SharedHyperState:
+        """scale_state's work for an image that runs whole, in parts a second thread can take (help())."""
+        return intscale.SharedHyperState(z_sym, self._scale_path, self._z_inv(quality))
+
+    def _z_inv(self, quality: int) -> np.ndarray | None:
+        return self.z_gains(quality)[1] if self.has_z_gains else None
 
     def slice_indexes(self, k: int, state: tuple[np.ndarray, np.ndarray], y_sym: np.ndarray) -> np.ndarray:
         """Scale-table indexes of slice k from the state and the symbols of the earlier slices."""

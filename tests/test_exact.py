@@ -141,6 +141,44 @@ def test_integer_path_bands_equal_the_whole(bundle, monkeypatch):
     assert np.array_equal(bundle.scale_indexes(z, 30), whole)
 
 
+@pytest.mark.parametrize("helpers", [0, 1, 3])
+def test_shared_hyper_state_is_the_serial_one(bundle, helpers):
+    """The slices' shared state made in channel groups, with other threads taking some of them,
+    is hyper_state's, integer for integer (hostile ẑ included: large values clip the same way)."""
+    import threading
+
+    rng = np.random.default_rng(2)
+    for z in (rng.integers(-6, 7, size=(len(bundle.z_tables), 8, 12)),
+              rng.integers(-2**15, 2**15, size=(len(bundle.z_tables), 3, 2))):
+        want = intscale.hyper_state(z, bundle._scale_path)
+        shared = bundle.shared_scale_state(z, 30)
+        threads = [threading.Thread(target=shared.help) for _ in range(helpers)]
+        for t in threads:
+            t.start()
+        got = bundle.scale_state(z, 30, shared)
+        for t in threads:
+            t.join()
+        assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_a_failed_integer_chain_releases_the_helping_float_chain(sample_onic, monkeypatch):
+    """If the integer chain fails before it starts the shared state, the float chain waiting to
+    help is released: one error, no hang."""
+    import threading
+
+    def fail(*args, **kwargs):
+        raise codec.OnicError("the integer chain failed")
+
+    bundle = codec.session.default_bundle()
+    monkeypatch.setattr(bundle, "scale_state", fail)
+    outcome = []
+    t = threading.Thread(target=lambda: outcome.append(pytest.raises(codec.OnicError, codec.decompress, sample_onic)),
+                         daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive() and outcome and "integer chain failed" in str(outcome[0].value)
+
+
 def test_hyper_graphs_in_bands_match_the_whole(bundle, monkeypatch):
     from codec import tiling
 
