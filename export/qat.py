@@ -221,8 +221,10 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
         t = torch.rand(batch) * (rungs - 1)
         return (x, *model.coded_latents(x, t)[:2])  # ŷ and the inverse gain, as a file decodes
 
+    earlier = 0  # steps of the run resumed, so that qat.pt and the bundle's note count them all
     if resume:
         load_state(decoder, resume)
+        earlier = int(torch.load(resume, weights_only=True).get("steps", 0))
     else:
         with torch.no_grad():
             for _ in range(calibration_batches):
@@ -260,7 +262,8 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
             losses = []
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v for k, v in decoder.state_dict().items() if not k.endswith("log_scale")}  # in "quantizers"
-    torch.save({"decoder": weights, "steps": step, "weight_bits": weight_bits, "convs": list(convs),
+    decoder.steps = earlier + step
+    torch.save({"decoder": weights, "steps": decoder.steps, "weight_bits": weight_bits, "convs": list(convs),
                 "quantizers": [(q.current_scale(), q.zero_point) for q in decoder.quantizers()]}, out / "qat.pt")
     return decoder
 
@@ -340,8 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     export_decoder(decoder, out / "decoder.onnx", channels)
     export_gradient(decoder, out / "synthesis_grad.onnx", channels)
     m = write_bundle(Path(a.base), out / "decoder.onnx", out / "bundle",
-                     f"int8 (QAT, convolutions {a.int8_convs}, {a.weight_bits}-bit weights, {a.minutes} min from "
-                     f"{Path(a.checkpoint).name})", out / "synthesis_grad.onnx")
+                     f"int8 (QAT, convolutions {a.int8_convs}, {a.weight_bits}-bit weights, {decoder.steps} steps "
+                     f"from {Path(a.checkpoint).name})", out / "synthesis_grad.onnx")
     print(f"wrote {out / 'bundle'}: model id {m['model_id']}, decodes {', '.join(m['also_decodes'])}")
 
 

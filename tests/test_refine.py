@@ -41,13 +41,19 @@ def test_shipped_gradient_graph_is_the_synthesis_gradient(bundle):
     model, _ = load_model(ROOT / "export" / "checkpoints" / "default.pt")
     for p in model.parameters():
         p.requires_grad_(False)
+    g_s = model.g_s
+    if "synthesis" in bundle.manifest:  # an int8 synthesis: the float function of its fine-tuned weights
+        from export import qat
+
+        int8 = ROOT / "export" / "checkpoints" / "default_int8.pt"
+        g_s = qat.load_state(qat.QuantDecoder(model), int8).float_layers()
     rng = np.random.default_rng(0)
     m = model.cfg.M
     y_hat = (3 * rng.standard_normal((m, 6, 9))).astype(np.float32)
     _, inv_gain = bundle.gains(60)
     x = rng.random((1, 3, 96, 144), dtype=np.float32)
     weight = (rng.random((1, 1, 96, 144)) > 0.3).astype(np.float32)
-    want, want_sse = autograd_gradient(model.g_s, y_hat, inv_gain, x, weight)
+    want, want_sse = autograd_gradient(g_s, y_hat, inv_gain, x, weight)
     got, sse = bundle.run(refine.GRAPH, y_hat=y_hat[None], inv_gain=inv_gain, x=x, weight=weight)
     assert np.abs(got[0] - want).max() <= 1e-4 * np.abs(want).max()
     assert sse[0] == pytest.approx(want_sse, rel=1e-5)

@@ -30,10 +30,14 @@ from codec.session import DEFAULT_BUNDLE, RELEASED_MODELS
 from codec.webview import WEB_DIR, serve_in_background
 from tests.conftest import SAMPLE, random_image
 
-# Pixels come from onnxruntime-web's float kernels, not the Python runtime's: one level in a
-# few pixels, as between any two onnxruntime builds (docs/FORMAT.md). Measured once: 7 of
-# 262,144 values of the 256² sample, 132 of 7.7 million of the 1200×1600 image.
-MAX_LEVELS, MAX_DIFFERING = 1, 0.001
+# Pixels come from onnxruntime-web's kernels, not the Python runtime's (docs/FORMAT.md). With the
+# float synthesis (onic 0.9.x) that was one level in a few pixels: 7 of 262,144 values of the 256²
+# sample, 132 of 7.7 million of the 1200×1600 image. The int8 synthesis (0.10.0) re-rounds its
+# third convolution's input and output to 8-bit grids, so where the two runtimes' floats fall on
+# either side of a grid boundary a whole step moves: measured once, 84 of the sample's values
+# (0.03%), 45 of 23,668 of the grey 97×61 image (0.19%), 3,005 of 7.7 million of the large one,
+# at most 2 levels.
+MAX_LEVELS, MAX_DIFFERING = 2, 0.005
 
 
 def _chromium() -> str | None:
