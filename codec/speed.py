@@ -2,8 +2,8 @@
 
 Everything runs warm (sessions created, one burn-in) and reports the median
 of ``repeat`` runs, on this machine, in this run, so every number has a
-ratio beside it. Peak memory comes from a fresh child process
-(``ru_maxrss``), so it is the whole process, Python and onnxruntime included.
+ratio beside it. Peak memory comes from a fresh child process (peak_rss_mb),
+so it is the whole process, Python and onnxruntime included.
 """
 
 from __future__ import annotations
@@ -134,31 +134,50 @@ def startup_ms(small_onic: Path, repeat: int = 5) -> dict[str, float]:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB: Linux's VmHWM where there is one.
+
+    Not ``ru_maxrss`` there: Linux carries the parent's peak into a child across fork and exec,
+    so a child spawned by a process that had held more (speed.py, after its 12 MP runs) reported
+    the parent's peak as its own (a 1 GiB parent: ru_maxrss 1,051 MiB, VmHWM 13 MiB).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
+
+
 def peak_rss_round_trip(width: int, height: int, quality: int, bundle: str | None = None) -> dict:
     """Compress and decompress a synthetic photo-like image of width × height in a fresh process,
     with the bundle folder ``bundle`` (default: the shipped one)."""
     code = f"""
-import resource, time, numpy as np
+import time, numpy as np
 from PIL import Image
 import codec
 from codec.session import Bundle, default_bundle
+from codec.speed import peak_rss_mb
 bundle = Bundle({bundle!r}) if {bundle!r} else default_bundle()
 rng = np.random.default_rng(0)
 small = rng.integers(0, 256, size=({height} // 64 + 1, {width} // 64 + 1, 3), dtype=np.uint8)
 image = Image.fromarray(small).resize(({width}, {height}), Image.BICUBIC)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_rss_mb()
 t0 = time.perf_counter(); data = codec.compress(image, {quality}, bundle); t1 = time.perf_counter()
 out = codec.decompress(data, bundle); t2 = time.perf_counter()
 assert out.size == image.size
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, t1 - t0, t2 - t1, len(data))
+print(base, peak_rss_mb(), t1 - t0, t2 - t1, len(data))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(r.stderr.strip().splitlines()[-1])
     base, peak, enc, dec, size = r.stdout.split()
     image_mb = width * height * 3 / 2**20
-    return {"size": f"{width}x{height}", "megapixels": width * height / 1e6, "peak_rss_mb": int(peak) / 1024,
-            "rss_before_mb": int(base) / 1024, "image_mb": image_mb, "encode_s": float(enc), "decode_s": float(dec),
+    return {"size": f"{width}x{height}", "megapixels": width * height / 1e6, "peak_rss_mb": float(peak),
+            "rss_before_mb": float(base), "image_mb": image_mb, "encode_s": float(enc), "decode_s": float(dec),
             "bytes": int(size)}
 
 
@@ -197,7 +216,7 @@ def run(image_path: str, quality: int = 75, repeat: int = 5, megapixels: float =
         side = (big_megapixels * 1e6 / 1.5) ** 0.5
         report["memory"] = peak_rss_round_trip(round(side * 1.5), round(side), quality,
                                                None if model is None else str(bundle.path))
-    report["self_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["self_peak_rss_mb"] = peak_rss_mb()
     return report
 
 
