@@ -7,9 +7,13 @@ Graphs (dynamic height and width, checked with onnx.checker):
 - hyper_encoder.onnx  y                                      → z (1,N,H/64,W/64)
 - hyper_decoder.onnx  z_hat                                  → mu (1,M,H/16,W/16) (σ: the integer path)
 - decoder.onnx        y_hat, inv_gain (1,M,1,1)              → x_hat (1,3,H,W)
-and, for a channel-conditional model (slices [a_k, b_k) of y):
-- slice_meanK.onnx    mu_h (1,M,h,w), y_prev (1,a_k,h,w)     → mu (1,b_k−a_k,h,w)   (K ≥ 1)
-- slice_lrpK.onnx     mu_h, y_upto (1,b_k,h,w)               → y_hat (1,b_k−a_k,h,w)
+and, for a channel-conditional model (slices [a_k, b_k) of y; C = the slice networks' width):
+- slice_prior.onnx    mu_h (1,M,h,w)                         → prior (1,(2S−1)·C,h,w)
+- slice_meanK.onnx    mu_h, prior_K (1,C,h,w), y_prev (1,a_k,h,w) → mu (1,b_k−a_k,h,w)   (K ≥ 1)
+- slice_lrpK.onnx     prior_K, y_upto (1,b_k,h,w)            → y_hat (1,b_k−a_k,h,w)
+where prior stacks, for each of the S slices' networks in the order they run (lrp0,
+mean1, lrp1, …, mean(S−1), lrp(S−1)), the part of its first convolution that reads μ_h
+(bias included); prior_K is that network's C channels of it (``slice_networks``).
 The encoder is analysis + hyper_encoder, two graphs so that the analysis can
 run in overlapping tiles on large images (codec/tiling.py). Encoder-only, for
 refinement (codec/refine.py), listed under encoder_files and outside the model id:
@@ -100,16 +104,67 @@ class Decoder(nn.Module):
         return self.g_s(y_hat * inv_gain)
 
 
+def slice_networks(m: Onic) -> list[tuple[str, int, nn.Sequential]]:
+    """(kind, slice, network) of every slice network, in the order a decoder runs them: lrp0, mean1,
+    lrp1, …; the order of their channels in slice_prior.onnx's output."""
+    nets = []
+    for k in range(len(m.context.bounds)):
+        if k:
+            nets.append(("mean", k, m.context.mean[k - 1]))
+        nets.append(("lrp", k, m.context.lrp[k]))
+    return nets
+
+
+class SlicePrior(nn.Module):
+    """The part of every slice network's first convolution that reads μ_h, as one convolution.
+
+    Each slice network's first layer is a 3×3 convolution of (μ_h, ŷ of earlier slices),
+    and μ_h is known long before any ŷ: the decoder has it once h_s has run, while the
+    symbols of slice 0 still wait for the integer path. Split by input channels, the
+    convolution is conv(μ_h) + conv(ŷ); computing every network's conv(μ_h) up front takes
+    two thirds of the slice networks' multiply-adds (M = 96) off the chain that runs
+    slice after slice once symbols arrive (README, Speed and memory, onic 0.11.0).
+    """
+
+    def __init__(self, m: Onic):
+        super().__init__()
+        M = m.cfg.M
+        firsts = [net[0] for _, _, net in slice_networks(m)]
+        self.conv = nn.Conv2d(M, sum(c.out_channels for c in firsts), 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.cat([c.weight[:, :M] for c in firsts]))
+            self.conv.bias.copy_(torch.cat([c.bias for c in firsts]))
+
+    def forward(self, mu_h: torch.Tensor) -> torch.Tensor:
+        return self.conv(mu_h)
+
+
+class SliceRest(nn.Module):
+    """A slice network given its prior (SlicePrior's channels for it): the first convolution's
+    ŷ part added to the prior, then the network's activation and last convolution."""
+
+    def __init__(self, m: Onic, net: nn.Sequential):
+        super().__init__()
+        first, M = net[0], m.cfg.M
+        self.conv_y = nn.Conv2d(first.in_channels - M, first.out_channels, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.conv_y.weight.copy_(first.weight[:, M:])
+        self.act, self.out = net[1], net[2]
+
+    def forward(self, prior: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(prior + self.conv_y(y)))
+
+
 class SliceMean(nn.Module):
     """μ of slice k ≥ 1 of a channel-conditional model: μ_h's slice plus its network of (μ_h, ŷ_<k)."""
 
     def __init__(self, m: Onic, k: int):
         super().__init__()
         self.a, self.b = m.context.bounds[k]
-        self.net = m.context.mean[k - 1]
+        self.net = SliceRest(m, m.context.mean[k - 1])
 
-    def forward(self, mu_h: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
-        return mu_h[:, self.a : self.b] + self.net(torch.cat([mu_h, y_prev], 1))
+    def forward(self, mu_h: torch.Tensor, prior: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
+        return mu_h[:, self.a : self.b] + self.net(prior, y_prev)
 
 
 class SliceLRP(nn.Module):
@@ -118,10 +173,10 @@ class SliceLRP(nn.Module):
     def __init__(self, m: Onic, k: int):
         super().__init__()
         self.a, self.b = m.context.bounds[k]
-        self.net = m.context.lrp[k]
+        self.net = SliceRest(m, m.context.lrp[k])
 
-    def forward(self, mu_h: torch.Tensor, y_upto: torch.Tensor) -> torch.Tensor:
-        return y_upto[:, self.a : self.b] + 0.5 * torch.tanh(self.net(torch.cat([mu_h, y_upto], 1)))
+    def forward(self, prior: torch.Tensor, y_upto: torch.Tensor) -> torch.Tensor:
+        return y_upto[:, self.a : self.b] + 0.5 * torch.tanh(self.net(prior, y_upto))
 
 
 class SubPixelConv(nn.Module):
@@ -250,11 +305,15 @@ def graphs(model: Onic) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], 
         "hyper_decoder": (HyperDecoder(model), (torch.randn(1, N, 2, 3),), ["z_hat"], ["mu"]),
         "decoder": (Decoder(model), (torch.randn(1, M, 8, 12), gain), ["y_hat", "inv_gain"], ["x_hat"]),
     }
+    if model.cfg.slices:
+        out["slice_prior"] = (SlicePrior(model), (torch.randn(1, M, 8, 12),), ["mu_h"], ["prior"])
     for k, (a, b) in enumerate(model.context.bounds if model.cfg.slices else []):
         mu_h = torch.randn(1, M, 8, 12)
+        prior = torch.randn(1, model.context.lrp[k][0].out_channels, 8, 12)
         if k:
-            out[f"slice_mean{k}"] = (SliceMean(model, k), (mu_h, torch.randn(1, a, 8, 12)), ["mu_h", "y_prev"], ["mu"])
-        out[f"slice_lrp{k}"] = (SliceLRP(model, k), (mu_h, torch.randn(1, b, 8, 12)), ["mu_h", "y_upto"], ["y_hat"])
+            out[f"slice_mean{k}"] = (SliceMean(model, k), (mu_h, prior, torch.randn(1, a, 8, 12)),
+                                     ["mu_h", "prior", "y_prev"], ["mu"])
+        out[f"slice_lrp{k}"] = (SliceLRP(model, k), (prior, torch.randn(1, b, 8, 12)), ["prior", "y_upto"], ["y_hat"])
     return out
 
 

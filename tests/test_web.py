@@ -172,6 +172,21 @@ def test_browser_decodes_a_channel_conditional_model_with_z_gains(browser_run, t
         assert r["maxDiff"] <= MAX_LEVELS and r["differing"] <= MAX_DIFFERING * refs[r["name"]].size, r
 
 
+def test_browser_decodes_a_bundle_without_slice_prior(browser_run, tmp_path):
+    """A bundle exported before slice_prior.onnx (onic 0.10): its slice graphs read μ_h themselves."""
+    pytest.importorskip("torch")
+    from tests.test_conditional import legacy_bundle, sliced_bundle
+
+    model, b = sliced_bundle(tmp_path)
+    legacy = legacy_bundle(model, b, tmp_path / "old")
+    files = {"tall": api.compress(random_image(100, 1400, seed=7), 40, bundle=legacy)}  # bands, as above
+    refs = {name: _rgba(api.decompress(data, bundle=legacy)) for name, data in files.items()}
+    result = browser_run(files, refs, bundle=tmp_path / "old")
+    (r,) = result["results"]
+    assert "error" not in r, r.get("error")
+    assert r["maxDiff"] <= MAX_LEVELS and r["differing"] <= MAX_DIFFERING * refs["tall"].size, r
+
+
 def _repack(data: bytes, **fields) -> bytes:
     """A CRC-valid file with header fields, sections or chunks replaced."""
     c = bitstream.unpack(data)

@@ -1,6 +1,7 @@
 // A model bundle fetched over HTTP: the decoder's half of codec/session.py. Only what decoding
 // needs is downloaded (manifest.json, tables.npz, scale_path.npz, hyper_decoder.onnx,
-// decoder.onnx, and the slice graphs of a channel-conditional model); each file is checked
+// decoder.onnx, and the slice graphs of a channel-conditional model, slice_prior.onnx among them
+// where the bundle has it); each file is checked
 // against the manifest's SHA-256, and the manifest against its model id.
 
 import * as ort from "onnxruntime-web";
@@ -70,6 +71,8 @@ export class Bundle {
     }
     const slices = (manifest.config && manifest.config.slices) || [];
     const graphs = ["hyper_decoder", "decoder"];
+    // slice_prior: the slice networks' μ_h part, in bundles of onic 0.11.0 on (export/bundle.py).
+    if (slices.length && "slice_prior.onnx" in (manifest.files || {})) graphs.push("slice_prior");
     slices.forEach((_, k) => { if (k) graphs.push(`slice_mean${k}`); graphs.push(`slice_lrp${k}`); });
     const names = ["tables.npz", "scale_path.npz", ...graphs.map((g) => `${g}.onnx`)];
     const files = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await fetchBytes(base + n)])));
@@ -97,6 +100,10 @@ export class Bundle {
     const release = RELEASED_MODELS[modelId];
     const hint = release ? ` (the default model of onic ${release}: decode it with that release)` : "";
     throw new OnicError(`model id mismatch: the file needs model ${modelId}${hint}, this onic has ${this.modelId}`);
+  }
+
+  get hasSlicePrior() {
+    return "slice_prior" in this.sessions;
   }
 
   get hasZGains() {
