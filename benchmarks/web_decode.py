@@ -33,8 +33,11 @@ DECODER_FILES = ("tables.npz", "scale_path.npz", "hyper_decoder.onnx", "decoder.
 
 def decoder_files(bundle: Path) -> list[Path]:
     """The files a page fetches (web/src/bundle.js): DECODER_FILES and a channel-conditional model's slice graphs."""
-    slices = json.loads((bundle / "manifest.json").read_text())["config"].get("slices") or []
-    graphs = [g for k in range(len(slices)) for g in ([f"slice_mean{k}"] if k else []) + [f"slice_lrp{k}"]]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    slices = manifest["config"].get("slices") or []
+    priors = "slice_prior0.onnx" in manifest["files"]  # onic 0.11.0's bundles on
+    graphs = [g for k in range(len(slices))
+              for g in ([f"slice_prior{k}"] if priors else []) + ([f"slice_mean{k}"] if k else []) + [f"slice_lrp{k}"]]
     return [bundle / n for n in (*DECODER_FILES, *(f"{g}.onnx" for g in graphs))]
 
 

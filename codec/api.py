@@ -330,13 +330,14 @@ def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
 
     def float_chain() -> np.ndarray:
         mu = tiling.hyper_decode(bundle, z_sym, h.quality, single)
-        # The slice networks' μ_h part first: slice 0's network needs it as soon as its symbols
-        # arrive, and by the time it is made the shared state is (kodim23: 77 → 68 ms a decode,
-        # a one-off timeline probe; ab_speed in README, Speed and memory, onic 0.11.0).
-        prior = tiling.slice_prior(bundle, mu, single)
+        # The slice networks' μ_h part first, for an image that runs whole: slice 0's network needs
+        # it as soon as its symbols arrive, and by the time it is made the shared state is (kodim23:
+        # 72.3 → 68.3 ms a decode, ab_speed; README, Speed and memory, onic 0.11.0). A large image's
+        # are made slice by slice, so that it holds one slice's at a time.
+        priors = {k: tiling.slice_prior(bundle, mu, k, single) for k in range(len(bundle.slices))} if single else {}
         if shared is not None:
             shared.help()
-        return tiling.conditional_latents(bundle, mu, None, ready=slices.wait, single_thread=single, prior=prior)
+        return tiling.conditional_latents(bundle, mu, None, ready=slices.wait, single_thread=single, priors=priors)
 
     with ThreadPoolExecutor(1) as pool:
         floats = pool.submit(float_chain)

@@ -4,7 +4,7 @@ A bundle is a folder holding analysis.onnx, hyper_encoder.onnx,
 hyper_decoder.onnx, decoder.onnx, tables.npz, scale_path.npz and
 manifest.json (written by ``python -m export.bundle``); a channel-conditional
 model adds slice_meanK.onnx and slice_lrpK.onnx per slice, and (onic 0.11.0 on)
-slice_prior.onnx, the part of them that reads μ_h (export/bundle.py). Its model id, the
+slice_priorK.onnx, the part of them that reads μ_h (export/bundle.py). Its model id, the
 first 16 hex digits of a hash over the files' SHA-256 sums, is stamped into
 every .onic file so that a file is never decoded with the wrong tables.
 Files only the encoder uses and that never change a decoded symbol
@@ -189,8 +189,8 @@ class Bundle:
 
     @property
     def slice_prior(self) -> bool:
-        """Whether the slice networks take their μ_h part from slice_prior.onnx (bundles of onic 0.11.0 on)."""
-        return "slice_prior.onnx" in self.manifest.get("files", {})
+        """Whether the slice networks take their μ_h part from slice_priorK.onnx (bundles of onic 0.11.0 on)."""
+        return "slice_prior0.onnx" in self.manifest.get("files", {})
 
     def scale_state(self, z_sym: np.ndarray, quality: int,
                     shared: intscale.SharedHyperState | None = None) -> tuple[np.ndarray, np.ndarray]:

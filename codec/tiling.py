@@ -22,7 +22,6 @@ only y, μ and the symbols do, and entropy coding sees them whole.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -144,7 +143,7 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | No
                         ready: Callable[[int], np.ndarray] | None = None,
                         mu_out: np.ndarray | None = None, single_thread: bool = False,
                         written: Callable[[int, np.ndarray], None] | None = None,
-                        prior: Callable[[int], dict[str, np.ndarray]] | None = None) -> np.ndarray:
+                        priors: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """ŷ (M, h, w) of a channel-conditional model, slice by slice (Minnen & Singh 2020).
 
     Slice k's μ comes from μ_h and the ŷ of the slices before it; ŷ_k is μ_k plus
@@ -155,23 +154,20 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | No
     ``mu_out`` (M, h, w), if given, receives every slice's μ (the encoder's refinement needs it).
     ``single_thread`` when the chain runs beside the integer one, which has the other core.
     ``written(k, y_sym)``, if given, is told as the encoder's slice k symbols are in y_sym.
-    ``prior``: ``slice_prior``'s result for mu_h, where the caller ran it already.
+    ``priors``: slice_prior's results that the caller made ahead, by slice; the rest are made here,
+    each just before its slice (after the encoder has handed on slice 0's symbols), and dropped after it.
     """
     y_hat = np.empty(mu_h.shape, dtype=np.float32)
     h = mu_h.shape[1]
-    # An image that runs whole takes each slice graph in one run rather than bands: its tensors are
-    # smaller than one band of a large image's, and kodim23's two bands cost a run's overhead and
-    # the margins' rows again (about 1 ms of a decode, a one-off timeline probe, onic 0.9.1's round).
     band = _y_band(mu_h)
-    if prior is None:  # made at the first network that needs it: the encoder hands slice 0's symbols on first
-        made = functools.cache(lambda: slice_prior(bundle, mu_h, single_thread))
-        prior = lambda j: made()(j)  # noqa: E731
+    priors = dict(priors or {})
     for k, (a, b) in enumerate(bundle.slices):
         if k:
+            mean, lrp = _slice_inputs(bundle, mu_h, k, priors, single_thread)
             mu = _row_bands(bundle, f"slice_mean{k}", single_thread, h, band, Y_MARGIN, 1, 1,
-                            mu_h=mu_h[None], **prior(2 * k - 1), y_prev=y_hat[None, :a])
+                            mu_h=mu_h[None], **mean, y_prev=y_hat[None, :a])
         else:
-            mu = mu_h[a:b]
+            mean, mu = {}, mu_h[a:b]
         if mu_out is not None:
             mu_out[a:b] = mu
         if ready is not None:
@@ -181,33 +177,42 @@ def conditional_latents(bundle: Bundle, mu_h: np.ndarray, y_sym: np.ndarray | No
             if written is not None:
                 written(k, y_sym)
         y_hat[a:b] = mu + y_sym[a:b]
-        net = prior(2 * k) or {"mu_h": mu_h[None]}
+        if not k:
+            _, lrp = _slice_inputs(bundle, mu_h, k, priors, single_thread)
         y_hat[a:b] = _row_bands(bundle, f"slice_lrp{k}", single_thread, h, band, Y_MARGIN, 1, 1,
-                                **net, y_upto=y_hat[None, :b])
+                                **lrp, y_upto=y_hat[None, :b])
+        del mean, lrp  # a large image holds one slice's prior at a time
     return y_hat
 
 
 def _y_band(mu_h: np.ndarray) -> int:
-    """Rows of latents per band of the slice graphs: all of them for an image that runs whole."""
+    """Rows of latents per band of the slice graphs. An image that runs whole takes each in one run:
+    its tensors are smaller than one band of a large image's, and kodim23's two bands cost a run's
+    overhead and the margins' rows again (about 1 ms of a decode, a one-off timeline probe, onic
+    0.9.1's round)."""
     h, w = mu_h.shape[1:]
     return h if whole(h * LATENT, w * LATENT) else Y_BAND
 
 
-def slice_prior(bundle: Bundle, mu_h: np.ndarray,
-                single_thread: bool = False) -> Callable[[int], dict[str, np.ndarray]]:
-    """prior(j): the inputs that slice network j (in the order lrp0, mean1, lrp1, …) takes besides ŷ.
-
-    A bundle with slice_prior.onnx runs the μ_h part of every network's first convolution
-    here, at once, before any symbol is needed, and each network gets its own channels of
-    it ({"prior": …}); a bundle from before it (onic 0.10 and earlier) has networks that
-    read μ_h themselves, and gets {} (the caller passes μ_h).
-    """
+def slice_prior(bundle: Bundle, mu_h: np.ndarray, k: int, single_thread: bool = False) -> np.ndarray | None:
+    """slice_priorK's output (C', h, w): the μ_h part of slice k's networks' first convolutions,
+    slice_meanK's channels then slice_lrpK's; None for a bundle without it (onic 0.10 and earlier),
+    whose slice networks read μ_h themselves."""
     if not bundle.slice_prior:
-        return lambda j: {}
-    h = mu_h.shape[1]
-    stacked = _row_bands(bundle, "slice_prior", single_thread, h, _y_band(mu_h), Y_MARGIN, 1, 1, mu_h=mu_h[None])
-    width = stacked.shape[0] // (2 * len(bundle.slices) - 1)
-    return lambda j: {"prior": stacked[None, j * width : (j + 1) * width]}
+        return None
+    return _row_bands(bundle, f"slice_prior{k}", single_thread, mu_h.shape[1], _y_band(mu_h), Y_MARGIN, 1, 1,
+                      mu_h=mu_h[None])
+
+
+def _slice_inputs(bundle: Bundle, mu_h: np.ndarray, k: int, priors: dict[int, np.ndarray],
+                  single_thread: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The inputs besides ŷ of slice k's mean and lrp graphs: each its channels of slice k's prior
+    (taken from ``priors`` or made now), or μ_h for a bundle without slice_prior graphs."""
+    prior = priors.pop(k) if k in priors else slice_prior(bundle, mu_h, k, single_thread)
+    if prior is None:
+        return {}, {"mu_h": mu_h[None]}
+    width = prior.shape[0] // (2 if k else 1)
+    return {"prior": prior[None, :width]}, {"prior": prior[None, -width:]}
 
 
 def _to_uint8(x: np.ndarray, out: np.ndarray) -> None:

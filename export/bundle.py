@@ -8,12 +8,11 @@ Graphs (dynamic height and width, checked with onnx.checker):
 - hyper_decoder.onnx  z_hat                                  → mu (1,M,H/16,W/16) (σ: the integer path)
 - decoder.onnx        y_hat, inv_gain (1,M,1,1)              → x_hat (1,3,H,W)
 and, for a channel-conditional model (slices [a_k, b_k) of y; C = the slice networks' width):
-- slice_prior.onnx    mu_h (1,M,h,w)                         → prior (1,(2S−1)·C,h,w)
-- slice_meanK.onnx    mu_h, prior_K (1,C,h,w), y_prev (1,a_k,h,w) → mu (1,b_k−a_k,h,w)   (K ≥ 1)
-- slice_lrpK.onnx     prior_K, y_upto (1,b_k,h,w)            → y_hat (1,b_k−a_k,h,w)
-where prior stacks, for each of the S slices' networks in the order they run (lrp0,
-mean1, lrp1, …, mean(S−1), lrp(S−1)), the part of its first convolution that reads μ_h
-(bias included); prior_K is that network's C channels of it (``slice_networks``).
+- slice_priorK.onnx   mu_h (1,M,h,w)                         → prior (1,2C,h,w)  (C for K = 0)
+- slice_meanK.onnx    mu_h, prior (its first C channels), y_prev (1,a_k,h,w) → mu (1,b_k−a_k,h,w)  (K ≥ 1)
+- slice_lrpK.onnx     prior (its last C channels), y_upto (1,b_k,h,w) → y_hat (1,b_k−a_k,h,w)
+where slice_priorK holds the part of slice K's networks' first convolutions that reads μ_h
+(bias included): slice_meanK's, then slice_lrpK's (``SlicePrior``).
 The encoder is analysis + hyper_encoder, two graphs so that the analysis can
 run in overlapping tiles on large images (codec/tiling.py). Encoder-only, for
 refinement (codec/refine.py), listed under encoder_files and outside the model id:
@@ -104,32 +103,27 @@ class Decoder(nn.Module):
         return self.g_s(y_hat * inv_gain)
 
 
-def slice_networks(m: Onic) -> list[tuple[str, int, nn.Sequential]]:
-    """(kind, slice, network) of every slice network, in the order a decoder runs them: lrp0, mean1,
-    lrp1, …; the order of their channels in slice_prior.onnx's output."""
-    nets = []
-    for k in range(len(m.context.bounds)):
-        if k:
-            nets.append(("mean", k, m.context.mean[k - 1]))
-        nets.append(("lrp", k, m.context.lrp[k]))
-    return nets
+def slice_networks(m: Onic, k: int) -> list[nn.Sequential]:
+    """Slice k's networks in the order its slice_priorK channels hold them: mean (k ≥ 1), then lrp."""
+    return [*([m.context.mean[k - 1]] if k else []), m.context.lrp[k]]
 
 
 class SlicePrior(nn.Module):
-    """The part of every slice network's first convolution that reads μ_h, as one convolution.
+    """The part of slice k's networks' first convolutions that reads μ_h, as one convolution.
 
     Each slice network's first layer is a 3×3 convolution of (μ_h, ŷ of earlier slices),
     and μ_h is known long before any ŷ: the decoder has it once h_s has run, while the
     symbols of slice 0 still wait for the integer path. Split by input channels, the
-    convolution is conv(μ_h) + conv(ŷ); computing every network's conv(μ_h) up front takes
+    convolution is conv(μ_h) + conv(ŷ); running every slice's conv(μ_h) up front takes
     two thirds of the slice networks' multiply-adds (M = 96) off the chain that runs
-    slice after slice once symbols arrive (README, Speed and memory, onic 0.11.0).
+    slice after slice once symbols arrive (README, Speed and memory, onic 0.11.0). One graph
+    per slice, so that a large image holds one slice's prior at a time.
     """
 
-    def __init__(self, m: Onic):
+    def __init__(self, m: Onic, k: int):
         super().__init__()
         M = m.cfg.M
-        firsts = [net[0] for _, _, net in slice_networks(m)]
+        firsts = [net[0] for net in slice_networks(m, k)]
         self.conv = nn.Conv2d(M, sum(c.out_channels for c in firsts), 3, padding=1)
         with torch.no_grad():
             self.conv.weight.copy_(torch.cat([c.weight[:, :M] for c in firsts]))
@@ -305,10 +299,9 @@ def graphs(model: Onic) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], 
         "hyper_decoder": (HyperDecoder(model), (torch.randn(1, N, 2, 3),), ["z_hat"], ["mu"]),
         "decoder": (Decoder(model), (torch.randn(1, M, 8, 12), gain), ["y_hat", "inv_gain"], ["x_hat"]),
     }
-    if model.cfg.slices:
-        out["slice_prior"] = (SlicePrior(model), (torch.randn(1, M, 8, 12),), ["mu_h"], ["prior"])
     for k, (a, b) in enumerate(model.context.bounds if model.cfg.slices else []):
         mu_h = torch.randn(1, M, 8, 12)
+        out[f"slice_prior{k}"] = (SlicePrior(model, k), (mu_h,), ["mu_h"], ["prior"])
         prior = torch.randn(1, model.context.lrp[k][0].out_channels, 8, 12)
         if k:
             out[f"slice_mean{k}"] = (SliceMean(model, k), (mu_h, prior, torch.randn(1, a, 8, 12)),

@@ -115,25 +115,26 @@ def test_slices_must_cover_y():
 def test_bundle_has_a_graph_per_slice(sliced):
     _, b = sliced
     names = sorted(p.stem for p in b.path.glob("slice_*.onnx"))
-    assert names == ["slice_lrp0", "slice_lrp1", "slice_lrp2", "slice_mean1", "slice_mean2", "slice_prior"]
+    assert names == ["slice_lrp0", "slice_lrp1", "slice_lrp2", "slice_mean1", "slice_mean2",
+                     "slice_prior0", "slice_prior1", "slice_prior2"]
     assert b.slices == [(0, 3), (3, 6), (6, 12)]
     assert "channel-conditional" in b.manifest["architecture"]
 
 
 def test_slice_graphs_match_the_modules(sliced):
-    """slice_prior's channels plus each slice graph compute the training model's networks of (μ_h, ŷ)."""
+    """slice_priorK's channels plus each slice graph compute the training model's networks of (μ_h, ŷ)."""
     model, b = sliced
     g = torch.Generator().manual_seed(2)
     mu_h = torch.randn(1, 12, 9, 7, generator=g)
     y = torch.randn(1, 12, 9, 7, generator=g) * 3
-    prior = tiling.slice_prior(b, mu_h[0].numpy())
-    assert [prior(j)["prior"].shape[1] for j in range(5)] == [slice_hidden(12)] * 5
     for k, (a, c) in enumerate(model.context.bounds):
+        prior = tiling.slice_prior(b, mu_h[0].numpy(), k)
+        assert prior.shape == ((2 if k else 1) * slice_hidden(12), 9, 7)
         if k:
-            (got,) = b.run(f"slice_mean{k}", mu_h=mu_h.numpy(), **prior(2 * k - 1), y_prev=y[:, :a].numpy())
+            (got,) = b.run(f"slice_mean{k}", mu_h=mu_h.numpy(), prior=prior[None, :16], y_prev=y[:, :a].numpy())
             want = mu_h[:, a:c] + model.context.mean[k - 1](torch.cat([mu_h, y[:, :a]], 1))
             np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4)
-        (got,) = b.run(f"slice_lrp{k}", **prior(2 * k), y_upto=y[:, :c].numpy())
+        (got,) = b.run(f"slice_lrp{k}", prior=prior[None, -16:], y_upto=y[:, :c].numpy())
         want = y[:, a:c] + 0.5 * torch.tanh(model.context.lrp[k](torch.cat([mu_h, y[:, :c]], 1)))
         np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4)
 
@@ -159,12 +160,13 @@ class _OldSliceLRP(torch.nn.Module):
 
 
 def legacy_bundle(model: Onic, b: Bundle, folder: Path) -> Bundle:
-    """b as onic 0.10 exported it, in folder: no slice_prior.onnx, slice graphs that read μ_h."""
+    """b as onic 0.10 exported it, in folder: no slice_priorK.onnx, slice graphs that read μ_h."""
     import hashlib
     import shutil
 
     shutil.copytree(b.path, folder)
-    (folder / "slice_prior.onnx").unlink()
+    for prior in folder.glob("slice_prior*.onnx"):
+        prior.unlink()
     mu_h = torch.randn(1, model.cfg.M, 8, 12)
     for k, (a, c) in enumerate(model.context.bounds):
         if k:
@@ -174,7 +176,7 @@ def legacy_bundle(model: Onic, b: Bundle, folder: Path) -> Bundle:
                                    ["mu_h", "y_upto"], ["y_hat"], folder / f"slice_lrp{k}.onnx")
     manifest = json.loads((folder / "manifest.json").read_text())
     files = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest()
-             for n in manifest["files"] if n != "slice_prior.onnx"}
+             for n in manifest["files"] if not n.startswith("slice_prior")}
     manifest.update(files=files, model_id=hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16],
                     also_decodes=[b.model_id])
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -182,7 +184,7 @@ def legacy_bundle(model: Onic, b: Bundle, folder: Path) -> Bundle:
 
 
 def test_a_bundle_without_slice_prior_still_decodes(sliced, image, tmp_path):
-    """A bundle exported before slice_prior.onnx (onic 0.10, e.g. a --model folder) decodes as it did:
+    """A bundle exported before slice_priorK.onnx (onic 0.10, e.g. a --model folder) decodes as it did:
     its slice graphs read μ_h, and the runtime gives them μ_h instead of a prior."""
     model, b = sliced
     legacy = legacy_bundle(model, b, tmp_path / "old")

@@ -65,8 +65,8 @@ def graph_errors(model: Onic, bundle_dir: Path, seed: int = 0) -> dict[str, floa
     if model.cfg.slices:  # a channel-conditional model's slice graphs (the shipped one is)
         mu_h, y = torch.randn(1, M, 12, 8, generator=g), torch.randn(1, M, 12, 8, generator=g) * 3
         prior = torch.randn(1, model.context.lrp[0][0].out_channels, 12, 8, generator=g)
-        inputs["slice_prior"] = (mu_h,)
         for k, (a, c) in enumerate(model.context.bounds):
+            inputs[f"slice_prior{k}"] = (mu_h,)
             inputs[f"slice_mean{k}"], inputs[f"slice_lrp{k}"] = (mu_h, prior, y[:, :a]), (prior, y[:, :c])
     for name, (module, _, in_names, _) in export_bundle.graphs(model).items():
         args = inputs[name]

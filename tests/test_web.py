@@ -173,7 +173,7 @@ def test_browser_decodes_a_channel_conditional_model_with_z_gains(browser_run, t
 
 
 def test_browser_decodes_a_bundle_without_slice_prior(browser_run, tmp_path):
-    """A bundle exported before slice_prior.onnx (onic 0.10): its slice graphs read μ_h themselves."""
+    """A bundle exported before slice_priorK.onnx (onic 0.10): its slice graphs read μ_h themselves."""
     pytest.importorskip("torch")
     from tests.test_conditional import legacy_bundle, sliced_bundle
 

@@ -1,7 +1,7 @@
 // A model bundle fetched over HTTP: the decoder's half of codec/session.py. Only what decoding
 // needs is downloaded (manifest.json, tables.npz, scale_path.npz, hyper_decoder.onnx,
-// decoder.onnx, and the slice graphs of a channel-conditional model, slice_prior.onnx among them
-// where the bundle has it); each file is checked
+// decoder.onnx, and the slice graphs of a channel-conditional model, slice_priorK.onnx among them
+// where the bundle has them); each file is checked
 // against the manifest's SHA-256, and the manifest against its model id.
 
 import * as ort from "onnxruntime-web";
@@ -71,9 +71,13 @@ export class Bundle {
     }
     const slices = (manifest.config && manifest.config.slices) || [];
     const graphs = ["hyper_decoder", "decoder"];
-    // slice_prior: the slice networks' μ_h part, in bundles of onic 0.11.0 on (export/bundle.py).
-    if (slices.length && "slice_prior.onnx" in (manifest.files || {})) graphs.push("slice_prior");
-    slices.forEach((_, k) => { if (k) graphs.push(`slice_mean${k}`); graphs.push(`slice_lrp${k}`); });
+    // slice_priorK: the slice networks' μ_h part, in bundles of onic 0.11.0 on (export/bundle.py).
+    const priors = "slice_prior0.onnx" in (manifest.files || {});
+    slices.forEach((_, k) => {
+      if (priors) graphs.push(`slice_prior${k}`);
+      if (k) graphs.push(`slice_mean${k}`);
+      graphs.push(`slice_lrp${k}`);
+    });
     const names = ["tables.npz", "scale_path.npz", ...graphs.map((g) => `${g}.onnx`)];
     const files = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await fetchBytes(base + n)])));
     if (verify) {
@@ -103,7 +107,7 @@ export class Bundle {
   }
 
   get hasSlicePrior() {
-    return "slice_prior" in this.sessions;
+    return "slice_prior0" in this.sessions;
   }
 
   get hasZGains() {

@@ -109,15 +109,16 @@ async function hyperDecode(bundle, zSymbols, zShape, quality) {
 const Y_BAND = 16, Y_MARGIN = 2; // rows of y per band of a slice graph, and of context
 
 /**
- * The inputs that slice network j (lrp0, mean1, lrp1, …) takes besides ŷ (codec/tiling.py slice_prior):
- * its channels of slice_prior's output where the bundle has that graph, else nothing (it reads μ_h).
+ * The inputs besides ŷ of slice k's mean and lrp graphs (codec/tiling.py _slice_inputs): each its
+ * channels of slice_priorK's output where the bundle has those graphs, else μ_h (onic 0.10 bundles).
  */
-async function slicePrior(bundle, mu_h) {
-  if (!bundle.hasSlicePrior) return () => ({});
+async function sliceInputs(bundle, mu_h, k) {
+  if (!bundle.hasSlicePrior) return [{}, { mu_h }];
   const { h, w } = mu_h;
-  const stacked = await rowBands(bundle, "slice_prior", h, Y_BAND, Y_MARGIN, 1, 1, { mu_h });
-  const c = stacked.length / (h * w) / (2 * bundle.slices.length - 1);
-  return (j) => ({ prior: { data: stacked.subarray(j * c * h * w, (j + 1) * c * h * w), c, h, w } });
+  const prior = await rowBands(bundle, `slice_prior${k}`, h, Y_BAND, Y_MARGIN, 1, 1, { mu_h });
+  const c = prior.length / (h * w) / (k ? 2 : 1);
+  const part = (data) => ({ prior: { data, c, h, w } });
+  return [part(prior.subarray(0, c * h * w)), part(prior.subarray(prior.length - c * h * w))];
 }
 
 /** ŷ of a channel-conditional model, slice by slice (Minnen & Singh 2020; codec/tiling.py). */
@@ -125,15 +126,14 @@ async function conditionalLatents(bundle, muH, ySymbols, m, h, w) {
   const yHat = new Float32Array(m * h * w);
   const plane = h * w;
   const mu_h = { data: muH, c: m, h, w };
-  const prior = await slicePrior(bundle, mu_h);
   for (const [k, [a, b]] of bundle.slices.entries()) {
+    const [mean, lrp] = await sliceInputs(bundle, mu_h, k);
     const mu = k ? await rowBands(bundle, `slice_mean${k}`, h, Y_BAND, Y_MARGIN, 1, 1,
-      { mu_h, ...prior(2 * k - 1), y_prev: { data: yHat.subarray(0, a * plane), c: a, h, w } })
+      { mu_h, ...mean, y_prev: { data: yHat.subarray(0, a * plane), c: a, h, w } })
       : muH.subarray(a * plane, b * plane);
     for (let i = 0; i < (b - a) * plane; i++) yHat[a * plane + i] = mu[i] + ySymbols[a * plane + i];
-    const net = bundle.hasSlicePrior ? prior(2 * k) : { mu_h };
     yHat.set(await rowBands(bundle, `slice_lrp${k}`, h, Y_BAND, Y_MARGIN, 1, 1,
-      { ...net, y_upto: { data: yHat.subarray(0, b * plane), c: b, h, w } }), a * plane);
+      { ...lrp, y_upto: { data: yHat.subarray(0, b * plane), c: b, h, w } }), a * plane);
   }
   return yHat;
 }
