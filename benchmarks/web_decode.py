@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from codec import api
-from codec.session import DEFAULT_BUNDLE
+from codec.session import DEFAULT_BUNDLE, Bundle
 from codec.speed import large_image, median_ms
 from codec.webview import WEB_DIR, serve_in_background, web_dir
 
@@ -33,10 +33,9 @@ DECODER_FILES = ("tables.npz", "scale_path.npz", "hyper_decoder.onnx", "decoder.
 
 def decoder_files(bundle: Path) -> list[Path]:
     """The files a page fetches (web/src/bundle.js): DECODER_FILES and a channel-conditional model's slice graphs."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    slices = manifest["config"].get("slices") or []
-    priors = "slice_prior0.onnx" in manifest["files"]  # onic 0.11.0's bundles on
-    graphs = [g for k in range(len(slices))
+    b = Bundle(bundle, verify=False)
+    priors = b.slice_prior  # onic 0.11.0's bundles on
+    graphs = [g for k in range(len(b.slices))
               for g in ([f"slice_prior{k}"] if priors else []) + ([f"slice_mean{k}"] if k else []) + [f"slice_lrp{k}"]]
     return [bundle / n for n in (*DECODER_FILES, *(f"{g}.onnx" for g in graphs))]
 

@@ -127,14 +127,15 @@ def test_slice_graphs_match_the_modules(sliced):
     g = torch.Generator().manual_seed(2)
     mu_h = torch.randn(1, 12, 9, 7, generator=g)
     y = torch.randn(1, 12, 9, 7, generator=g) * 3
+    width = slice_hidden(12)
     for k, (a, c) in enumerate(model.context.bounds):
         prior = tiling.slice_prior(b, mu_h[0].numpy(), k)
-        assert prior.shape == ((2 if k else 1) * slice_hidden(12), 9, 7)
+        assert prior.shape == ((2 if k else 1) * width, 9, 7)
         if k:
-            (got,) = b.run(f"slice_mean{k}", mu_h=mu_h.numpy(), prior=prior[None, :16], y_prev=y[:, :a].numpy())
+            (got,) = b.run(f"slice_mean{k}", mu_h=mu_h.numpy(), prior=prior[None, :width], y_prev=y[:, :a].numpy())
             want = mu_h[:, a:c] + model.context.mean[k - 1](torch.cat([mu_h, y[:, :a]], 1))
             np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4)
-        (got,) = b.run(f"slice_lrp{k}", prior=prior[None, -16:], y_upto=y[:, :c].numpy())
+        (got,) = b.run(f"slice_lrp{k}", prior=prior[None, -width:], y_upto=y[:, :c].numpy())
         want = y[:, a:c] + 0.5 * torch.tanh(model.context.lrp[k](torch.cat([mu_h, y[:, :c]], 1)))
         np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-4)
 
