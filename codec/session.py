@@ -256,6 +256,20 @@ class Bundle:
         with profile.stage(f"onnx {graph}"):
             return session.run(None, inputs)
 
+    def run_into(self, graph: str, out: np.ndarray, *, single_thread: bool = False, **inputs: np.ndarray) -> None:
+        """Run a one-output graph into ``out``, C-contiguous and of the output's exact shape and dtype.
+
+        The band and tile loops of a large image hand each run the same buffers, so that nothing
+        image-sized is allocated per run; inputs must be C-contiguous too.
+        """
+        session = self.session(graph, single_thread)
+        binding = session.io_binding()
+        for name, value in inputs.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(session.get_outputs()[0].name, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
+        with profile.stage(f"onnx {graph}"):
+            session.run_with_iobinding(binding)
+
     def release(self, graph: str, single_thread: bool = False) -> None:
         """Give a session's memory arena back once a large image's tiles or bands of it are done.
 

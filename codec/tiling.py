@@ -22,6 +22,7 @@ only y, μ and the symbols do, and entropy coding sees them whole.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -51,15 +52,17 @@ def whole(h: int, w: int) -> bool:
     return h * w <= 2 * (TILE + 2 * MARGIN) ** 2
 
 
-def _window(rgb: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-    """rgb[r0:r1, c0:c1] as float (1, 3, h, w), edge-padding rows/columns beyond the image.
+def _window(rgb: np.ndarray, r0: int, r1: int, c0: int, c1: int, scratch: Scratch | None = None) -> np.ndarray:
+    """rgb[r0:r1, c0:c1] as float (1, 3, h, w), edge-padding rows/columns beyond the image
+    (in ``scratch``'s buffer "x", if given).
 
     Plane by plane into one array, scaled in place: the gather, transposed copy and two float
     temporaries it replaced took 3.6–5 ms of a 768×512 encode, this 0.4 (a one-off timeline
     probe, onic 0.9.1's round).
     """
     rows, cols = min(r1, rgb.shape[0]) - r0, min(c1, rgb.shape[1]) - c0
-    out = np.empty((1, 3, r1 - r0, c1 - c0), dtype=np.float32)
+    shape = (1, 3, r1 - r0, c1 - c0)
+    out = np.empty(shape, dtype=np.float32) if scratch is None else scratch.empty("x", shape)
     for c in range(3):
         out[0, c, :rows, :cols] = rgb[r0 : r0 + rows, c0 : c0 + cols, c]
     out[0, :, rows:, :cols] = out[0, :, rows - 1 : rows, :cols]
@@ -78,10 +81,14 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
     y = np.empty((int(bundle.manifest["config"]["M"]), hp // LATENT, wp // LATENT), dtype=np.float32)
     tiles = [(r, c) for r in _spans(hp, TILE, MARGIN) for c in _spans(wp, TILE, MARGIN)]
     parallel = _parallel(bundle.tile_workers, len(tiles))
+    scratches = ThreadScratch()
 
     def run(tile) -> None:
         (r0, r1, wr0, wr1), (c0, c1, wc0, wc1) = tile
-        (yt,) = bundle.run("analysis", x=_window(rgb, wr0, wr1, wc0, wc1), gain=gain, single_thread=parallel)
+        scratch = scratches.get()
+        yt = scratch.empty("y", (1, y.shape[0], (wr1 - wr0) // LATENT, (wc1 - wc0) // LATENT))
+        bundle.run_into("analysis", yt, x=_window(rgb, wr0, wr1, wc0, wc1, scratch), gain=gain,
+                        single_thread=parallel)
         top, left = (r0 - wr0) // LATENT, (c0 - wc0) // LATENT
         y[:, r0 // LATENT : r1 // LATENT, c0 // LATENT : c1 // LATENT] = \
             yt[0, :, top : top + (r1 - r0) // LATENT, left : left + (c1 - c0) // LATENT]
@@ -104,15 +111,49 @@ def _row_bands(bundle: Bundle, graph: str, single_thread: bool, rows: int, band:
     → (C', rows·rows_out, w') float32. A band's margin must cover the graph's reach."""
     if rows <= band + 2 * margin:
         return bundle.run(graph, single_thread=single_thread, **inputs)[0][0]
-    out = None
+    out, scratch = None, Scratch()
     for r0, r1, w0, w1 in _spans(rows, band, margin):
-        t = bundle.run(graph, single_thread=single_thread,
-                       **{k: np.ascontiguousarray(v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()})[0]
-        if out is None:
+        window = {k: scratch.copy(k, v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()}
+        if out is None:  # the first band tells the output's shape
+            (t,) = bundle.run(graph, single_thread=single_thread, **window)
             out = np.empty((t.shape[1], rows * rows_out, t.shape[3]), dtype=np.float32)
+        else:
+            t = scratch.empty("out", (1, out.shape[0], (w1 - w0) * rows_out, out.shape[2]))
+            bundle.run_into(graph, t, single_thread=single_thread, **window)
         out[:, r0 * rows_out : r1 * rows_out] = t[0, :, (r0 - w0) * rows_out : (r1 - w0) * rows_out]
     bundle.release(graph, single_thread)
     return out
+
+
+class Scratch:
+    """Reused float32 buffers for the windows of a band or tile loop, one per name: a window is a
+    contiguous view of its buffer's first elements, so a loop allocates each buffer once instead of
+    every window anew (at 50 MP, freed windows of a few MB left glibc's heap 1 GB of free memory
+    that the process kept)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def empty(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        size = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size:
+            buf = self._buffers[name] = np.empty(size, dtype=np.float32)
+        return buf[:size].reshape(shape)
+
+    def copy(self, name: str, value: np.ndarray) -> np.ndarray:
+        window = self.empty(name, value.shape)
+        np.copyto(window, value)
+        return window
+
+
+class ThreadScratch(threading.local):
+    """A Scratch per thread, for tile loops that run on several."""
+
+    def get(self) -> Scratch:
+        if not hasattr(self, "scratch"):
+            self.scratch = Scratch()
+        return self.scratch
 
 
 def hyper_encode(bundle: Bundle, y: np.ndarray) -> np.ndarray:
@@ -251,11 +292,14 @@ def synthesize(bundle: Bundle, y_hat: np.ndarray, inv_gain: np.ndarray, height: 
         _to_uint8(x[0, :, :height, :width], out)
         return out
     tiles = synthesis_tiles(lh, lw, height, width)
+    scratches = ThreadScratch()
 
     def run(tile) -> None:
         (r0, r1, wr0, wr1), (c0, c1, wc0, wc1) = tile
-        (x,) = bundle.run("decoder", y_hat=np.ascontiguousarray(y_hat[None, :, wr0:wr1, wc0:wc1]), inv_gain=inv_gain,
-                          single_thread=parallel)
+        scratch = scratches.get()
+        x = scratch.empty("x", (1, 3, (wr1 - wr0) * LATENT, (wc1 - wc0) * LATENT))
+        bundle.run_into("decoder", x, y_hat=scratch.copy("y_hat", y_hat[None, :, wr0:wr1, wc0:wc1]),
+                        inv_gain=inv_gain, single_thread=parallel)
         top, left = (r0 - wr0) * LATENT, (c0 - wc0) * LATENT
         rows = min(r1 * LATENT, height) - r0 * LATENT
         cols = min(c1 * LATENT, width) - c0 * LATENT
