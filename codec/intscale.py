@@ -40,7 +40,7 @@ import weakref
 import numpy as np
 
 from codec import intconv
-from codec.threads import each
+from codec.threads import bands, each
 
 INDEX_PATH_VERSION = 2  # 1 (onic 0.1.0) floored in leaky_relu, which biased σ upwards
 WEIGHT_BITS = 12
@@ -199,21 +199,23 @@ def float_indexes(sigma: np.ndarray, scale_table: np.ndarray) -> np.ndarray:
 
 
 BAND, BAND_MARGIN = 16, 2  # rows of z per band, and of context per side (h_s reaches 7/4 rows of z)
+# What a band may grow to so that the bands divide among the workers (threads.bands): a band of
+# 16 rows at 9,216 pixels wide, a little more than the 50 MP image's (8,660 pixels), which sets the peak.
+BAND_CELLS = BAND * 144
 
 
-def _bands(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None, first: int = 0,
-           last: int | None = None):
-    """(first y row, last y row, accumulator of those rows) for bands of z rows (those starting
-    at ``first`` and before ``last``, in rows of z; default all).
+def _band(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None, r0: int, r1: int) -> np.ndarray:
+    """The accumulator of y rows [4·r0, 4·r1) from the band of z rows [r0, r1) and its margins.
 
     Bands keep the int64 activations small on large images; integer
     arithmetic makes the bands equal to the whole, exactly.
     """
-    zh = z.shape[1]
-    for r0 in range(first, zh if last is None else min(zh, last), BAND):
-        r1 = min(zh, r0 + BAND)
-        w0, w1 = max(0, r0 - BAND_MARGIN), min(zh, r1 + BAND_MARGIN)
-        yield 4 * r0, 4 * r1, accumulate(z[:, w0:w1], p, z_inv)[:, 4 * (r0 - w0) : 4 * (r1 - w0)]
+    w0, w1 = max(0, r0 - BAND_MARGIN), min(z.shape[1], r1 + BAND_MARGIN)
+    return accumulate(z[:, w0:w1], p, z_inv)[:, 4 * (r0 - w0) : 4 * (r1 - w0)]
+
+
+def _z_bands(z: np.ndarray, workers: int) -> list[tuple[int, int]]:
+    return bands(z.shape[1], BAND, workers, z.shape[2], BAND_CELLS)
 
 
 def _to_index(acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -281,11 +283,11 @@ def indexes(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = 
     thresholds = p["thresholds"]  # (M, T) int64, ascending per row
     out = np.empty((thresholds.shape[0], 4 * z.shape[1], 4 * z.shape[2]), dtype=np.int16)
 
-    def band(r0: int) -> None:
-        for a, b, acc in _bands(z, p, z_inv, first=r0, last=r0 + 1):
-            out[:, a:b] = _to_index(acc, thresholds)
+    def band(rows: tuple[int, int]) -> None:
+        r0, r1 = rows
+        out[:, 4 * r0 : 4 * r1] = _to_index(_band(z, p, z_inv, r0, r1), thresholds)
 
-    each(band, list(range(0, z.shape[1], BAND)), workers)
+    each(band, _z_bands(z, workers), workers)
     return out
 
 
@@ -303,12 +305,12 @@ def hyper_state(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | Non
     acc = np.empty((m, 4 * z.shape[1], 4 * z.shape[2]), dtype=np.int64)
     f = np.empty(acc.shape, dtype=np.int16)
 
-    def band(r0: int) -> None:
-        for a, b, rows in _bands(z, p, z_inv, first=r0, last=r0 + 1):
-            acc[:, a:b] = rows
-            f[:, a:b] = requantize(rows, p["f_m"], p["f_s"])
+    def band(rows: tuple[int, int]) -> None:
+        r0, r1 = rows
+        acc[:, 4 * r0 : 4 * r1] = part = _band(z, p, z_inv, r0, r1)
+        f[:, 4 * r0 : 4 * r1] = requantize(part, p["f_m"], p["f_s"])
 
-    each(band, list(range(0, z.shape[1], BAND)), workers)
+    each(band, _z_bands(z, workers), workers)
     return acc, f
 
 
@@ -407,6 +409,7 @@ def _channel_groups(p: dict[str, np.ndarray]) -> list[tuple[np.ndarray, ...]]:
 
 
 SLICE_BAND, SLICE_MARGIN = 64, 2  # rows of y per band of a slice network, and of context (two 3×3 convs)
+SLICE_BAND_CELLS = SLICE_BAND * 576  # what a band may grow to (as BAND_CELLS: 64 rows at 9,216 pixels)
 
 
 def slice_indexes(k: int, state: tuple[np.ndarray, np.ndarray], symbols: np.ndarray,
@@ -421,8 +424,8 @@ def slice_indexes(k: int, state: tuple[np.ndarray, np.ndarray], symbols: np.ndar
     h = acc.shape[1]
     out = np.empty((b - a, h, acc.shape[2]), dtype=np.int16)
 
-    def band(r0: int) -> None:
-        r1 = min(h, r0 + SLICE_BAND)
+    def band(rows: tuple[int, int]) -> None:
+        r0, r1 = rows
         w0, w1 = max(0, r0 - SLICE_MARGIN), min(h, r1 + SLICE_MARGIN)
         sym = np.clip(symbols[:a, w0:w1].astype(np.int64), -ACT_MAX, ACT_MAX)
         x = rescale(conv2d(f[:, w0:w1], q["wf"]), q["mf"], q["sf"]) + rescale(conv2d(sym, q["ws"]), q["ms"], q["ss"])
@@ -430,5 +433,5 @@ def slice_indexes(k: int, state: tuple[np.ndarray, np.ndarray], symbols: np.ndar
         ctx = rescale(conv2d(x, q["w2"]), q["m2"], q["s2"]) + q["b2"].reshape(-1, 1, 1)
         out[:, r0:r1] = _to_index(acc[a:b, r0:r1] + ctx[:, r0 - w0 : r1 - w0], p["thresholds"][a:b])
 
-    each(band, list(range(0, h, SLICE_BAND)), workers)
+    each(band, bands(h, SLICE_BAND, workers, acc.shape[2], SLICE_BAND_CELLS), workers)
     return out

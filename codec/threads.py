@@ -12,6 +12,25 @@ except (AttributeError, OSError, TypeError):
     _malloc_trim = None
 
 
+def bands(rows: int, band: int, workers: int, width: int = 1, max_cells: int = 0) -> list[tuple[int, int]]:
+    """[r0, r1) of each band of ``band`` rows, for ``workers`` threads.
+
+    Where the count does not divide among the workers, the bands grow (equal, up to ``max_cells``
+    rows × ``width`` each) to the lower multiple of ``workers``: three bands on two workers leave
+    one waiting on the third (a 12 MP image's 45 rows of z, 16-row bands: its integer indexes took
+    1,421 ms against 1,131 in two of 23, full-size model; the shipped one 360 against 307).
+    """
+    if rows <= 0:
+        return []
+    count = -(-rows // band)
+    if workers > 1 and count > workers and count % workers:
+        fewer = count - count % workers
+        if -(-rows // fewer) * width <= max_cells:
+            count = fewer
+    step = -(-rows // count)
+    return [(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+
 def each(fn: Callable, items: Sequence, workers: int) -> None:
     """fn(item) for every item, on up to ``workers`` threads where there are several items.
 

@@ -141,6 +141,25 @@ def test_integer_path_bands_equal_the_whole(bundle, monkeypatch):
     assert np.array_equal(bundle.scale_indexes(z, 30), whole)
 
 
+def test_bands_divide_among_the_workers():
+    """Bands cover the rows once, in order; a count that the workers cannot share evenly grows
+    its bands to the lower multiple of workers only while a band stays within its cells."""
+    from codec.threads import bands
+
+    assert bands(45, 16, 2, width=67, max_cells=16 * 144) == [(0, 23), (23, 45)]  # 12 MP's z
+    assert bands(45, 16, 2, width=200, max_cells=16 * 144) == [(0, 15), (15, 30), (30, 45)]  # too wide to grow
+    assert bands(45, 16, 1, width=67, max_cells=16 * 144) == [(0, 15), (15, 30), (30, 45)]
+    assert bands(91, 16, 2, width=136, max_cells=16 * 144) == [(r, min(91, r + 16)) for r in range(0, 91, 16)]
+    assert bands(0, 16, 2) == [] and bands(5, 16, 2) == [(0, 5)]
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        rows, band, workers, width = (int(v) for v in rng.integers(1, 60, size=4))
+        cells = int(rng.integers(0, 3000))
+        spans = bands(rows, band, workers, width, cells)
+        assert [r for a, b in spans for r in range(a, b)] == list(range(rows))
+        assert all(b - a <= band or (b - a) * width <= cells for a, b in spans)
+
+
 @pytest.mark.parametrize("helpers", [0, 1, 3])
 def test_shared_hyper_state_is_the_serial_one(bundle, helpers):
     """The slices' shared state made in channel groups, with other threads taking some of them,
