@@ -415,9 +415,13 @@ class Onic(nn.Module):
     def coded_latents(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ŷ, inverse gain, λ) at ladder positions t as the codec decodes them: μ plus the
         rounded residual, ẑ rounded (what export/qat.py and export/slim.py train g_s on)."""
+        return self.coded_from_analysis(self.g_a(x), t)
+
+    def coded_from_analysis(self, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """coded_latents from g_a's output y, which is the same at every ladder position."""
         gain, inv_gain, lam = self.gains(t)
         z_gain, z_inv_gain = self.z_gains(t)
-        y = self.g_a(x) * gain
+        y = y * gain
         z_hat = torch.round(self.h_a(y) * z_gain)
         y_hat, _, _ = self.entropy_parameters(y, z_hat * z_inv_gain)
         return y_hat, inv_gain, lam

@@ -64,12 +64,52 @@ class SlimConfig:
     device: str = "cpu"  # cuda on a device draw (export/gpu_run.sh's SLIM)
     bf16: bool = False  # bf16 autocast for the student; the teacher's ŷ stays fp32, as files hold it
     half: bool = False  # fp16 weights.pt (the full-size model's, under the device tool's 16 MiB a file)
+    pool: int = 0  # crops kept with the teacher's g_a output, drawn from at every step (0: fresh crops each
+    # step). On a CPU the teacher's g_a is most of a step: the full-size model's took 494 ms of 8 crops
+    pool_refresh: float = 1.0  # pool crops replaced by new ones per step (in batches of batch_size)
 
 
 def synthesis_input(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ŷ · inverse gain, λ) at ladder positions t: the decoder's input as a file holds it (rounded)."""
     y_hat, inv_gain, lam = model.coded_latents(x, t)
     return y_hat * inv_gain, lam
+
+
+class AnalysisPool:
+    """Training crops kept with the teacher's g_a output, which every ladder position shares: a
+    step draws its batch here and only ``refresh`` new crops a step pay for the teacher's analysis
+    (a replay buffer; each crop serves about batch_size / refresh steps, at a new position t each time)."""
+
+    def __init__(self, teacher: Onic, images: list[torch.Tensor], size: int, crop: int, batch: int,
+                 refresh: float, rng: random.Random):
+        if size < batch:
+            raise ValueError(f"a pool of {size} crops cannot give batches of {batch}")
+        self.teacher, self.images, self.crop, self.batch, self.refresh, self.rng = \
+            teacher, images, crop, batch, refresh, rng
+        self.x = torch.empty(size, 3, crop, crop, dtype=torch.uint8, device=images[0].device)
+        self.y: torch.Tensor | None = None
+        self.credit = 0.0
+        for start in range(0, size, batch):
+            self._fill(list(range(start, min(size, start + batch))))
+
+    @torch.no_grad()
+    def _fill(self, slots: list[int]) -> None:
+        x = random_batch(self.images, len(slots), self.crop, self.rng)
+        y = self.teacher.g_a(x)
+        if self.y is None:
+            self.y = torch.empty(len(self.x), *y.shape[1:], device=y.device)
+        index = torch.tensor(slots, device=y.device)
+        self.x[index] = x.mul(255).round_().to(torch.uint8)  # random_batch's floats are bytes / 255
+        self.y[index] = y
+
+    def batch_of(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(crops in [0, 1], their g_a output) of ``size`` pool entries, after this step's refresh."""
+        self.credit += self.refresh
+        while self.credit >= self.batch:
+            self._fill(self.rng.sample(range(len(self.x)), self.batch))
+            self.credit -= self.batch
+        index = torch.tensor(self.rng.sample(range(len(self.x)), size), device=self.x.device)
+        return self.x[index].float().div_(255), self.y[index]
 
 
 @torch.no_grad()
@@ -153,6 +193,11 @@ def distill(cfg: SlimConfig) -> Path:
           f"student {widths} {params[1] / 1e3:.0f}k{f', from step {first}' if first else ''}; "
           f"crop {cfg.crop} batch {cfg.batch_size} lr {cfg.lr} on {device}{' (bf16)' if cfg.bf16 else ''}", flush=True)
 
+    pool = AnalysisPool(teacher, images, cfg.pool, cfg.crop, cfg.batch_size, cfg.pool_refresh, rng) \
+        if cfg.pool else None
+    if pool is not None:
+        print(f"pool of {cfg.pool} crops and their analysis in {time.time() - t0:.1f}s, "
+              f"{cfg.pool_refresh} new a step", flush=True)
     opt = torch.optim.Adam(model.g_s.parameters(), lr=cfg.lr)
     rungs = len(teacher.cfg.lambdas)
     start = last = time.time()
@@ -164,10 +209,15 @@ def distill(cfg: SlimConfig) -> Path:
             break
         for g in opt.param_groups:
             g["lr"] = cfg.lr * (0.1 if elapsed > cfg.decay_at * cfg.max_minutes * 60 else 1.0)
-        x = random_batch(images, cfg.batch_size, cfg.crop, rng)
         t = torch.rand(cfg.batch_size, device=device) * (rungs - 1)
         with torch.no_grad():
-            inputs, lam = synthesis_input(teacher, x, t)
+            if pool is None:
+                x = random_batch(images, cfg.batch_size, cfg.crop, rng)
+                inputs, lam = synthesis_input(teacher, x, t)
+            else:
+                x, y = pool.batch_of(cfg.batch_size)
+                y_hat, inv_gain, lam = teacher.coded_from_analysis(y, t)
+                inputs = y_hat * inv_gain
         with autocast:
             x_hat = model.g_s(inputs)
         mse = (x_hat.float() - x).pow(2).mean(dim=(1, 2, 3))

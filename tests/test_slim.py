@@ -108,3 +108,31 @@ def test_distillation_resumes_and_refuses_another_teacher(tmp_path):
     save_weights(tmp_path / "other.pt", Onic(ModelConfig(N=8, M=12)), step=3)
     with pytest.raises(SystemExit, match="not distilled from"):
         slim.distill(slim.SlimConfig(**{**cfg.__dict__, "resume": str(first), "teacher": str(tmp_path / "other.pt")}))
+
+
+def test_the_analysis_pool_keeps_each_crop_with_its_analysis():
+    """Pool entries are crops and the teacher's g_a of exactly those crops, before and after refreshes;
+    distillation runs on it and saves as without it."""
+    import random
+
+    torch.manual_seed(0)
+    teacher = Onic(ModelConfig(N=8, M=12, slices=(4, 4, 4))).eval()
+    rng = random.Random(0)
+    images = [torch.from_numpy(np.asarray(random_image(80, 72, seed=i))) for i in range(2)]
+    pool = slim.AnalysisPool(teacher, images, size=5, crop=32, batch=2, refresh=1.5, rng=rng)
+    for _ in range(4):  # 1.5 new crops a step: refills of 2 at steps 2, 3 and 4
+        x, y = pool.batch_of(3)
+        with torch.no_grad():
+            torch.testing.assert_close(y, teacher.g_a(x))
+            torch.testing.assert_close(pool.y, teacher.g_a(pool.x.float() / 255))
+    assert x.shape == (3, 3, 32, 32) and x.min() >= 0 and x.max() <= 1
+
+
+def test_distilling_from_a_pool(tmp_path):
+    torch.manual_seed(0)
+    save_weights(tmp_path / "teacher.pt", Onic(ModelConfig(N=8, M=12, slices=(4, 4, 4))).eval(), step=7)
+    weights = slim.distill(slim.SlimConfig(teacher=str(tmp_path / "teacher.pt"), widths="6,6,4",
+                                           data=str(image_folder(tmp_path / "data", 2)), out=str(tmp_path / "slim"),
+                                           crop=64, batch_size=2, max_steps=3, prune_crops=2, log_every=1, pool=3))
+    student, ck = load_model(weights)
+    assert student.cfg.synthesis == (6, 6, 4) and ck["synthesis_steps"] == 3
