@@ -5,7 +5,13 @@
     python -m export.bundle runs/slim/weights.pt runs/slim/bundle --calibration ../shared/data/train \
         --supersedes codec/models/default
 
-(That run made onic 0.9.0's synthesis: export/checkpoints/default_synthesis.log.)
+(That run made onic 0.9.0's synthesis: export/checkpoints/default_synthesis.log.) On a CPU, the
+full-size model's student, kept in the repo so that each session resumes it:
+
+    python -m export.slim export/checkpoints/full.pt --widths 128,64,32 --out runs/slimfull --pool 4096 \
+        --synthesis_out export/checkpoints/full_synthesis.pt [--resume export/checkpoints/full_synthesis.pt]
+    python -m export.slim export/checkpoints/full.pt --resume export/checkpoints/full_synthesis.pt \
+        --max_steps 0 --out runs/slimfull   # the whole model again, for export.bundle
 
 An asymmetric model (Johnston et al., "Computationally efficient neural image
 compression", 2019): decoding costs what g_s costs, so g_s gets narrower hidden
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import math
 import random
 import time
@@ -67,6 +74,8 @@ class SlimConfig:
     pool: int = 0  # crops kept with the teacher's g_a output, drawn from at every step (0: fresh crops each
     # step). On a CPU the teacher's g_a is most of a step: the full-size model's took 494 ms of 8 crops
     pool_refresh: float = 1.0  # pool crops replaced by new ones per step (in batches of batch_size)
+    synthesis_out: str = ""  # also save the student alone here, fp16 (what the repo keeps: 1.8 MB for the
+    # full-size model's 128-64-32 against 13 MB for the whole model); --resume takes it with the same teacher
 
 
 def synthesis_input(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,12 +182,11 @@ def distill(cfg: SlimConfig) -> Path:
     t0 = time.time()
     images = [torch.from_numpy(a.copy()).to(device) for a in load_images(cfg.data, 0, cfg.crop)]
     first = 0
+    digest = teacher_digest(teacher)
     if cfg.resume:
-        earlier, done = load_model(cfg.resume)
-        if any(not torch.equal(v.cpu(), earlier.state_dict()[k]) for k, v in teacher.state_dict().items()
-               if not k.startswith("g_s.")):
+        student, widths, first = resumed(cfg.resume, teacher, digest)
+        if student is None:
             raise SystemExit(f"{cfg.resume} was not distilled from {cfg.teacher}")
-        student, widths, first = earlier.g_s, earlier.cfg.synthesis, int(done.get("synthesis_steps", 0))
     rng = random.Random(cfg.seed + first)  # new crops after a resume
     if not cfg.resume:
         student = prune(teacher, widths, images, cfg.prune_crops, cfg.crop, rng)
@@ -239,20 +247,59 @@ def distill(cfg: SlimConfig) -> Path:
                   f"lr {opt.param_groups[0]['lr']:.0e} {dt * 1000:.0f} ms/step {cfg.batch_size / dt:.1f} img/s",
                   flush=True)
         if step % cfg.save_every == 0:
-            save(model, ckpt, first + step, out, cfg.half)
-    save(model, ckpt, first + step, out, cfg.half)
+            save(model, ckpt, first + step, out, cfg.half, cfg.synthesis_out, digest)
+    save(model, ckpt, first + step, out, cfg.half, cfg.synthesis_out, digest)
     print(f"saved {out / 'weights.pt'}: {step} steps in {(time.time() - start) / 60:.1f} min "
           f"({first + step} in all)")
     return out / "weights.pt"
 
 
-def save(model: Onic, ckpt: dict, synthesis_steps: int, out: Path, half: bool = False) -> None:
+def save(model: Onic, ckpt: dict, synthesis_steps: int, out: Path, half: bool = False,
+         synthesis_out: str = "", digest: str = "") -> None:
     """The whole model with the student as g_s. Its step stays the teacher's: the step names the
     encoder and entropy model that decide the symbols (export.bundle's ``--supersedes`` checks it);
-    the student's own steps are kept beside it, and the teacher's run settings for a resume."""
+    the student's own steps are kept beside it, and the teacher's run settings for a resume.
+    With ``synthesis_out``, the student alone there too (fp16), named by its teacher's ``digest``."""
     kept = {"config": ckpt["config"]} if "config" in ckpt else {}
     save_weights(out / "weights.pt", model, int(ckpt["step"]), half=half,
                  extra={"synthesis_steps": synthesis_steps, **kept})
+    if synthesis_out:
+        path = Path(synthesis_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"synthesis": {k: v.detach().cpu().half() for k, v in model.g_s.state_dict().items()},
+                    "widths": list(model.cfg.synthesis), "teacher": digest, "step": int(ckpt["step"]),
+                    "synthesis_steps": synthesis_steps}, tmp)
+        tmp.replace(path)
+
+
+def teacher_digest(model: Onic) -> str:
+    """Names the weights a student was distilled for: sha256 of every tensor but g_s's, as fp16 bytes
+    (how the full-size checkpoints are stored), so that an fp32 copy of an fp16 checkpoint matches."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        if not k.startswith("g_s."):
+            v = v.detach().cpu()
+            h.update(k.encode() + (v.half() if v.is_floating_point() else v).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def resumed(path: str, teacher: Onic, digest: str) -> tuple[Synthesis | None, tuple[int, ...], int]:
+    """(student, widths, steps so far) of an earlier run, from its whole weights.pt or its student
+    alone (``synthesis_out``); student None where it was distilled from another teacher."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if "synthesis" in ck:
+        widths = tuple(int(w) for w in ck["widths"])
+        if ck["teacher"] != digest:
+            return None, widths, 0
+        student = Synthesis(teacher.cfg.N, teacher.cfg.M, widths)
+        student.load_state_dict({k: v.float() for k, v in ck["synthesis"].items()})
+        return student, widths, int(ck["synthesis_steps"])
+    earlier, done = load_model(path)
+    if any(not torch.equal(v.cpu(), earlier.state_dict()[k]) for k, v in teacher.state_dict().items()
+           if not k.startswith("g_s.")):
+        return None, earlier.cfg.synthesis, 0
+    return earlier.g_s, earlier.cfg.synthesis, int(done.get("synthesis_steps", 0))
 
 
 def parse_args(argv: list[str] | None = None) -> SlimConfig:

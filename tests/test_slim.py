@@ -136,3 +136,32 @@ def test_distilling_from_a_pool(tmp_path):
                                            crop=64, batch_size=2, max_steps=3, prune_crops=2, log_every=1, pool=3))
     student, ck = load_model(weights)
     assert student.cfg.synthesis == (6, 6, 4) and ck["synthesis_steps"] == 3
+
+
+def test_the_student_alone_resumes_and_names_its_teacher(tmp_path):
+    """--synthesis_out keeps the student alone (fp16); --resume continues from it with its teacher only."""
+    torch.manual_seed(0)
+    for name, seed in (("teacher", 0), ("other", 1)):
+        torch.manual_seed(seed)
+        save_weights(tmp_path / f"{name}.pt", Onic(ModelConfig(N=8, M=12)).eval(), step=7, half=True)
+    data = str(image_folder(tmp_path / "data", 2))
+
+    def run(teacher: str, out: str, steps: int, **kw) -> Path:
+        return slim.distill(slim.SlimConfig(teacher=str(tmp_path / teacher), widths="6,6,4", data=data,
+                                            out=str(tmp_path / out), crop=64, batch_size=2, max_steps=steps,
+                                            prune_crops=2, log_every=1, **kw))
+
+    alone = tmp_path / "student.pt"
+    first = run("teacher.pt", "a", 2, synthesis_out=str(alone))
+    kept = torch.load(alone, weights_only=True)
+    assert kept["widths"] == [6, 6, 4] and kept["synthesis_steps"] == 2
+    assert all(v.dtype == torch.float16 for v in kept["synthesis"].values())
+    assert sum(v.numel() for v in kept["synthesis"].values()) == sum(
+        p.numel() for p in load_model(first)[0].g_s.parameters())
+    again, ck = load_model(run("teacher.pt", "b", 0, resume=str(alone)))
+    assert ck["synthesis_steps"] == 2 and again.cfg.synthesis == (6, 6, 4)
+    for k, v in load_model(first)[0].g_s.state_dict().items():
+        torch.testing.assert_close(again.g_s.state_dict()[k], v.half().float())
+    assert load_model(run("teacher.pt", "c", 1, resume=str(alone)))[1]["synthesis_steps"] == 3
+    with pytest.raises(SystemExit, match="not distilled from"):
+        run("other.pt", "d", 1, resume=str(alone))
