@@ -113,7 +113,7 @@ def _row_bands(bundle: Bundle, graph: str, single_thread: bool, rows: int, band:
         return bundle.run(graph, single_thread=single_thread, **inputs)[0][0]
     out, scratch = None, Scratch()
     for r0, r1, w0, w1 in _spans(rows, band, margin):
-        window = {k: scratch.copy(k, v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()}
+        window = {k: scratch.copy(f"in {k}", v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()}
         if out is None:  # the first band tells the output's shape
             (t,) = bundle.run(graph, single_thread=single_thread, **window)
             out = np.empty((t.shape[1], rows * rows_out, t.shape[3]), dtype=np.float32)
