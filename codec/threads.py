@@ -17,8 +17,8 @@ def bands(rows: int, band: int, workers: int, width: int = 1, max_cells: int = 0
 
     Where the count does not divide among the workers, the bands grow (equal, up to ``max_cells``
     rows × ``width`` each) to the lower multiple of ``workers``: three bands on two workers leave
-    one waiting on the third (a 12 MP image's 45 rows of z, 16-row bands: its integer indexes took
-    1,421 ms against 1,131 in two of 23, full-size model; the shipped one 360 against 307).
+    one waiting on the third (a 12 MP image's 45 rows of z in 16-row bands: its integer indexes took
+    1,421 ms against 1,116 in two of 23, full-size model; the shipped one 360 against 320, a one-off timing).
     """
     if rows <= 0:
         return []

@@ -78,9 +78,10 @@ class SlimConfig:
     # full-size model's 128-64-32 against 13 MB for the whole model); --resume takes it with the same teacher
 
 
-def synthesis_input(model: Onic, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ŷ · inverse gain, λ) at ladder positions t: the decoder's input as a file holds it (rounded)."""
-    y_hat, inv_gain, lam = model.coded_latents(x, t)
+def synthesis_input(model: Onic, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ŷ · inverse gain, λ) at ladder positions t from g_a's output y: the decoder's input as a
+    file holds it (rounded)."""
+    y_hat, inv_gain, lam = model.coded_from_analysis(y, t)
     return y_hat * inv_gain, lam
 
 
@@ -156,7 +157,7 @@ def prune(model: Onic, widths: tuple[int, ...], images: list[torch.Tensor], crop
     """The model's g_s cut to ``widths`` by channel importance over a spread of qualities."""
     x = random_batch(images, crops, crop, rng)
     t = torch.linspace(0, len(model.cfg.lambdas) - 1, crops, device=x.device)
-    inputs, _ = synthesis_input(model, x, t)
+    inputs, _ = synthesis_input(model, model.g_a(x), t)
     scores = channel_importance(model.g_s, inputs)
     keep = [torch.sort(torch.topk(s, w).indices).values for s, w in zip(scores, widths, strict=True)]
     return pruned(model.g_s, keep, model.cfg.N, model.cfg.M)
@@ -221,11 +222,10 @@ def distill(cfg: SlimConfig) -> Path:
         with torch.no_grad():
             if pool is None:
                 x = random_batch(images, cfg.batch_size, cfg.crop, rng)
-                inputs, lam = synthesis_input(teacher, x, t)
+                y = teacher.g_a(x)
             else:
                 x, y = pool.batch_of(cfg.batch_size)
-                y_hat, inv_gain, lam = teacher.coded_from_analysis(y, t)
-                inputs = y_hat * inv_gain
+            inputs, lam = synthesis_input(teacher, y, t)
         with autocast:
             x_hat = model.g_s(inputs)
         mse = (x_hat.float() - x).pow(2).mean(dim=(1, 2, 3))
