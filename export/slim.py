@@ -12,6 +12,8 @@ full-size model's student, kept in the repo so that each session resumes it:
         --synthesis_out export/checkpoints/full_synthesis.pt [--resume export/checkpoints/full_synthesis.pt]
     python -m export.slim export/checkpoints/full.pt --resume export/checkpoints/full_synthesis.pt \
         --max_steps 0 --out runs/slimfull   # the whole model again, for export.bundle
+    python -m export.slim export/checkpoints/full.pt --resume export/checkpoints/full_synthesis.pt \
+        --grow 128,80,32 --out runs/grow   # a wider student that starts from the narrower one's output
 
 An asymmetric model (Johnston et al., "Computationally efficient neural image
 compression", 2019): decoding costs what g_s costs, so g_s gets narrower hidden
@@ -45,7 +47,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from export.model import Onic, Synthesis
+from export.model import GDN, Onic, Synthesis
 from export.train import field_help, load_images, load_model, random_batch, save_weights
 
 
@@ -64,6 +66,7 @@ class SlimConfig:
     max_steps: int = 1_000_000  # or stop after this many steps
     prune_crops: int = 32  # training crops that rank the channels to keep
     resume: str = ""  # continue from an earlier run's weights.pt (its g_s) instead of pruning
+    grow: str = ""  # with resume: widen its student to these widths first (each ≥ its own), keeping its output
     log_every: int = 50  # steps between log lines (each also runs the teacher on its batch)
     save_every: int = 500  # steps between saves of weights.pt
     seed: int = 0
@@ -152,6 +155,31 @@ def pruned(g_s: nn.Sequential, keep: list[torch.Tensor], N: int, M: int) -> Synt
     return student
 
 
+@torch.no_grad()
+def widened(student: Synthesis, widths: tuple[int, ...], N: int, M: int) -> Synthesis:
+    """``student`` with more channels in its hidden stages and the same output (Net2Net's function-
+    preserving widening; Chen, Goodfellow & Shlens, ICLR 2016, here with zeros rather than copies).
+
+    A new channel is read through freshly initialised weights, like those of a new model, and
+    is read by nothing: the next layer's weights on it are zero, and so is its weight in the
+    inverse GDN of the old channels. Training then grows into it from the student's own quality
+    instead of from a pruned teacher's.
+    """
+    wide = Synthesis(N, M, widths)
+    old = [M, *(student[i].weight.shape[1] for i in (0, 2, 4))]  # in-channels of each deconv, then 3
+    for j, i in enumerate((0, 2, 4, 6)):
+        cin, cout = old[j], student[i].weight.shape[1]
+        wide[i].weight[cin:] = 0  # nothing reads the new input channels yet
+        wide[i].weight[:cin, :cout] = student[i].weight
+        wide[i].bias[:cout] = student[i].bias
+    for j, i in enumerate((1, 3, 5)):
+        c = old[j + 1]
+        wide[i].beta[:c] = student[i].beta
+        wide[i].gamma[:c, :c] = student[i].gamma
+        wide[i].gamma[:c, c:] = GDN.pedestal**0.5  # γ's reparametrization: an effective weight of 0
+    return wide
+
+
 def prune(model: Onic, widths: tuple[int, ...], images: list[torch.Tensor], crops: int, crop: int,
           rng: random.Random) -> Synthesis:
     """The model's g_s cut to ``widths`` by channel importance over a spread of qualities."""
@@ -188,6 +216,13 @@ def distill(cfg: SlimConfig) -> Path:
         student, widths, first = resumed(cfg.resume, teacher, digest)
         if student is None:
             raise SystemExit(f"{cfg.resume} was not distilled from {cfg.teacher}")
+        if cfg.grow:
+            wider = tuple(int(v) for v in cfg.grow.split(","))
+            if len(wider) != len(widths) or any(n < o for n, o in zip(wider, widths, strict=True)):
+                raise SystemExit(f"--grow {cfg.grow} must be {len(widths)} widths, each at least {widths}'s")
+            student, widths = widened(student, wider, teacher.cfg.N, teacher.cfg.M), wider
+    elif cfg.grow:
+        raise SystemExit("--grow widens a resumed student: give --resume too")
     rng = random.Random(cfg.seed + first)  # new crops after a resume
     if not cfg.resume:
         student = prune(teacher, widths, images, cfg.prune_crops, cfg.crop, rng)

@@ -48,6 +48,22 @@ def test_pruning_keeps_the_chosen_channels():
         torch.testing.assert_close(student(x), h, atol=1e-6, rtol=1e-5)
 
 
+def test_widening_keeps_the_students_output():
+    """New channels start unread (zero weights after them, zero γ into the old channels' GDN) but
+    with live weights into them, so training can use them."""
+    torch.manual_seed(0)
+    student = Synthesis(8, 12, (6, 4, 4)).eval()
+    with torch.no_grad():
+        for i in (1, 3, 5):  # a trained GDN's channels interact
+            student[i].gamma.uniform_(0.05, 0.5)
+    wide = slim.widened(student, (8, 6, 5), 8, 12)
+    assert [wide[i].out_channels for i in (0, 2, 4)] == [8, 6, 5]
+    x = torch.randn(2, 12, 4, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x), student(x), atol=1e-6, rtol=1e-5)
+        assert wide[0].weight[:, 6:].abs().sum() > 0 and wide[2].weight[6:].abs().sum() == 0
+
+
 def test_widths_round_trip_and_are_checked():
     cfg = ModelConfig(N=8, M=12, synthesis=(8, 6, 4))
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
@@ -104,6 +120,14 @@ def test_distillation_resumes_and_refuses_another_teacher(tmp_path):
                                            "widths": "8,8,8"}))
     model, ck = load_model(again)
     assert model.cfg.synthesis == (6, 4, 4) and ck["synthesis_steps"] == 4 and ck["step"] == 3
+    grown = slim.distill(slim.SlimConfig(**{**cfg.__dict__, "resume": str(again), "out": str(tmp_path / "c"),
+                                            "grow": "6,6,4"}))
+    model, ck = load_model(grown)
+    assert model.cfg.synthesis == (6, 6, 4) and ck["synthesis_steps"] == 6
+    with pytest.raises(SystemExit, match="at least"):
+        slim.distill(slim.SlimConfig(**{**cfg.__dict__, "resume": str(again), "grow": "6,2,4"}))
+    with pytest.raises(SystemExit, match="give --resume"):
+        slim.distill(slim.SlimConfig(**{**cfg.__dict__, "grow": "6,6,4"}))
     torch.manual_seed(1)
     save_weights(tmp_path / "other.pt", Onic(ModelConfig(N=8, M=12)), step=3)
     with pytest.raises(SystemExit, match="not distilled from"):
