@@ -77,8 +77,8 @@ class SlimConfig:
     pool: int = 0  # crops kept with the teacher's g_a output, drawn from at every step (0: fresh crops each
     # step). On a CPU the teacher's g_a is most of a step: the full-size model's took 494 ms of 8 crops
     pool_refresh: float = 1.0  # pool crops replaced by new ones per step (in batches of batch_size)
-    synthesis_out: str = ""  # also save the student alone here, fp16 (what the repo keeps: 1.8 MB for the
-    # full-size model's 128-64-32 against 13 MB for the whole model); --resume takes it with the same teacher
+    synthesis_out: str = ""  # also save the student alone here, fp16 (what the repo keeps: 1.9 MB for the
+    # full-size model's 128-80-32 against 13 MB for the whole model); --resume takes it with the same teacher
 
 
 def synthesis_input(model: Onic, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -146,8 +146,9 @@ def test_tiny_bundle_round_trip(tiny):
 
 def test_plain_hyperprior_with_mu_beside_is_the_serial_path(tiny, monkeypatch):
     """Without slices, decompress runs h_s's μ on a second thread beside the indexes and the
-    entropy decoding, and compress runs the indexes and the range coder beside μ: the image
-    and the bytes are those of the steps run one after another."""
+    entropy decoding (a large image runs them in turn, each on both cores), and compress runs the
+    indexes and the range coder beside μ: the image and the bytes are those of the steps run
+    one after another."""
     from codec import api, tiling
 
     b = Bundle(tiny[1])
@@ -158,6 +159,9 @@ def test_plain_hyperprior_with_mu_beside_is_the_serial_path(tiny, monkeypatch):
     y_hat += y
     serial = tiling.synthesize(b, y_hat, b.gains(h.quality)[1], h.height, h.width)
     assert np.array_equal(np.asarray(api.decompress(data, bundle=b)), serial)
+    with monkeypatch.context() as m:  # a large image's path
+        m.setattr(tiling, "whole", lambda h, w: False)
+        assert np.array_equal(np.asarray(api.decompress(data, bundle=b)), serial)
     # and the encoder, whose indexes and range coder run beside μ: the bytes of the serial path
     im = random_image(96, 80)
     beside = codec.compress(im, quality=60, bundle=b)
