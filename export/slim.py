@@ -166,7 +166,7 @@ def widened(student: Synthesis, widths: tuple[int, ...], N: int, M: int) -> Synt
     instead of from a pruned teacher's.
     """
     wide = Synthesis(N, M, widths)
-    old = [M, *(student[i].weight.shape[1] for i in (0, 2, 4))]  # in-channels of each deconv, then 3
+    old = [M, *(student[i].weight.shape[1] for i in (0, 2, 4))]  # the student's in-channels of each deconv
     for j, i in enumerate((0, 2, 4, 6)):
         cin, cout = old[j], student[i].weight.shape[1]
         wide[i].weight[cin:] = 0  # nothing reads the new input channels yet
@@ -191,6 +191,10 @@ def prune(model: Onic, widths: tuple[int, ...], images: list[torch.Tensor], crop
     return pruned(model.g_s, keep, model.cfg.N, model.cfg.M)
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
 def _psnr(mse: float) -> float:
     return 10 * math.log10(1 / max(mse, 1e-12))
 
@@ -201,15 +205,13 @@ def distill(cfg: SlimConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    widths = tuple(int(v) for v in cfg.widths.split(","))
+    widths = _widths(cfg.widths)
     device = torch.device(cfg.device)
     torch.backends.cudnn.allow_tf32 = False  # the teacher's ŷ in full fp32, as the ONNX encoder makes it
     teacher, ckpt = load_model(cfg.teacher)
     teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    t0 = time.time()
-    images = [torch.from_numpy(a.copy()).to(device) for a in load_images(cfg.data, 0, cfg.crop)]
     first = 0
     digest = teacher_digest(teacher)
     if cfg.resume:
@@ -217,12 +219,15 @@ def distill(cfg: SlimConfig) -> Path:
         if student is None:
             raise SystemExit(f"{cfg.resume} was not distilled from {cfg.teacher}")
         if cfg.grow:
-            wider = tuple(int(v) for v in cfg.grow.split(","))
+            wider = _widths(cfg.grow)
             if len(wider) != len(widths) or any(n < o for n, o in zip(wider, widths, strict=True)):
                 raise SystemExit(f"--grow {cfg.grow} must be {len(widths)} widths, each at least {widths}'s")
             student, widths = widened(student, wider, teacher.cfg.N, teacher.cfg.M), wider
     elif cfg.grow:
         raise SystemExit("--grow widens a resumed student: give --resume too")
+    # the photos after the checks above, which then refuse at once instead of after loading them
+    t0 = time.time()
+    images = [torch.from_numpy(a.copy()).to(device) for a in load_images(cfg.data, 0, cfg.crop)]
     rng = random.Random(cfg.seed + first)  # new crops after a resume
     if not cfg.resume:
         student = prune(teacher, widths, images, cfg.prune_crops, cfg.crop, rng)
