@@ -11,6 +11,10 @@ the first tree (the first tree's time over its own, in the same round).
     python benchmarks/ab_speed.py IMAGE . . --env ONIC_X=1   # the same tree, an environment change
     python benchmarks/ab_speed.py IMAGE /tmp/before . --model runs/full   # each tree's own export of full.pt
     python benchmarks/ab_speed.py IMAGE /tmp/before . --synthesis-threads 1   # and the synthesis alone
+    python benchmarks/ab_speed.py IMAGE . --model runs/a/bundle --model runs/b/bundle   # two bundles, one tree
+
+With several --model, every tree runs every bundle (tree by tree, bundle by bundle, in each
+round); the first of these runs is the one the speed-ups are over.
 """
 
 from __future__ import annotations
@@ -78,8 +82,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=9, help="warm round trips per process")
     p.add_argument("--quality", type=int, default=75)
     p.add_argument("--megapixels", type=float, default=0.0, help="upscale the image to this size first (0: as is)")
-    p.add_argument("--model", default="", help="a bundle folder, relative to each tree (default: its shipped one), "
-                   "e.g. the full-size model exported by each tree's own export.bundle")
+    p.add_argument("--model", action="append", default=[],
+                   help="a bundle folder, relative to each tree (default: its shipped one), e.g. the full-size model "
+                   "exported by each tree's own export.bundle; repeat it to time several bundles")
     p.add_argument("--synthesis-threads", type=int, default=0, metavar="N",
                    help="also time the synthesis alone (the decoder graph on the file's ŷ) with N-thread sessions")
     p.add_argument("--env", action="append", default=[],
@@ -88,11 +93,12 @@ def main() -> None:
     trees = [Path(t).resolve() for t in a.trees]
     a.image = str(Path(a.image).resolve())
     extra = dict(e.split("=", 1) for e in a.env)
-    results: list[list[dict]] = [[] for _ in trees]
+    runs = [(t, model) for t in range(len(trees)) for model in a.model or [""]]  # --env goes to the last tree
+    results: list[list[dict]] = [[] for _ in runs]
     for r in range(a.rounds):
-        for i, tree in enumerate(trees):
-            env = extra if i == len(trees) - 1 else {}
-            results[i].append(run_once(tree, a.image, a.quality, a.repeat, a.megapixels, a.model,
+        for i, (t, model) in enumerate(runs):
+            env = extra if t == len(trees) - 1 else {}
+            results[i].append(run_once(trees[t], a.image, a.quality, a.repeat, a.megapixels, model,
                                        a.synthesis_threads, env))
         print(f"round {r + 1}: " + "  ".join(f"{res[-1]['decode']:.0f}/{res[-1]['encode']:.0f}" for res in results),
               file=sys.stderr)
@@ -103,18 +109,19 @@ def main() -> None:
 
     print(f"{'tree':40} {'decode ms, each round':>30} {'median':>7} {'speed-up':>8}  "
           f"{'encode ms':>9} {'speed-up':>8}  same pixels and bytes")
-    for tree, res in zip(trees, results, strict=True):
+    labels = [str(trees[t]) + (f" {model}" if len(a.model) > 1 else "") + (" " + " ".join(a.env) if a.env and
+              t == len(trees) - 1 else "") for t, model in runs]
+    for label, res in zip(labels, results, strict=True):
         dec = [x["decode"] for x in res]
         enc = statistics.median(x["encode"] for x in res)
         same = all(x["pixels"] == results[0][0]["pixels"] and x["bytes"] == results[0][0]["bytes"] for x in res)
-        label = str(tree) + (" " + " ".join(a.env) if tree == trees[-1] and a.env else "")
         print(f"{label[-40:]:40} {' '.join(f'{d:.0f}' for d in dec):>30} {statistics.median(dec):7.1f} "
               f"{ratio(res, 'decode'):8.2f}  {enc:9.1f} {ratio(res, 'encode'):8.2f}  {same}")
     if a.synthesis_threads:
         print(f"\nthe synthesis alone, {a.synthesis_threads}-thread sessions")
-        for tree, res in zip(trees, results, strict=True):
+        for label, res in zip(labels, results, strict=True):
             ms = [x["synthesis"] for x in res]
-            print(f"{str(tree)[-40:]:40} {' '.join(f'{d:.0f}' for d in ms):>30} {statistics.median(ms):7.1f} "
+            print(f"{label[-40:]:40} {' '.join(f'{d:.0f}' for d in ms):>30} {statistics.median(ms):7.1f} "
                   f"{ratio(res, 'synthesis'):8.2f}")
 
 

@@ -57,6 +57,7 @@ from codec.session import GRADIENT_GRAPH
 from export import bundle as export_bundle
 from export.bundle import OPSET, SubPixelConv, frozen, gdn_before_shuffle, pixel_shuffle
 from export.model import FrozenGDN, Onic
+from export.slim import AnalysisPool, synthesis_input
 from export.train import load_images, load_model, random_batch
 
 
@@ -195,7 +196,7 @@ def load_state(decoder: QuantDecoder, path: str | Path) -> QuantDecoder:
 def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int, crop: int, seed: int,
           calibration_batches: int = 16, max_steps: int | None = None, resume: str | None = None,
           weight_bits: int = 7, convs: tuple[int, ...] = INT8_CONVS, range_lr: float = 1e-3,
-          decay: float = 0.0) -> QuantDecoder:
+          decay: float = 0.0, pool: int = 0) -> QuantDecoder:
     """Calibrate the quantizers (or take them from ``resume``, an earlier qat.pt), then fine-tune g_s
     for ``minutes`` (or ``max_steps``); writes OUT/qat.pt.
 
@@ -203,7 +204,9 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
     rungs, whose errors are small, are not drowned by the low ones (plain MSE left quality 100
     0.21 dB below fp32 while quality 0 gained). With ``range_lr`` > 0 the activations' step
     sizes train too (in log space, at that learning rate). The last ``decay`` of the minutes run
-    at a tenth of both learning rates, as export/slim.py's recipe does for its last 20%.
+    at a tenth of both learning rates, as export/slim.py's recipe does for its last 20%. With
+    ``pool`` > 0 the crops come from export/slim.py's AnalysisPool of that many, so that one new
+    crop a step pays for the base's analysis (most of a step for the full-size model's student).
     """
     random.seed(seed)
     torch.manual_seed(seed)
@@ -216,10 +219,17 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
     rng = random.Random(seed)
     rungs = len(model.cfg.lambdas)
 
-    def sample() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = random_batch(images, batch, crop, rng)
-        t = torch.rand(batch) * (rungs - 1)
-        return (x, *model.coded_latents(x, t)[:2])  # ŷ and the inverse gain, as a file decodes
+    analyses = AnalysisPool(model, images, pool, crop, batch, 1.0, rng) if pool else None
+
+    @torch.no_grad()
+    def sample() -> tuple[torch.Tensor, torch.Tensor]:
+        """Crops and g_s's input for them (ŷ · inverse gain, as a file decodes) at random rungs."""
+        if analyses:
+            x, y = analyses.batch_of(batch)
+        else:
+            x = random_batch(images, batch, crop, rng)
+            y = model.g_a(x)
+        return x, synthesis_input(model, y, torch.rand(batch) * (rungs - 1))[0]
 
     earlier = 0  # steps of the run resumed, so that qat.pt and the bundle's note count them all
     if resume:
@@ -228,8 +238,7 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
     else:
         with torch.no_grad():
             for _ in range(calibration_batches):
-                _, y_hat, inv_gain = sample()
-                decoder(y_hat, inv_gain)
+                decoder.g_s(sample()[1])
         for q in decoder.quantizers():
             q.freeze()
     if range_lr:
@@ -248,8 +257,8 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
                 group["lr"] /= 10
             decayed = True
             print(f"step {step}: learning rates / 10 for the last {decay:.0%} of the time", flush=True)
-        x, y_hat, inv_gain = sample()
-        mse = ((decoder(y_hat, inv_gain) - x) ** 2).mean(dim=(1, 2, 3))
+        x, inputs = sample()
+        mse = ((decoder.g_s(inputs) - x) ** 2).mean(dim=(1, 2, 3))
         loss = torch.log(mse + 1e-10).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -329,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="learning rate of the activations' log step sizes (LSQ); 0 keeps the calibrated ones")
     p.add_argument("--decay", type=float, default=0.0,
                    help="fraction of --minutes, at the end, run at a tenth of the learning rates")
+    p.add_argument("--pool", type=int, default=0,
+                   help="crops kept with the base's analysis, one new a step (export/slim.py's --pool; 0: fresh "
+                   "crops every step); for the full-size model, whose analysis is most of a step")
     p.add_argument("--int8_convs", default=",".join(map(str, INT8_CONVS)),
                    help="the sub-pixel convolutions to run in int8, numbered from 1 (the first and last stay float)")
     a = p.parse_args(argv)
@@ -338,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     convs = tuple(int(c) for c in a.int8_convs.split(","))
     decoder = train(a.checkpoint, out, a.data, a.minutes, a.lr, a.batch_size, a.crop, a.seed, resume=a.resume,
                     weight_bits=a.weight_bits, convs=convs, range_lr=a.range_lr,
-                    decay=a.decay)
+                    decay=a.decay, pool=a.pool)
     channels = decoder.g_s[0].conv.in_channels
     export_decoder(decoder, out / "decoder.onnx", channels)
     export_gradient(decoder, out / "synthesis_grad.onnx", channels)

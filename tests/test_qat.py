@@ -135,3 +135,27 @@ def test_learned_step_sizes_train_save_and_export(tmp_path):
                                      if n.op_type == "Constant" and n.attribute[0].type == onnx.AttributeProto.TENSOR])
                if a.size == 1 and a.dtype == np.float32]
     assert all(any(abs(v - s) <= 1e-6 * s for v in scalars) for s in learned)  # the graph's step sizes
+
+
+def test_a_slim_student_trains_from_an_analysis_pool_and_decodes_the_base_files(tmp_path):
+    """--pool (for the full-size model's student, issue 14): the crops and their analysis come from
+    export/slim.py's pool, the asymmetric synthesis keeps its widths, and the int8 bundle decodes
+    the base's files to the base's symbols."""
+    torch.manual_seed(0)
+    save_weights(tmp_path / "student.pt", Onic(ModelConfig(N=8, M=12, synthesis=(8, 6, 4))).eval(), step=0)
+    export_bundle.export_bundle(tmp_path / "student.pt", tmp_path / "base")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        random_image(96, 96, seed=i).save(data / f"{i}.png")
+    decoder = qat.train(str(tmp_path / "student.pt"), tmp_path / "run", str(data), minutes=5, lr=1e-4, batch=2,
+                        crop=64, seed=0, calibration_batches=2, max_steps=4, convs=(2, 3), pool=6)
+    assert decoder.steps == 4
+    assert [m.conv.out_channels // 4 for m in decoder.modules()
+            if isinstance(m, qat.QuantSubPixel)] == [6, 4]
+    qat.export_decoder(decoder, tmp_path / "decoder.onnx", channels=12)
+    qat.write_bundle(tmp_path / "base", tmp_path / "decoder.onnx", tmp_path / "int8", "int8 (a test)")
+    base, quantized = Bundle(tmp_path / "base"), Bundle(tmp_path / "int8")
+    data = codec.compress(random_image(130, 70, seed=3), 60, base)
+    assert (decode_latents(data, base)[2] == decode_latents(data, quantized)[2]).all()
+    assert np.asarray(codec.decompress(data, quantized)).shape == (70, 130, 3)
