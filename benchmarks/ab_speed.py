@@ -107,21 +107,25 @@ def main() -> None:
     def ratio(res: list[dict], key: str) -> float:
         return statistics.median(b[key] / x[key] for b, x in zip(results[0], res, strict=True))
 
-    print(f"{'tree':40} {'decode ms, each round':>30} {'median':>7} {'speed-up':>8}  "
+    def label(t: int, model: str) -> str:
+        env = " ".join(a.env) if t == len(trees) - 1 else ""
+        return " ".join(part for part in (str(trees[t]), model if len(a.model) > 1 else "", env) if part)
+
+    labels = [label(t, model) for t, model in runs]
+    w = max(40, *map(len, labels))  # the whole label: tree, bundle and environment
+    print(f"{'tree':{w}} {'decode ms, each round':>30} {'median':>7} {'speed-up':>8}  "
           f"{'encode ms':>9} {'speed-up':>8}  same pixels and bytes")
-    labels = [str(trees[t]) + (f" {model}" if len(a.model) > 1 else "") + (" " + " ".join(a.env) if a.env and
-              t == len(trees) - 1 else "") for t, model in runs]
-    for label, res in zip(labels, results, strict=True):
+    for name, res in zip(labels, results, strict=True):
         dec = [x["decode"] for x in res]
         enc = statistics.median(x["encode"] for x in res)
         same = all(x["pixels"] == results[0][0]["pixels"] and x["bytes"] == results[0][0]["bytes"] for x in res)
-        print(f"{label[-40:]:40} {' '.join(f'{d:.0f}' for d in dec):>30} {statistics.median(dec):7.1f} "
+        print(f"{name:{w}} {' '.join(f'{d:.0f}' for d in dec):>30} {statistics.median(dec):7.1f} "
               f"{ratio(res, 'decode'):8.2f}  {enc:9.1f} {ratio(res, 'encode'):8.2f}  {same}")
     if a.synthesis_threads:
         print(f"\nthe synthesis alone, {a.synthesis_threads}-thread sessions")
-        for label, res in zip(labels, results, strict=True):
+        for name, res in zip(labels, results, strict=True):
             ms = [x["synthesis"] for x in res]
-            print(f"{label[-40:]:40} {' '.join(f'{d:.0f}' for d in ms):>30} {statistics.median(ms):7.1f} "
+            print(f"{name:{w}} {' '.join(f'{d:.0f}' for d in ms):>30} {statistics.median(ms):7.1f} "
                   f"{ratio(res, 'synthesis'):8.2f}")
 
 

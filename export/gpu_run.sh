@@ -26,8 +26,9 @@
 # (measured behind on the CPU: README), BF16=0 trains in fp32, LR, BATCH, CROP, RESUME, FP32_HYPER.
 # SLIM=128,80,32 (the repo student's widths) then distils a narrower synthesis from the new
 # weights in the same call, for SLIM_MINUTES (export/slim.py, bf16 student; issue 14: the
-# synthesis is most of a full-size decode), and leaves slim.pt (the whole model, the student as g_s) and slim.log; keep MINUTES +
-# SLIM_MINUTES + about a minute of start-up and compilation inside the call. With SLIM, two
+# synthesis is most of a full-size decode), and leaves slim.pt (the whole model, the student
+# as g_s) and slim.log; keep MINUTES + SLIM_MINUTES + about a minute of start-up and
+# compilation inside the call. With SLIM, two
 # snapshots come back instead of three (64 MiB in all). Judge it here, all 24 images:
 #   python -m export.bundle /work/.device/N/slim.pt runs/slim --supersedes runs/wide  # runs/wide: weights.pt's bundle
 #   python benchmarks/slim.py ../shared/data/kodak runs/slim --reference runs/wide

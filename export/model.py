@@ -411,14 +411,10 @@ class Onic(nn.Module):
             y_hat = mu + (y - mu) + (torch.round(y - mu) - (y - mu)).detach()
         return y_hat, mu, scale_lower_bound(sigma, SCALE_MIN)
 
-    @torch.no_grad()
-    def coded_latents(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ŷ, inverse gain, λ) at ladder positions t as the codec decodes them: μ plus the
-        rounded residual, ẑ rounded (what export/qat.py and export/slim.py train g_s on)."""
-        return self.coded_from_analysis(self.g_a(x), t)
-
     def coded_from_analysis(self, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """coded_latents from g_a's output y, which is the same at every ladder position."""
+        """(ŷ, inverse gain, λ) at ladder positions t as the codec decodes them, from g_a's output y
+        (the same at every position): μ plus the rounded residual, ẑ rounded (what export/qat.py and
+        export/slim.py train g_s on)."""
         gain, inv_gain, lam = self.gains(t)
         z_gain, z_inv_gain = self.z_gains(t)
         y = y * gain

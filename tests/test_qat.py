@@ -14,7 +14,7 @@ from codec.api import decode_latents  # noqa: E402
 from codec.session import Bundle  # noqa: E402
 from export import bundle as export_bundle  # noqa: E402
 from export import qat  # noqa: E402
-from export.model import ModelConfig, Onic  # noqa: E402
+from export.model import Analysis, ModelConfig, Onic  # noqa: E402
 from export.train import save_weights  # noqa: E402
 from tests.conftest import random_image  # noqa: E402
 
@@ -148,9 +148,17 @@ def test_a_slim_student_trains_from_an_analysis_pool_and_decodes_the_base_files(
     data.mkdir()
     for i in range(2):
         random_image(96, 96, seed=i).save(data / f"{i}.png")
-    decoder = qat.train(str(tmp_path / "student.pt"), tmp_path / "run", str(data), minutes=5, lr=1e-4, batch=2,
-                        crop=64, seed=0, calibration_batches=2, max_steps=4, convs=(2, 3), pool=6)
+    analysed = []  # crops that went through an analysis g_a
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: analysed.append(len(args[0])) if isinstance(m, Analysis) else None)
+    try:
+        decoder = qat.train(str(tmp_path / "student.pt"), tmp_path / "run", str(data), minutes=5, lr=1e-4, batch=4,
+                            crop=64, seed=0, calibration_batches=2, max_steps=4, convs=(2, 3), pool=4)
+    finally:
+        hook.remove()
     assert decoder.steps == 4
+    # 6 batches of 4 drawn (2 calibrating, 4 training): fresh crops would have been 24 analysed
+    assert sum(analysed) < 6 * 4
     assert [m.conv.out_channels // 4 for m in decoder.modules()
             if isinstance(m, qat.QuantSubPixel)] == [6, 4]
     qat.export_decoder(decoder, tmp_path / "decoder.onnx", channels=12)
