@@ -24,7 +24,10 @@ a file holds it) back to the image, at every quality of the ladder:
 
     loss = mean over the batch of λ(t)·255²·MSE(g_s'(ŷ·inv_gain(t)), x)
 
-the rate-distortion loss with the rate fixed. Everything but g_s is frozen, so
+the rate-distortion loss with the rate fixed (``--loss rd``), or the mean of
+log MSE (``--loss log``): each crop then counts by its PSNR, so every rung weighs
+alike in dB, as a BD-rate weighs them, where λ(t) gives the top rung 355 times the
+bottom one's weight. Everything but g_s is frozen, so
 the bitstream of any image is unchanged and a bundle of the student decodes the
 files of the model it came from (``--supersedes``), to its own pixels.
 The log compares the student with the teacher on the same batches; judge the
@@ -77,6 +80,8 @@ class SlimConfig:
     pool: int = 0  # crops kept with the teacher's g_a output, drawn from at every step (0: fresh crops each
     # step). On a CPU the teacher's g_a is most of a step: the full-size model's took 494 ms of 8 crops
     pool_refresh: float = 1.0  # pool crops replaced by new ones per step (in batches of batch_size)
+    loss: str = "rd"  # rd: λ(t)-weighted MSE, the rate-distortion loss at a fixed rate; log: mean log MSE, each
+    # rung alike in dB (what a BD-rate weighs)
     synthesis_out: str = ""  # also save the student alone here, fp16 (what the repo keeps: 1.9 MB for the
     # full-size model's 128-80-32 against 13 MB for the whole model); --resume takes it with the same teacher
 
@@ -191,6 +196,18 @@ def prune(model: Onic, widths: tuple[int, ...], images: list[torch.Tensor], crop
     return pruned(model.g_s, keep, model.cfg.N, model.cfg.M)
 
 
+LOSSES = ("rd", "log")
+
+
+def distillation_loss(kind: str, mse: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """The batch's loss from per-crop MSE (images in [0, 1]) and λ: see the module docstring."""
+    if kind == "rd":
+        return (lam * 255**2 * mse).mean()
+    if kind == "log":
+        return torch.log(mse + 1e-10).mean()
+    raise ValueError(f"--loss is rd or log, not {kind!r}")
+
+
 def _widths(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
@@ -206,6 +223,8 @@ def distill(cfg: SlimConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     widths = _widths(cfg.widths)
+    if cfg.loss not in LOSSES:
+        raise SystemExit(f"--loss is one of {', '.join(LOSSES)}, not {cfg.loss!r}")
     device = torch.device(cfg.device)
     torch.backends.cudnn.allow_tf32 = False  # the teacher's ŷ in full fp32, as the ONNX encoder makes it
     teacher, ckpt = load_model(cfg.teacher)
@@ -269,7 +288,7 @@ def distill(cfg: SlimConfig) -> Path:
         with autocast:
             x_hat = model.g_s(inputs)
         mse = (x_hat.float() - x).pow(2).mean(dim=(1, 2, 3))
-        loss = (lam * 255**2 * mse).mean()
+        loss = distillation_loss(cfg.loss, mse, lam)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -162,6 +162,30 @@ def test_distilling_from_a_pool(tmp_path):
     assert student.cfg.synthesis == (6, 6, 4) and ck["synthesis_steps"] == 3
 
 
+def test_the_log_loss_weighs_every_rung_alike(tmp_path):
+    """--loss log: halving one crop's MSE lowers the loss by the same amount whatever its λ (rd's does
+    not), and a student trains with it; an unknown loss is refused before the photos load."""
+    lam = torch.tensor([0.001, 0.3])
+    mse = torch.tensor([0.01, 0.0001])
+    for i in range(2):
+        halved = mse.clone()
+        halved[i] /= 2
+        gain = slim.distillation_loss("log", mse, lam) - slim.distillation_loss("log", halved, lam)
+        torch.testing.assert_close(gain, torch.tensor(np.log(2) / 2, dtype=torch.float32))
+    torch.testing.assert_close(slim.distillation_loss("rd", mse, lam), (lam * 255**2 * mse).mean())
+    torch.manual_seed(0)
+    save_weights(tmp_path / "teacher.pt", Onic(ModelConfig(N=8, M=12)).eval(), step=7)
+    cfg = slim.SlimConfig(teacher=str(tmp_path / "teacher.pt"), widths="6,6,4", data=str(image_folder(
+        tmp_path / "data", 2)), out=str(tmp_path / "slim"), crop=64, batch_size=2, max_steps=3, prune_crops=2,
+        log_every=1, pool=3, loss="log")
+    untrained, _ = load_model(slim.distill(slim.SlimConfig(**{**cfg.__dict__, "max_steps": 0})))
+    trained, ck = load_model(slim.distill(cfg))
+    assert ck["synthesis_steps"] == 3
+    assert any(not torch.equal(a, b) for a, b in zip(untrained.g_s.parameters(), trained.g_s.parameters(), strict=True))
+    with pytest.raises(SystemExit, match="--loss is one of rd, log"):
+        slim.distill(slim.SlimConfig(**{**cfg.__dict__, "loss": "l1", "data": str(tmp_path / "missing")}))
+
+
 def test_the_student_alone_resumes_and_names_its_teacher(tmp_path):
     """--synthesis_out keeps the student alone (fp16); --resume continues from it with its teacher only."""
     torch.manual_seed(0)
