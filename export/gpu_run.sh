@@ -28,9 +28,9 @@
 # weights in the same call, for SLIM_MINUTES (export/slim.py, bf16 student; issue 14: the
 # synthesis is most of a full-size decode; SLIM_LOSS=log by default, the loss that brought the
 # repo's student from +1.21% to +0.04% BD-rate, rd for the λ-weighted one), and leaves slim.pt
-# (the whole model, the student as g_s) and slim.log; keep MINUTES + SLIM_MINUTES + about a minute of start-up and
-# compilation inside the call. With SLIM, two
-# snapshots come back instead of three (64 MiB in all). Judge it here, all 24 images:
+# (the whole model, the student as g_s) and slim.log; keep MINUTES + SLIM_MINUTES + about a
+# minute of start-up and compilation inside the call. With SLIM, two snapshots come back
+# instead of three (64 MiB in all). Judge it here, all 24 images:
 #   python -m export.bundle /work/.device/N/slim.pt runs/slim --supersedes runs/wide  # runs/wide: weights.pt's bundle
 #   python benchmarks/slim.py ../shared/data/kodak runs/slim --reference runs/wide
 set -euo pipefail

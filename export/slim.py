@@ -205,7 +205,7 @@ def distillation_loss(kind: str, mse: torch.Tensor, lam: torch.Tensor) -> torch.
         return (lam * 255**2 * mse).mean()
     if kind == "log":
         return torch.log(mse + 1e-10).mean()
-    raise ValueError(f"--loss is rd or log, not {kind!r}")
+    raise ValueError(f"--loss is one of {', '.join(LOSSES)}, not {kind!r}")
 
 
 def _widths(text: str) -> tuple[int, ...]:

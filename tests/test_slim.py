@@ -180,8 +180,13 @@ def test_the_log_loss_weighs_every_rung_alike(tmp_path):
         log_every=1, pool=3, loss="log")
     untrained, _ = load_model(slim.distill(slim.SlimConfig(**{**cfg.__dict__, "max_steps": 0})))
     trained, ck = load_model(slim.distill(cfg))
+    rd, _ = load_model(slim.distill(slim.SlimConfig(**{**cfg.__dict__, "loss": "rd", "out": str(tmp_path / "rd")})))
     assert ck["synthesis_steps"] == 3
-    assert any(not torch.equal(a, b) for a, b in zip(untrained.g_s.parameters(), trained.g_s.parameters(), strict=True))
+
+    def moved(a: Onic, b: Onic) -> bool:
+        return any(not torch.equal(u, v) for u, v in zip(a.g_s.parameters(), b.g_s.parameters(), strict=True))
+
+    assert moved(untrained, trained) and moved(rd, trained)  # the same crops and draws: only the loss differs
     with pytest.raises(SystemExit, match="--loss is one of rd, log"):
         slim.distill(slim.SlimConfig(**{**cfg.__dict__, "loss": "l1", "data": str(tmp_path / "missing")}))
 
