@@ -175,7 +175,7 @@ def _y_symbols_of(bundle: Bundle, z_sym: np.ndarray, quality: int, y: np.ndarray
                   single_thread: bool = False, written: Callable[[int, np.ndarray], None] | None = None) -> None:
     """The float chain of the encoder: y_sym = round(y − μ), slice by slice for a channel-conditional
     model, with ``written(k, y_sym)`` told as each slice is in; y is overwritten."""
-    mu_h = tiling.hyper_decode(bundle, z_sym, quality, single_thread)
+    mu_h = tiling.hyper_decode(bundle, z_sym, quality, single_thread, 1 if single_thread else bundle.tile_workers)
     if bundle.slices:
         tiling.conditional_latents(bundle, mu_h, y_sym, y, single_thread=single_thread, written=written)
         return
@@ -262,9 +262,7 @@ def _y_symbols(dec: entropy.Decoder, bundle: Bundle, z_sym: np.ndarray, quality:
     symbols of the slices before it. ``decoded(k, symbols)`` is told as each slice is complete;
     ``shared``: the slices' shared integer state, which another thread may help make."""
     if not bundle.slices:
-        y_ids = bundle.scale_indexes(z_sym, quality)
-        with profile.stage("entropy coding"):
-            return dec.read(y_ids, bundle.y_tables)
+        return _read_y(dec, bundle.scale_indexes(z_sym, quality), bundle)
     state = bundle.scale_state(z_sym, quality, shared)
     y_sym = np.empty(state[0].shape, dtype=np.int32)
     for k, (a, b) in enumerate(bundle.slices):
@@ -274,6 +272,11 @@ def _y_symbols(dec: entropy.Decoder, bundle: Bundle, z_sym: np.ndarray, quality:
         if decoded:
             decoded(k, y_sym)
     return y_sym
+
+
+def _read_y(dec: entropy.Decoder, y_ids: np.ndarray, bundle: Bundle) -> np.ndarray:
+    with profile.stage("entropy coding"):
+        return dec.read(y_ids, bundle.y_tables)
 
 
 class _Abandoned(Exception):
@@ -316,12 +319,19 @@ def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
     # integer bands take both cores anyway, and second sessions of h_s and the slice graphs would
     # hold arenas of their own beside the encoder's (50 MP round trip: 1.82 → 2.20 GB).
     single = tiling.whole(h.height, h.width)
-    if not bundle.slices:  # μ is h_s's alone: it runs beside the indexes and the entropy decoding
+    if not bundle.slices and single:  # μ is h_s's alone: it runs beside the indexes and the entropy decoding
         with ThreadPoolExecutor(1) as pool:
-            mu = pool.submit(tiling.hyper_decode, bundle, z_sym, h.quality, True) if single else None
+            mu = pool.submit(tiling.hyper_decode, bundle, z_sym, h.quality, True)
             y_sym = _y_symbols(dec, bundle, z_sym, h.quality)
-            y_hat = mu.result() if single else tiling.hyper_decode(bundle, z_sym, h.quality)
+            y_hat = mu.result()
         y_hat += y_sym
+        return y_hat
+    if not bundle.slices:  # a large image's indexes take every core; then μ's bands share them with
+        y_ids = bundle.scale_indexes(z_sym, h.quality)  # the entropy decoding, which takes one
+        with ThreadPoolExecutor(1) as pool:
+            read = pool.submit(_read_y, dec, y_ids, bundle)
+            y_hat = tiling.hyper_decode(bundle, z_sym, h.quality, workers=bundle.tile_workers)
+            y_hat += read.result()
         return y_hat
     slices = _Slices(len(bundle.slices))
     # The float chain has made μ well before the integer chain has its shared state, and then

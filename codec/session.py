@@ -10,7 +10,9 @@ every .onic file so that a file is never decoded with the wrong tables.
 Files only the encoder uses and that never change a decoded symbol
 (synthesis_grad.onnx, for refinement) are listed apart, as encoder_files:
 hashed and checked as well, but outside the model id, so adding one to a
-bundle keeps its files decoding.
+bundle keeps its files decoding. So are tile_files (decoder_tiles.onnx, from onic
+0.12.0): the decoder graph with a ``halo`` input that lets a large image's tiles
+skip their margins' wasted work (export/halo.py), the same pixels.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ GRADIENT_GRAPH = "synthesis_grad"  # encoder-only: the synthesis' gradient that 
 NO_MEMORY_PATTERN = frozenset({GRADIENT_GRAPH})
 PIXEL_INPUTS = frozenset({"x", "weight"})  # graph inputs at pixel resolution; the rest are latents
 PIXELS_PER_LATENT = 16
+TILE_GRAPH = "decoder_tiles"  # the decoder graph with the halo input, for tiles (export/halo.py)
 
 
 class Bundle:
@@ -71,12 +74,12 @@ class Bundle:
 
     def _verify(self) -> None:
         files = self.manifest.get("files", {})
-        encoder_only = self.manifest.get("encoder_files", {})
-        for name, digest in {**files, **encoder_only}.items():
+        optional = {**self.manifest.get("encoder_files", {}), **self.manifest.get("tile_files", {})}
+        for name, digest in {**files, **optional}.items():
             try:
                 data = (self.path / name).read_bytes()
             except OSError as e:
-                if name in encoder_only:
+                if name in optional:
                     continue  # left out of a copy: decoding and plain coding need none of them
                 raise OnicError(f"model bundle {self.path} is damaged: cannot read {name} ({e.strerror})") from None
             if hashlib.sha256(data).hexdigest() != digest:
@@ -146,6 +149,18 @@ class Bundle:
         """Whether the bundle has the synthesis' gradient graph that refinement runs (codec/refine.py)."""
         name = f"{GRADIENT_GRAPH}.onnx"
         return name in self.manifest.get("encoder_files", {}) and (self.path / name).is_file()
+
+    @cached_property
+    def tile_halo(self) -> int:
+        """Pixels that decoder_tiles.onnx cuts from each side of a tile flagged in its ``halo`` input
+        (export/halo.py); 0 where the bundle has no such graph, whose tiles run decoder.onnx."""
+        name = f"{TILE_GRAPH}.onnx"
+        halo = self.manifest.get("decoder_halo")
+        if name not in self.manifest.get("tile_files", {}) or not (self.path / name).is_file():
+            return 0
+        if not isinstance(halo, int) or isinstance(halo, bool) or halo <= 0:
+            raise OnicError(f"model bundle {self.path} is damaged: decoder_halo must be a positive whole number")
+        return halo
 
     @property
     def has_z_gains(self) -> bool:
@@ -287,7 +302,8 @@ class Bundle:
         options = ort.RunOptions()
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         tiny = {i.name: np.zeros([d if isinstance(d, int) else PIXELS_PER_LATENT if i.name in PIXEL_INPUTS else 1
-                                  for d in i.shape], dtype=np.float32) for i in session.get_inputs()}
+                                  for d in i.shape], dtype=np.int64 if i.type == "tensor(int64)" else np.float32)
+                for i in session.get_inputs()}  # int64: decoder_tiles' halo
         session.run(None, tiny, options)
 
 

@@ -8,7 +8,9 @@ would leave instead.
 
 - analysis: cores of TILE pixels on the 16-pixel latent grid, MARGIN pixels
   of context on each side (the image is edge-padded on the fly);
-- synthesis: cores of TILE/16 latents, MARGIN/16 latents of context.
+- synthesis: cores of TILE/16 latents, MARGIN/16 latents of context; with a bundle's
+  decoder_tiles.onnx (export/halo.py) each stage computes only what the next
+  needs of the margins, not all of them: the same pixels, 1.17× faster at 12 MP.
 Images up to two tiles' area run whole. Tiles are independent: with several
 per worker they run on threads, each on a single-threaded session. Once a
 graph's tiles or bands are done, its session gives its arena back
@@ -27,15 +29,18 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from codec.session import PIXELS_PER_LATENT, Bundle
-from codec.threads import each
+from codec.session import PIXELS_PER_LATENT, TILE_GRAPH, Bundle
+from codec.threads import bands, each
 
 TILE = 512  # pixels per tile core side; multiple of 16
 MARGIN = 32  # pixels of context per side: g_a reaches 30 pixels past a latent, g_s 2 latents past a pixel
 LATENT = PIXELS_PER_LATENT  # pixels per latent of y
 HYPER = 4  # latents of y per latent of z
 BAND = 16  # rows of z per band core of h_a and h_s (1024 pixels)
-BAND_MARGIN = 4  # rows of z of context per side (the receptive fields of h_a and h_s are about 2)
+# Rows of z of context per side: h_s reaches 7/4 rows of z (1 + 1/2 + 1/4: its two 5×5 stride-2
+# layers and its 3×3 one, each in its own rows), h_a as far the other way, so 2 is exact.
+BAND_MARGIN = 2
+BAND_WIDTH = 144  # columns of z up to which bands on threads grow to divide among them (9,216 pixels)
 
 
 def _spans(size: int, core: int, margin: int) -> Iterator[tuple[int, int, int, int]]:
@@ -106,11 +111,14 @@ def _parallel(workers: int, tiles: int) -> bool:
 
 
 def _row_bands(bundle: Bundle, graph: str, single_thread: bool, rows: int, band: int, margin: int, rows_in: int,
-               rows_out: int, **inputs: np.ndarray) -> np.ndarray:
+               rows_out: int, workers: int = 1, **inputs: np.ndarray) -> np.ndarray:
     """A graph over bands of ``rows`` rows, ``margin`` of context per side: inputs (1, C, rows·rows_in, w)
-    → (C', rows·rows_out, w') float32. A band's margin must cover the graph's reach."""
+    → (C', rows·rows_out, w') float32. A band's margin must cover the graph's reach. ``workers`` > 1:
+    the bands divide among that many threads, each on a single-threaded session."""
     if rows <= band + 2 * margin:
         return bundle.run(graph, single_thread=single_thread, **inputs)[0][0]
+    if workers > 1:
+        return _bands_on_threads(bundle, graph, rows, band, margin, rows_in, rows_out, workers, **inputs)
     out, scratch = None, Scratch()
     for r0, r1, w0, w1 in _spans(rows, band, margin):
         window = {k: scratch.copy(f"in {k}", v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()}
@@ -122,6 +130,30 @@ def _row_bands(bundle: Bundle, graph: str, single_thread: bool, rows: int, band:
             bundle.run_into(graph, t, single_thread=single_thread, **window)
         out[:, r0 * rows_out : r1 * rows_out] = t[0, :, (r0 - w0) * rows_out : (r1 - w0) * rows_out]
     bundle.release(graph, single_thread)
+    return out
+
+
+def _bands_on_threads(bundle: Bundle, graph: str, rows: int, band: int, margin: int, rows_in: int, rows_out: int,
+                      workers: int, **inputs: np.ndarray) -> np.ndarray:
+    """_row_bands with its bands on ``workers`` threads, single-threaded sessions, bands sized to divide
+    among them (threads.bands): the decoder runs h_s so beside the entropy decoding of a large image."""
+    channels = bundle.session(graph, True).get_outputs()[0].shape[1]
+    width = next(iter(inputs.values())).shape[3] * rows_out // rows_in
+    width_in = next(iter(inputs.values())).shape[3] // rows_in  # in the rows' own units, as band is
+    out = np.empty((channels, rows * rows_out, width), dtype=np.float32)
+    scratches = ThreadScratch()
+
+    def run(span: tuple[int, int]) -> None:
+        r0, r1 = span
+        w0, w1 = max(0, r0 - margin), min(rows, r1 + margin)
+        scratch = scratches.scratch
+        window = {k: scratch.copy(f"in {k}", v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()}
+        t = scratch.empty("out", (1, channels, (w1 - w0) * rows_out, width))
+        bundle.run_into(graph, t, single_thread=True, **window)
+        out[:, r0 * rows_out : r1 * rows_out] = t[0, :, (r0 - w0) * rows_out : (r1 - w0) * rows_out]
+
+    each(run, bands(rows, band, workers, width_in, BAND * BAND_WIDTH), workers)
+    bundle.release(graph, True)
     return out
 
 
@@ -155,8 +187,9 @@ class ThreadScratch(threading.local):
 
 
 def hyper_encode(bundle: Bundle, y: np.ndarray) -> np.ndarray:
-    """y (M, h, w) → z (N, h/4, w/4) by h_a, in bands of z rows."""
-    return _row_bands(bundle, "hyper_encoder", False, y.shape[1] // HYPER, BAND, BAND_MARGIN, HYPER, 1, y=y[None])
+    """y (M, h, w) → z (N, h/4, w/4) by h_a, in bands of z rows, shared among the bundle's tile workers."""
+    return _row_bands(bundle, "hyper_encoder", False, y.shape[1] // HYPER, BAND, BAND_MARGIN, HYPER, 1,
+                      workers=bundle.tile_workers, y=y[None])
 
 
 def z_symbols(bundle: Bundle, z: np.ndarray, quality: int) -> np.ndarray:
@@ -166,11 +199,14 @@ def z_symbols(bundle: Bundle, z: np.ndarray, quality: int) -> np.ndarray:
     return np.round(np.clip(z, -(2**30), 2**30)).astype(np.int32)
 
 
-def hyper_decode(bundle: Bundle, z_sym: np.ndarray, quality: int, single_thread: bool = False) -> np.ndarray:
+def hyper_decode(bundle: Bundle, z_sym: np.ndarray, quality: int, single_thread: bool = False,
+                 workers: int = 1) -> np.ndarray:
     """ẑ symbols (N, h, w) → μ (M, 4h, 4w) by h_s, in bands of z rows (σ is the integer path's job).
-    ``single_thread`` when it runs beside the integer chain, which has the other core."""
+    ``single_thread`` when it runs beside the integer chain, which has the other core; ``workers``
+    threads share a large image's bands."""
     z = bundle.hyper_input(z_sym, quality)[None]
-    return _row_bands(bundle, "hyper_decoder", single_thread, z.shape[2], BAND, BAND_MARGIN, 1, HYPER, z_hat=z)
+    return _row_bands(bundle, "hyper_decoder", single_thread, z.shape[2], BAND, BAND_MARGIN, 1, HYPER,
+                      workers=workers, z_hat=z)
 
 
 # Rows of y per band of a slice graph, and of context (they reach 2 rows). Seven sessions each keep
@@ -291,14 +327,21 @@ def synthesize(bundle: Bundle, y_hat: np.ndarray, inv_gain: np.ndarray, height: 
         return out
     tiles = synthesis_tiles(lh, lw, height, width)
     scratches = ThreadScratch()
+    cut = bundle.tile_halo if bundle.tile_halo <= MARGIN else 0  # a margin narrower than the graph's reach: no halo
+    graph = TILE_GRAPH if cut else "decoder"
 
     def run(tile) -> None:
         (r0, r1, wr0, wr1), (c0, c1, wc0, wc1) = tile
         scratch = scratches.scratch
-        x = scratch.empty("x", (1, 3, (wr1 - wr0) * LATENT, (wc1 - wc0) * LATENT))
-        bundle.run_into("decoder", x, y_hat=scratch.copy("y_hat", y_hat[None, :, wr0:wr1, wc0:wc1]),
-                        inv_gain=inv_gain, single_thread=parallel)
-        top, left = (r0 - wr0) * LATENT, (c0 - wc0) * LATENT
+        # A window's side is a whole margin (skipped stage by stage) or the latents' edge, padded as
+        # the whole image is (a last core may leave a margin narrower than MARGIN: it ends there)
+        halo = np.array([wr0 > 0, wr1 < lh, wc0 > 0, wc1 < lw], dtype=np.int64) * (1 if cut else 0)
+        x = scratch.empty("x", (1, 3, (wr1 - wr0) * LATENT - cut * int(halo[:2].sum()),
+                                (wc1 - wc0) * LATENT - cut * int(halo[2:].sum())))
+        inputs = {"halo": halo} if cut else {}
+        bundle.run_into(graph, x, y_hat=scratch.copy("y_hat", y_hat[None, :, wr0:wr1, wc0:wc1]),
+                        inv_gain=inv_gain, single_thread=parallel, **inputs)
+        top, left = (r0 - wr0) * LATENT - cut * int(halo[0]), (c0 - wc0) * LATENT - cut * int(halo[2])
         rows = min(r1 * LATENT, height) - r0 * LATENT
         cols = min(c1 * LATENT, width) - c0 * LATENT
         _to_uint8(x[0, :, top : top + rows, left : left + cols],
@@ -306,5 +349,5 @@ def synthesize(bundle: Bundle, y_hat: np.ndarray, inv_gain: np.ndarray, height: 
 
     parallel = _parallel(workers, len(tiles))
     each(run, tiles, workers if parallel else 1)
-    bundle.release("decoder", parallel)
+    bundle.release(graph, parallel)
     return out

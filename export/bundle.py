@@ -17,6 +17,8 @@ The encoder is analysis + hyper_encoder, two graphs so that the analysis can
 run in overlapping tiles on large images (codec/tiling.py). Encoder-only, for
 refinement (codec/refine.py), listed under encoder_files and outside the model id:
 - synthesis_grad.onnx y_hat, inv_gain, x (1,3,H,W), weight (1,1,H,W) → grad (like y_hat), sse (1,)
+and, listed under tile_files, likewise outside it (export/halo.py):
+- decoder_tiles.onnx  y_hat, inv_gain, halo (4,) int64        → x_hat, less decoder_halo pixels per flagged side
 
 tables.npz holds the gain ladder and the integer entropy tables, scale_path.npz the
 integer σ branch of h_s (export/intscale.py); manifest.json
@@ -42,7 +44,7 @@ from PIL import Image
 
 from codec import intscale as codec_intscale
 from codec.session import GRADIENT_GRAPH
-from export import intscale, refine, tables
+from export import halo, intscale, refine, tables
 from export.model import GDN, FrozenGDN, Onic
 from export.train import load_model, pad_to_stride
 
@@ -496,6 +498,8 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
             "files": files,
             "encoder_files": encoder_files,
         }
+        # Outside the model id too: the decoder graph for a large image's tiles, the same pixels.
+        halo.write_tile_graph(tmp, manifest)
         if supersedes:  # less this bundle's own id, where a re-export changed no file
             ids = superseded_ids(Path(supersedes), files, int(ck["step"]))
             manifest["also_decodes"] = [i for i in ids if i != model_id]

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from codec.session import GRADIENT_GRAPH
 from export import bundle as export_bundle
+from export import halo
 from export.bundle import OPSET, SubPixelConv, frozen, gdn_before_shuffle, pixel_shuffle
 from export.model import FrozenGDN, Onic
 from export.slim import AnalysisPool, synthesis_input
@@ -315,6 +316,7 @@ def write_bundle(base: Path, decoder_graph: Path, out: Path, note: str, gradient
         grad = f"{GRADIENT_GRAPH}.onnx"
         shutil.copyfile(gradient_graph, out / grad)
         manifest["encoder_files"][grad] = hashlib.sha256((out / grad).read_bytes()).hexdigest()
+    halo.write_tile_graph(out, manifest)  # the base's tile graph is its decoder's: this decoder's own
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -206,10 +206,12 @@ def test_hyper_graphs_in_bands_match_the_whole(bundle, monkeypatch):
     z_whole = tiling.hyper_encode(bundle, y)
     z_sym = np.round(z_whole).astype(np.int32)
     mu_whole = tiling.hyper_decode(bundle, z_sym, 30)
-    monkeypatch.setattr(tiling, "BAND", 4)
-    monkeypatch.setattr(tiling, "BAND_MARGIN", 3)
+    monkeypatch.setattr(tiling, "BAND", 4)  # 29 rows of z: bands with the shipped margin, which is their reach
     np.testing.assert_allclose(tiling.hyper_encode(bundle, y), z_whole, atol=1e-4)
-    np.testing.assert_allclose(tiling.hyper_decode(bundle, z_sym, 30), mu_whole, atol=1e-4)
+    for workers in (1, 2, 3):
+        np.testing.assert_allclose(tiling.hyper_decode(bundle, z_sym, 30, workers=workers), mu_whole, atol=1e-4)
+    monkeypatch.setattr(tiling, "BAND_MARGIN", 1)  # short of their reach: not the whole
+    assert not np.allclose(tiling.hyper_decode(bundle, z_sym, 30), mu_whole, atol=1e-4)
 
 
 @pytest.mark.parametrize("margin, exact", [(32, True), (16, False)])
