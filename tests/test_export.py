@@ -146,7 +146,8 @@ def test_tiny_bundle_round_trip(tiny):
 
 def test_plain_hyperprior_with_mu_beside_is_the_serial_path(tiny, monkeypatch):
     """Without slices, decompress runs h_s's μ on a second thread beside the indexes and the
-    entropy decoding (a large image runs them in turn, each on both cores), and compress runs the
+    entropy decoding (a large image runs its indexes first, on both cores, then μ's bands beside
+    the entropy decoding, or after it above api.BESIDE_MAX latents), and compress runs the
     indexes and the range coder beside μ: the image and the bytes are those of the steps run
     one after another."""
     from codec import api, tiling
@@ -159,8 +160,10 @@ def test_plain_hyperprior_with_mu_beside_is_the_serial_path(tiny, monkeypatch):
     y_hat += y
     serial = tiling.synthesize(b, y_hat, b.gains(h.quality)[1], h.height, h.width)
     assert np.array_equal(np.asarray(api.decompress(data, bundle=b)), serial)
-    with monkeypatch.context() as m:  # a large image's path
+    with monkeypatch.context() as m:  # a large image's paths
         m.setattr(tiling, "whole", lambda h, w: False)
+        assert np.array_equal(np.asarray(api.decompress(data, bundle=b)), serial)
+        m.setattr(api, "BESIDE_MAX", 0)
         assert np.array_equal(np.asarray(api.decompress(data, bundle=b)), serial)
     # and the encoder, whose indexes and range coder run beside μ: the bytes of the serial path
     im = random_image(96, 80)
