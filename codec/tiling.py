@@ -117,7 +117,7 @@ def _row_bands(bundle: Bundle, graph: str, single_thread: bool, rows: int, band:
     the bands divide among that many threads, each on a single-threaded session."""
     if rows <= band + 2 * margin:
         return bundle.run(graph, single_thread=single_thread, **inputs)[0][0]
-    if workers > 1:
+    if workers > 1 and isinstance(bundle.session(graph, True).get_outputs()[0].shape[1], int):
         return _bands_on_threads(bundle, graph, rows, band, margin, rows_in, rows_out, workers, **inputs)
     out, scratch = None, Scratch()
     for r0, r1, w0, w1 in _spans(rows, band, margin):
@@ -136,7 +136,8 @@ def _row_bands(bundle: Bundle, graph: str, single_thread: bool, rows: int, band:
 def _bands_on_threads(bundle: Bundle, graph: str, rows: int, band: int, margin: int, rows_in: int, rows_out: int,
                       workers: int, **inputs: np.ndarray) -> np.ndarray:
     """_row_bands with its bands on ``workers`` threads, single-threaded sessions, bands sized to divide
-    among them (threads.bands): the decoder runs h_s so beside the entropy decoding of a large image."""
+    among them (threads.bands): the decoder runs h_s so beside the entropy decoding of a large image.
+    The output is allocated before any band runs, from the graph's channels (a static dimension)."""
     channels = bundle.session(graph, True).get_outputs()[0].shape[1]
     width = next(iter(inputs.values())).shape[3] * rows_out // rows_in
     width_in = next(iter(inputs.values())).shape[3] // rows_in  # in the rows' own units, as band is
