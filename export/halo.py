@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     if not path.is_file():
         raise SystemExit(f"export.halo: {a.bundle} is not a model bundle")
     manifest = json.loads(path.read_text())
-    write_tile_graph(a.bundle, manifest)
+    try:
+        write_tile_graph(a.bundle, manifest)
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise SystemExit(f"export.halo: {a.bundle}: {e}") from None
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"{a.bundle / TILE_GRAPH}: {manifest['decoder_halo']} pixels less per halo side, model id "
           f"{manifest['model_id']} as before")

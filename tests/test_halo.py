@@ -23,22 +23,41 @@ def _session(model: onnx.ModelProto | str) -> ort.InferenceSession:
 
 
 @pytest.fixture(scope="module")
-def graphs():
-    m = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["config"]["M"]
-    plain = _session(str(DEFAULT_BUNDLE / "decoder.onnx"))
-    tiles = _session(halo.with_halo(onnx.load(str(DEFAULT_BUNDLE / "decoder.onnx"))))
+def float_bundle(tmp_path_factory):
+    """A tiny untrained model's export: a float decoder graph (the shipped one has an int8 convolution)."""
+    import torch
+
+    from export import bundle as export_bundle
+    from export.model import ModelConfig, Onic
+    from export.train import save_weights
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("halo")
+    save_weights(folder / "tiny.pt", Onic(ModelConfig(N=8, M=12, synthesis=(8, 6, 4))).eval(), step=0)
+    export_bundle.export_bundle(folder / "tiny.pt", folder / "bundle", name="tiny")
+    return folder / "bundle"
+
+
+@pytest.fixture(scope="module", params=["shipped", "float"])
+def graphs(request, float_bundle):
+    folder = DEFAULT_BUNDLE if request.param == "shipped" else float_bundle
+    m = json.loads((folder / "manifest.json").read_text())["config"]["M"]
+    plain = _session(str(folder / "decoder.onnx"))
+    tiles = _session(str(folder / f"{TILE_GRAPH}.onnx"))
     rng = np.random.default_rng(0)
     y = (rng.standard_normal((1, m, 10, 14)) * 3).round().astype(np.float32)
     inv = np.full((1, m, 1, 1), 0.5, np.float32)
     return plain, tiles, y, inv
 
 
-def test_the_shipped_bundle_has_its_tile_graph():
-    """The shipped decoder graph's tile graph is in the bundle, current and checked."""
+def test_bundles_have_their_tile_graph(float_bundle):
+    """The shipped bundle's tile graph is its decoder graph's, current and checked; exports write one."""
     b = Bundle(DEFAULT_BUNDLE)
     assert b.tile_halo == 30  # four 3×3 stages: 16 + 8 + 4 + 2 pixels
     fresh = halo.with_halo(onnx.load(str(DEFAULT_BUNDLE / "decoder.onnx")))
     assert fresh.SerializeToString() == onnx.load(str(DEFAULT_BUNDLE / f"{TILE_GRAPH}.onnx")).SerializeToString()
+    assert Bundle(float_bundle).tile_halo == 30 and Bundle(float_bundle).model_id == \
+        json.loads((float_bundle / "manifest.json").read_text())["model_id"]
 
 
 def test_no_halo_is_the_decoder_graph(graphs):
@@ -62,6 +81,21 @@ def test_a_window_with_halo_gives_the_whole_graph_pixels(graphs, flags):
     want = whole[:, :, rows.start * 16 + 30 * t : rows.stop * 16 - 30 * b,
                  cols.start * 16 + 30 * left : cols.stop * 16 - 30 * r]
     assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_the_command_writes_it_and_keeps_the_model_id(tmp_path):
+    folder = tmp_path / "b"
+    shutil.copytree(DEFAULT_BUNDLE, folder)
+    (folder / f"{TILE_GRAPH}.onnx").unlink()
+    m = json.loads((folder / "manifest.json").read_text())
+    del m["tile_files"], m["decoder_halo"]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    assert Bundle(folder).tile_halo == 0
+    halo.main([str(folder)])
+    assert Bundle(folder).tile_halo == 30 and Bundle(folder).model_id == m["model_id"]
+    assert (folder / f"{TILE_GRAPH}.onnx").read_bytes() == (DEFAULT_BUNDLE / f"{TILE_GRAPH}.onnx").read_bytes()
+    with pytest.raises(SystemExit, match="is not a model bundle"):
+        halo.main([str(tmp_path)])
 
 
 def test_the_quantized_convolution_stays_fused():
