@@ -10,7 +10,7 @@ would leave instead.
   of context on each side (the image is edge-padded on the fly);
 - synthesis: cores of TILE/16 latents, MARGIN/16 latents of context; with a bundle's
   decoder_tiles.onnx (export/halo.py) each stage computes only what the next
-  needs of the margins, not all of them: the same pixels, 1.17× faster at 12 MP.
+  needs of the margins, not all of them: the same pixels, faster (README, onic 0.12.0).
 Images up to two tiles' area run whole. Tiles are independent: with several
 per worker they run on threads, each on a single-threaded session. Once a
 graph's tiles or bands are done, its session gives its arena back
@@ -117,8 +117,9 @@ def _row_bands(bundle: Bundle, graph: str, single_thread: bool, rows: int, band:
     the bands divide among that many threads, each on a single-threaded session."""
     if rows <= band + 2 * margin:
         return bundle.run(graph, single_thread=single_thread, **inputs)[0][0]
-    if workers > 1 and isinstance(bundle.session(graph, True).get_outputs()[0].shape[1], int):
-        return _bands_on_threads(bundle, graph, rows, band, margin, rows_in, rows_out, workers, **inputs)
+    channels = bundle.session(graph, True).get_outputs()[0].shape[1] if workers > 1 else None
+    if isinstance(channels, int):  # a static dimension: the output is made before any band runs
+        return _bands_on_threads(bundle, graph, rows, band, margin, rows_in, rows_out, workers, channels, **inputs)
     out, scratch = None, Scratch()
     for r0, r1, w0, w1 in _spans(rows, band, margin):
         window = {k: scratch.copy(f"in {k}", v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()}
@@ -134,11 +135,10 @@ def _row_bands(bundle: Bundle, graph: str, single_thread: bool, rows: int, band:
 
 
 def _bands_on_threads(bundle: Bundle, graph: str, rows: int, band: int, margin: int, rows_in: int, rows_out: int,
-                      workers: int, **inputs: np.ndarray) -> np.ndarray:
+                      workers: int, channels: int, **inputs: np.ndarray) -> np.ndarray:
     """_row_bands with its bands on ``workers`` threads, single-threaded sessions, bands sized to divide
     among them (threads.bands): the decoder runs h_s so beside the entropy decoding of a large image.
-    The output is allocated before any band runs, from the graph's channels (a static dimension)."""
-    channels = bundle.session(graph, True).get_outputs()[0].shape[1]
+    ``channels``: the graph's output channels, so that the output exists before any band runs."""
     width = next(iter(inputs.values())).shape[3] * rows_out // rows_in
     width_in = next(iter(inputs.values())).shape[3] // rows_in  # in the rows' own units, as band is
     out = np.empty((channels, rows * rows_out, width), dtype=np.float32)

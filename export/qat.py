@@ -58,7 +58,7 @@ from export import bundle as export_bundle
 from export import halo
 from export.bundle import OPSET, SubPixelConv, frozen, gdn_before_shuffle, pixel_shuffle
 from export.model import FrozenGDN, Onic
-from export.slim import AnalysisPool, synthesis_input
+from export.slim import AnalysisPool, distillation_loss, synthesis_input
 from export.train import load_images, load_model, random_batch
 
 
@@ -260,7 +260,7 @@ def train(ckpt: str, out: Path, data: str, minutes: float, lr: float, batch: int
             print(f"step {step}: learning rates / 10 for the last {decay:.0%} of the time", flush=True)
         x, inputs = sample()
         mse = ((decoder.g_s(inputs) - x) ** 2).mean(dim=(1, 2, 3))
-        loss = torch.log(mse + 1e-10).mean()
+        loss = distillation_loss("log", mse)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -302,7 +302,7 @@ def export_gradient(decoder: QuantDecoder, path: Path, channels: int) -> None:
 
 def write_bundle(base: Path, decoder_graph: Path, out: Path, note: str, gradient_graph: Path | None = None) -> dict:
     """The base bundle with another decoder graph (and, given one, the gradient graph that goes with
-    it); it decodes every file of the base (same symbols)."""
+    it) and that graph's decoder_tiles.onnx (export/halo.py); it decodes every file of the base (same symbols)."""
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(base, out)

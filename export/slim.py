@@ -199,13 +199,13 @@ def prune(model: Onic, widths: tuple[int, ...], images: list[torch.Tensor], crop
 LOSSES = ("rd", "log")
 
 
-def distillation_loss(kind: str, mse: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """The batch's loss from per-crop MSE (images in [0, 1]) and λ: see the module docstring."""
-    if kind == "rd":
+def distillation_loss(kind: str, mse: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
+    """The batch's loss from per-crop MSE (images in [0, 1]) and λ (rd only): see the module docstring."""
+    if kind == "rd" and lam is not None:
         return (lam * 255**2 * mse).mean()
     if kind == "log":
         return torch.log(mse + 1e-10).mean()
-    raise ValueError(f"--loss is one of {', '.join(LOSSES)}, not {kind!r}")
+    raise ValueError(f"--loss is one of {', '.join(LOSSES)}, not {kind!r}" if kind != "rd" else "rd needs λ")
 
 
 def _widths(text: str) -> tuple[int, ...]:
