@@ -44,11 +44,12 @@ from PIL import Image
 
 from codec import intscale as codec_intscale
 from codec.session import GRADIENT_GRAPH
-from export import halo, intscale, refine, tables
+from export import halo, intscale, phases, refine, tables
 from export.model import GDN, FrozenGDN, Onic
 from export.train import load_model, pad_to_stride
 
 OPSET = 17
+PHASE_SPLIT = ("decoder", "hyper_decoder")  # graphs whose sub-pixel convolutions split by phase (export/phases.py)
 BUNDLE_FORMAT = 1
 
 
@@ -77,7 +78,7 @@ class HyperDecoder(nn.Module):
 
     def __init__(self, m: Onic):
         super().__init__()
-        h_s = frozen(m.h_s)
+        h_s = [PhaseMajorSubPixel(x) if isinstance(x, SubPixelConv) else x for x in frozen(m.h_s)]
         last, M = h_s[-1], m.cfg.M
         mu = nn.Conv2d(last.in_channels, M, last.kernel_size, padding=last.padding)
         with torch.no_grad():
@@ -236,6 +237,24 @@ def phase_major_shuffle(x: torch.Tensor) -> torch.Tensor:
     cols = x.reshape(n, 2, 2, c * h * w).transpose(2, 3)  # n a (c h w) b: columns interleaved
     rows = cols.reshape(n, 2, c, h, 2 * w).permute(0, 2, 3, 1, 4)  # n c h a (w b): rows interleaved
     return rows.reshape(n, c, 2 * h, 2 * w)
+
+
+class PhaseMajorSubPixel(nn.Module):
+    """A SubPixelConv with its output channels in phase-major order (channel phase·C + c) and the
+    shuffle to match: the same function, in the order export/phases.py splits by phase."""
+
+    def __init__(self, sp: SubPixelConv):
+        super().__init__()
+        w, b = sp.conv.weight.detach(), sp.conv.bias.detach()  # channel 4c + phase
+        c = w.shape[0] // 4
+        order = torch.arange(4 * c).reshape(c, 4).T.reshape(-1)
+        self.conv = nn.Conv2d(w.shape[1], 4 * c, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(w[order])
+            self.conv.bias.copy_(b[order])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return phase_major_shuffle(self.conv(x))
 
 
 class SubPixelGDN(nn.Module):
@@ -476,6 +495,8 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
         tmp = Path(tmp)
         for graph, (module, args, inputs, outputs) in graphs(model).items():
             export_graph(module, args, inputs, outputs, tmp / f"{graph}.onnx")
+            if graph in PHASE_SPLIT:
+                phases.split_file(tmp / f"{graph}.onnx")
         write_tables(model, tmp / "tables.npz", position_floor)
         np.savez(tmp / "scale_path.npz",
                  **intscale.quantize(model, calibration_latents(model, calibration), tables.SCALE_TABLE,

@@ -14,7 +14,11 @@ by nothing instead of k//2 (a Pad in front of it, which reads ``halo``), so it
 computes only the positions whose inputs are all real: the window shrinks stage by
 stage by the graph's reach, and what is left equals the same positions of the
 whole-image graph. Sides at the image edge (halo 0) are padded as always: with
-halo all 0 the graph is the decoder graph.
+halo all 0 the graph is the decoder graph. The phases of a split sub-pixel
+convolution (export/phases.py) read one tensor with asymmetric pads: they share one
+Pad, as wide on each side as the widest of them, and those that pad a side less
+lose the difference again with a Slice of their output, so that all compute the
+same positions.
 
 A quantized convolution's Pad goes before its input's QuantizeLinear, so that
 onnxruntime still fuses QuantizeLinear → DequantizeLinear → Conv into QLinearConv
@@ -47,14 +51,16 @@ def _attributes(node: onnx.NodeProto) -> dict:
 
 
 def _padded_convs(graph: onnx.GraphProto) -> list[int]:
-    """The convolutions (indexes) that pad: stride 1, square odd kernels over 1, pads k//2 on every side."""
+    """The convolutions (indexes) that pad to keep their input's size: stride 1, undilated, pads
+    [top, left, bottom, right] that add up to the kernel less one on each axis, some of them over 0
+    (square "same" kernels, and the cropped phases of export/phases.py)."""
     convs = []
     for j, node in enumerate(graph.node):
         if node.op_type != "Conv":
             continue
         a = _attributes(node)
-        k = a.get("kernel_shape", [1, 1])
-        if k[0] == k[1] and k[0] > 1 and k[0] % 2 and a.get("pads") == [k[0] // 2] * 4 \
+        (kh, kw), p = a.get("kernel_shape", [1, 1]), a.get("pads", [0, 0, 0, 0])
+        if kh - 1 == p[0] + p[2] and kw - 1 == p[1] + p[3] and max(p) > 0 and "auto_pad" not in a \
                 and a.get("strides", [1, 1]) == [1, 1] and a.get("dilations", [1, 1]) == [1, 1]:
             convs.append(j)
     return convs
@@ -77,20 +83,33 @@ def _pad_site(graph: onnx.GraphProto, conv: int) -> int:
 
 
 def _resize_shapes(g: onnx.GraphProto, before: dict[int, list[onnx.NodeProto]], source: str, padded: str,
-                   p: int, j: int) -> int:
-    """Shape(source) → Shape(padded) − 2p on the spatial axes, the size of the convolution's output;
-    returns the index of the first such Shape (the Pad must come before it), else len(g.node)."""
+                   reach: list[int], j: int) -> int:
+    """Shape(source) → Shape(padded) less the reach on the spatial axes, the size of the convolution's
+    output; returns the index of the first such Shape (the Pad must come before it), else len(g.node)."""
     first = len(g.node)
     for k, node in enumerate(g.node):
         if node.op_type == "Shape" and node.input[0] == source and not _attributes(node):
             out, raw, less = node.output[0], f"halo/shape{j}_{k}", f"halo/less{j}_{k}"
             node.input[0], node.output[0] = padded, raw
+            cut = np.array([0, 0, reach[0] + reach[2], reach[1] + reach[3]], np.int64)
             before.setdefault(k + 1, []).extend([
-                helper.make_node("Constant", [], [less],
-                                 value=numpy_helper.from_array(np.array([0, 0, 2 * p, 2 * p], np.int64))),
+                helper.make_node("Constant", [], [less], value=numpy_helper.from_array(cut)),
                 helper.make_node("Sub", [raw, less], [out])])
             first = min(first, k)
     return first
+
+
+def _groups(g: onnx.GraphProto, convs: list[int]) -> dict[str, list[tuple[int, int]]]:
+    """The padded convolutions by the tensor their Pad goes on: source → [(conv, pad site)]. The
+    phases of a split convolution read one tensor and share one Pad; a quantized convolution has its own."""
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for c in convs:
+        site = _pad_site(g, c)
+        groups.setdefault(g.node[site].input[0], []).append((c, site))
+    for members in groups.values():
+        if len(members) > 1 and any(c != site for c, site in members):
+            raise ValueError("a quantized convolution shares its input with another padded convolution")
+    return groups
 
 
 def with_halo(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -113,29 +132,55 @@ def with_halo(model: onnx.ModelProto) -> onnx.ModelProto:
                          value=numpy_helper.from_array(np.array([0, 0, 1, 3, 0, 0, 2, 4], np.int64))),
         helper.make_node("Gather", ["halo/sides", "halo/order"], ["halo/pads1"], axis=0),
     ]
-    pads_of: dict[int, str] = {1: "halo/pads1"}
-    before: dict[int, list[onnx.NodeProto]] = {}  # node index → the Pads to put in front of it
-    for j, c in enumerate(convs):
-        conv = g.node[c]
-        p = _attributes(conv)["kernel_shape"][0] // 2
-        if p not in pads_of:
-            const, pads_of[p] = f"halo/k{p}", f"halo/pads{p}"
-            new += [helper.make_node("Constant", [], [const], value=numpy_helper.from_array(np.array(p, np.int64))),
-                    helper.make_node("Mul", ["halo/pads1", const], [pads_of[p]])]
-        site = _pad_site(g, c)
-        source, padded = g.node[site].input[0], f"halo/input{j}"
+    pads_of: dict[tuple[int, ...], str] = {(1, 1, 1, 1): "halo/pads1"}
+    before: dict[int, list[onnx.NodeProto]] = {}  # node index → nodes to put in front of it
+    after: dict[int, list[onnx.NodeProto]] = {}  # node index → nodes to put after it
+    for j, (source, members) in enumerate(_groups(g, convs).items()):
+        # The Pad gives every side the most any member pads there; a member that pads a side less
+        # reads from further in, so its output loses the difference (a Slice), and all members keep
+        # computing the same positions.
+        own = {c: _attributes(g.node[c])["pads"] for c, _ in members}
+        reach = [max(p[s] for p in own.values()) for s in range(4)]
+        key = tuple(reach)
+        if key not in pads_of:  # 1 − halo times the reach: a scalar where all sides reach alike
+            name = str(reach[0]) if len(set(reach)) == 1 else "_".join(map(str, reach))
+            const, pads_of[key] = f"halo/k{name}", f"halo/pads{name}"
+            per_side = np.array(reach[0] if len(set(reach)) == 1 else
+                                [0, 0, reach[0], reach[1], 0, 0, reach[2], reach[3]], np.int64)
+            new += [helper.make_node("Constant", [], [const], value=numpy_helper.from_array(per_side)),
+                    helper.make_node("Mul", ["halo/pads1", const], [pads_of[key]])]
+        padded = f"halo/input{j}"
+        c0, site0 = members[0]
         # export.qat.QuantSubPixel sizes its shuffle by Shape(its input), meaning its output's
-        first = _resize_shapes(g, before, source, padded, p, j) if site != c else site
-        before.setdefault(min(first, site), []).insert(
-            0, helper.make_node("Pad", [source, pads_of[p]], [padded], mode="constant", name=f"halo/pad{j}"))
-        g.node[site].input[0] = padded
-        for a in conv.attribute:
-            if a.name == "pads":
-                a.ints[:] = [0, 0, 0, 0]
+        first = _resize_shapes(g, before, source, padded, reach, j) if site0 != c0 else site0
+        first = min([first] + [site for _, site in members])
+        before.setdefault(first, []).insert(
+            0, helper.make_node("Pad", [source, pads_of[key]], [padded], mode="constant", name=f"halo/pad{j}"))
+        for c, site in members:
+            g.node[site].input[0] = padded
+            conv = g.node[c]
+            for a in conv.attribute:
+                if a.name == "pads":
+                    a.ints[:] = [0, 0, 0, 0]
+            cut = [r - p for r, p in zip(reach, own[c], strict=True)]
+            if any(cut):
+                raw = f"halo/uncut{j}_{c}"
+                ends = [-cut[2] if cut[2] else np.iinfo(np.int64).max, -cut[3] if cut[3] else np.iinfo(np.int64).max]
+                after.setdefault(c, []).extend([
+                    helper.make_node("Constant", [], [f"{raw}/starts"],
+                                     value=numpy_helper.from_array(np.array(cut[:2], np.int64))),
+                    helper.make_node("Constant", [], [f"{raw}/ends"],
+                                     value=numpy_helper.from_array(np.array(ends, np.int64))),
+                    helper.make_node("Constant", [], [f"{raw}/axes"],
+                                     value=numpy_helper.from_array(np.array([2, 3], np.int64))),
+                    helper.make_node("Slice", [raw, f"{raw}/starts", f"{raw}/ends", f"{raw}/axes"],
+                                     [conv.output[0]], name=f"halo/cut{j}_{c}")])
+                conv.output[0] = raw
     nodes = list(new)
     for j, node in enumerate(g.node):
         nodes += before.get(j, [])
         nodes.append(node)
+        nodes += after.get(j, [])
     del g.node[:]
     g.node.extend(nodes)
     onnx.checker.check_model(model, full_check=True)
