@@ -49,7 +49,7 @@ from export.model import GDN, FrozenGDN, Onic
 from export.train import load_model, pad_to_stride
 
 OPSET = 17
-PHASE_SPLIT = ("decoder", "hyper_decoder")  # graphs whose sub-pixel convolutions split by phase (export/phases.py)
+PHASE_CROP = ("decoder", "hyper_decoder")  # their phase convolutions are cropped to their taps (export/phases.py)
 BUNDLE_FORMAT = 1
 
 
@@ -78,7 +78,7 @@ class HyperDecoder(nn.Module):
 
     def __init__(self, m: Onic):
         super().__init__()
-        h_s = [PhaseMajorSubPixel(x) if isinstance(x, SubPixelConv) else x for x in frozen(m.h_s)]
+        h_s = [PhaseSubPixel(x) if isinstance(x, SubPixelConv) else x for x in frozen(m.h_s)]
         last, M = h_s[-1], m.cfg.M
         mu = nn.Conv2d(last.in_channels, M, last.kernel_size, padding=last.padding)
         with torch.no_grad():
@@ -229,61 +229,67 @@ def pixel_shuffle(x: torch.Tensor, shape: tuple | None = None) -> torch.Tensor:
     return rows.reshape(n, c, 2 * h, 2 * w)
 
 
-def phase_major_shuffle(x: torch.Tensor) -> torch.Tensor:
-    """The pixel shuffle of channels in phase-major order: channel (2a + b)·C + c moves to
-    pixel (2h + a, 2w + b) of channel c; the same two transposes as ``pixel_shuffle``."""
-    n, c4, h, w = x.shape
-    c = c4 // 4
-    cols = x.reshape(n, 2, 2, c * h * w).transpose(2, 3)  # n a (c h w) b: columns interleaved
-    rows = cols.reshape(n, 2, c, h, 2 * w).permute(0, 2, 3, 1, 4)  # n c h a (w b): rows interleaved
-    return rows.reshape(n, c, 2 * h, 2 * w)
+def interleave(phases: list[torch.Tensor]) -> torch.Tensor:
+    """The pixel shuffle of four phase outputs (n, C, h, w), in the order (a, b) = (0, 0), (0, 1),
+    (1, 0), (1, 1): phase (a, b) moves to pixels (2h + a, 2w + b). Two stacks, each one copy: the
+    columns of each row phase, then the rows (the transposes of ``pixel_shuffle`` need a
+    concatenation of the phases first)."""
+    n, c, h, w = phases[0].shape
+    rows = [torch.stack(phases[2 * a : 2 * a + 2], dim=4).reshape(n, c, h, 2 * w) for a in (0, 1)]
+    return torch.stack(rows, dim=3).reshape(n, c, 2 * h, 2 * w)
 
 
-class PhaseMajorSubPixel(nn.Module):
-    """A SubPixelConv with its output channels in phase-major order (channel phase·C + c) and the
-    shuffle to match: the same function, in the order export/phases.py splits by phase."""
+def _phase_convs(sp: SubPixelConv) -> nn.ModuleList:
+    """The four phases of a SubPixelConv (channel 4c + phase) as convolutions of their own, 3×3 with
+    their zero taps: export/phases.py crops each to its own taps in the ONNX graph."""
+    w, b = sp.conv.weight.detach(), sp.conv.bias.detach()
+    convs = nn.ModuleList()
+    for phase in range(4):
+        conv = nn.Conv2d(w.shape[1], w.shape[0] // 4, 3, padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(w[phase::4])
+            conv.bias.copy_(b[phase::4])
+        convs.append(conv)
+    return convs
+
+
+class PhaseSubPixel(nn.Module):
+    """A SubPixelConv as one convolution per output phase and ``interleave``: the same function, in
+    the form export/phases.py crops (Shi et al., arXiv:1609.07009: each phase is a convolution)."""
 
     def __init__(self, sp: SubPixelConv):
         super().__init__()
-        w, b = sp.conv.weight.detach(), sp.conv.bias.detach()  # channel 4c + phase
-        c = w.shape[0] // 4
-        order = torch.arange(4 * c).reshape(c, 4).T.reshape(-1)
-        self.conv = nn.Conv2d(w.shape[1], 4 * c, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.copy_(w[order])
-            self.conv.bias.copy_(b[order])
+        self.convs = _phase_convs(sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return phase_major_shuffle(self.conv(x))
+        return interleave([conv(x) for conv in self.convs])
 
 
 class SubPixelGDN(nn.Module):
-    """A sub-pixel convolution and the (inverse) GDN after it, the GDN run before the pixel shuffle.
+    """A sub-pixel convolution and the (inverse) GDN after it, the GDN run on each phase before the
+    pixel shuffle.
 
-    GDN acts on each pixel's channels alone, so it commutes with the shuffle: on the four
-    phases of the convolution's output it is a grouped 1×1 convolution, one group per
-    phase. onnxruntime then keeps the convolution, x² and the GDN's own convolution in its
-    blocked layout, and the synthesis reorders one tensor fewer per layer (the same values;
-    README, Speed and memory: benchmarks/ab_speed.py --synthesis-threads against acb293c).
+    GDN acts on each pixel's channels alone, so it commutes with the shuffle. onnxruntime then
+    keeps the convolution, x² and the GDN's own convolution in its blocked layout, and the
+    synthesis reorders one tensor fewer per layer (README, Speed and memory:
+    benchmarks/ab_speed.py --synthesis-threads against acb293c). Each phase is a convolution of
+    its own (``PhaseSubPixel``), which export/phases.py crops to the phase's taps.
     """
 
     def __init__(self, sp: SubPixelConv, gdn: FrozenGDN):
         super().__init__()
-        w, b = sp.conv.weight.detach(), sp.conv.bias.detach()  # channel 4c + phase
-        c = w.shape[0] // 4
-        order = torch.arange(4 * c).reshape(c, 4).T.reshape(-1)  # phase-major: channel phase·C + c
-        self.conv = nn.Conv2d(w.shape[1], 4 * c, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.copy_(w[order])
-            self.conv.bias.copy_(b[order])
+        self.convs = _phase_convs(sp)
         self.inverse = gdn.inverse
-        self.register_buffer("gamma", gdn.gamma.detach().repeat(4, 1, 1, 1))
-        self.register_buffer("beta", gdn.beta.detach().repeat(4))
+        self.register_buffer("gamma", gdn.gamma.detach().clone())
+        self.register_buffer("beta", gdn.beta.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.conv(x)
-        norm = torch.sqrt(F.conv2d(v * v, self.gamma, self.beta, groups=4))
-        return phase_major_shuffle(v * norm if self.inverse else v / norm)
+        out = []
+        for conv in self.convs:
+            v = conv(x)
+            norm = torch.sqrt(F.conv2d(v * v, self.gamma, self.beta))
+            out.append(v * norm if self.inverse else v / norm)
+        return interleave(out)
 
 
 def gdn_before_shuffle(seq: nn.Sequential) -> nn.Sequential:
@@ -495,8 +501,8 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
         tmp = Path(tmp)
         for graph, (module, args, inputs, outputs) in graphs(model).items():
             export_graph(module, args, inputs, outputs, tmp / f"{graph}.onnx")
-            if graph in PHASE_SPLIT:
-                phases.split_file(tmp / f"{graph}.onnx")
+            if graph in PHASE_CROP:
+                phases.crop_file(tmp / f"{graph}.onnx")
         write_tables(model, tmp / "tables.npz", position_floor)
         np.savez(tmp / "scale_path.npz",
                  **intscale.quantize(model, calibration_latents(model, calibration), tables.SCALE_TABLE,

@@ -14,9 +14,9 @@ by nothing instead of k//2 (a Pad in front of it, which reads ``halo``), so it
 computes only the positions whose inputs are all real: the window shrinks stage by
 stage by the graph's reach, and what is left equals the same positions of the
 whole-image graph. Sides at the image edge (halo 0) are padded as always: with
-halo all 0 the graph is the decoder graph. The phases of a split sub-pixel
-convolution (export/phases.py) read one tensor with asymmetric pads: they share one
-Pad, as wide on each side as the widest of them, and those that pad a side less
+halo all 0 the graph is the decoder graph. The four phase convolutions of a
+sub-pixel layer (export/phases.py) read one tensor with asymmetric pads: they share
+one Pad, as wide on each side as the widest of them, and those that pad a side less
 lose the difference again with a Slice of their output, so that all compute the
 same positions.
 
@@ -101,7 +101,7 @@ def _resize_shapes(g: onnx.GraphProto, before: dict[int, list[onnx.NodeProto]], 
 
 def _groups(g: onnx.GraphProto, convs: list[int]) -> dict[str, list[tuple[int, int]]]:
     """The padded convolutions by the tensor their Pad goes on: source → [(conv, pad site)]. The
-    phases of a split convolution read one tensor and share one Pad; a quantized convolution has its own."""
+    phase convolutions of a sub-pixel layer read one tensor and share one Pad; a quantized convolution has its own."""
     groups: dict[str, list[tuple[int, int]]] = {}
     for c in convs:
         site = _pad_site(g, c)

@@ -368,8 +368,8 @@ def test_sub_pixel_conv_equals_the_transposed_conv(k):
 def test_pixel_shuffle_is_torchs_and_exports_without_depth_to_space():
     x = torch.randn(2, 12, 7, 5)
     assert torch.equal(export_bundle.pixel_shuffle(x), torch.nn.functional.pixel_shuffle(x, 2))
-    phase_major = x.reshape(2, 3, 4, 7, 5).transpose(1, 2).reshape(2, 12, 7, 5)  # channel 4c + p → pC + c
-    assert torch.equal(export_bundle.phase_major_shuffle(phase_major), torch.nn.functional.pixel_shuffle(x, 2))
+    phases = [x[:, p::4] for p in range(4)]  # channel 4c + p: phase p of channel c
+    assert torch.equal(export_bundle.interleave(phases), torch.nn.functional.pixel_shuffle(x, 2))
     # onnxruntime's DepthToSpace took as long as the convolution before it (export_bundle.pixel_shuffle)
     for graph in ("decoder", "hyper_decoder"):
         ops = {n.op_type for n in onnx.load(str(DEFAULT_BUNDLE / f"{graph}.onnx")).graph.node}
