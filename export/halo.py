@@ -50,17 +50,17 @@ def _attributes(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _padded_convs(graph: onnx.GraphProto) -> list[int]:
-    """The convolutions (indexes) that pad to keep their input's size: stride 1, undilated, pads
-    [top, left, bottom, right] that add up to the kernel less one on each axis, some of them over 0
-    (square "same" kernels, and the cropped phases of export/phases.py)."""
+def _same_convs(graph: onnx.GraphProto) -> list[int]:
+    """The convolutions (indexes) that keep their input's size: stride 1, undilated, pads [top, left,
+    bottom, right] that add up to the kernel less one on each axis (square "same" kernels, 1×1
+    ones, and the cropped phases of export/phases.py)."""
     convs = []
     for j, node in enumerate(graph.node):
         if node.op_type != "Conv":
             continue
         a = _attributes(node)
         (kh, kw), p = a.get("kernel_shape", [1, 1]), a.get("pads", [0, 0, 0, 0])
-        if kh - 1 == p[0] + p[2] and kw - 1 == p[1] + p[3] and max(p) > 0 and "auto_pad" not in a \
+        if kh - 1 == p[0] + p[2] and kw - 1 == p[1] + p[3] and "auto_pad" not in a \
                 and a.get("strides", [1, 1]) == [1, 1] and a.get("dilations", [1, 1]) == [1, 1]:
             convs.append(j)
     return convs
@@ -99,17 +99,21 @@ def _resize_shapes(g: onnx.GraphProto, before: dict[int, list[onnx.NodeProto]], 
     return first
 
 
-def _groups(g: onnx.GraphProto, convs: list[int]) -> dict[str, list[tuple[int, int]]]:
-    """The padded convolutions by the tensor their Pad goes on: source → [(conv, pad site)]. The
-    phase convolutions of a sub-pixel layer read one tensor and share one Pad; a quantized convolution has its own."""
+def _padded_groups(g: onnx.GraphProto) -> list[tuple[str, list[tuple[int, int]]]]:
+    """The same-size convolutions by the tensor their Pad goes on, where any of them pads: (source,
+    [(conv, pad site)]). The phase convolutions of a sub-pixel layer read one tensor and share one
+    Pad, those that pad nothing (a 3×3 transposed kernel's 1×1 phase) included; a quantized
+    convolution has its own."""
     groups: dict[str, list[tuple[int, int]]] = {}
-    for c in convs:
+    for c in _same_convs(g):
         site = _pad_site(g, c)
         groups.setdefault(g.node[site].input[0], []).append((c, site))
-    for members in groups.values():
+    pads = {c: _attributes(g.node[c]).get("pads", [0, 0, 0, 0]) for c in _same_convs(g)}
+    padded = [(s, m) for s, m in groups.items() if any(max(pads[c]) for c, _ in m)]
+    for _, members in padded:
         if len(members) > 1 and any(c != site for c, site in members):
-            raise ValueError("a quantized convolution shares its input with another padded convolution")
-    return groups
+            raise ValueError("a quantized convolution shares its input with another same-size convolution")
+    return padded
 
 
 def with_halo(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -118,8 +122,8 @@ def with_halo(model: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
     if any(i.name == INPUT for i in g.input):
         raise ValueError("the graph already has a halo input")
-    convs = _padded_convs(g)
-    if not convs:
+    groups = _padded_groups(g)
+    if not groups:
         raise ValueError("the graph has no padded convolution")
     g.input.append(helper.make_tensor_value_info(INPUT, TensorProto.INT64, [4]))
     # ONNX pads: [n, c, top, left] begins then [n, c, bottom, right] ends; per side 1 − halo
@@ -135,11 +139,11 @@ def with_halo(model: onnx.ModelProto) -> onnx.ModelProto:
     pads_of: dict[tuple[int, ...], str] = {(1, 1, 1, 1): "halo/pads1"}
     before: dict[int, list[onnx.NodeProto]] = {}  # node index → nodes to put in front of it
     after: dict[int, list[onnx.NodeProto]] = {}  # node index → nodes to put after it
-    for j, (source, members) in enumerate(_groups(g, convs).items()):
+    for j, (source, members) in enumerate(groups):
         # The Pad gives every side the most any member pads there; a member that pads a side less
         # reads from further in, so its output loses the difference (a Slice), and all members keep
         # computing the same positions.
-        own = {c: _attributes(g.node[c])["pads"] for c, _ in members}
+        own = {c: _attributes(g.node[c]).get("pads", [0, 0, 0, 0]) for c, _ in members}
         reach = [max(p[s] for p in own.values()) for s in range(4)]
         key = tuple(reach)
         if key not in pads_of:  # 1 − halo times the reach: a scalar where all sides reach alike
@@ -187,15 +191,24 @@ def with_halo(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def shrink(model: onnx.ModelProto, channels: int) -> int:
-    """Pixels a flagged side of the output loses: the graph run on a 12-latent window, halo on and off."""
+def shrink(model: onnx.ModelProto, channels: int, name: str = "y_hat") -> int:
+    """Pixels a flagged side of the output loses: the graph run on a 12-latent window, halo on and off,
+    each side in turn. ValueError where the sides lose different counts (the runtime's tiles take one)."""
     import onnxruntime as ort
 
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {"y_hat": np.zeros((1, channels, 12, 12), np.float32), "inv_gain": np.ones((1, channels, 1, 1), np.float32)}
-    full = s.run(None, {**feeds, INPUT: np.zeros(4, np.int64)})[0].shape[2]
-    cut = s.run(None, {**feeds, INPUT: np.array([1, 0, 0, 0], np.int64)})[0].shape[2]
-    return full - cut
+    feeds = {name: np.zeros((1, channels, 12, 12), np.float32)}
+    if any(i.name == "inv_gain" for i in s.get_inputs()):
+        feeds["inv_gain"] = np.ones((1, channels, 1, 1), np.float32)
+    full = s.run(None, {**feeds, INPUT: np.zeros(4, np.int64)})[0].shape[2:]
+    lost = set()
+    for side in range(4):  # top, bottom, left, right
+        flags = np.zeros(4, np.int64)
+        flags[side] = 1
+        lost.add(full[side // 2] - s.run(None, {**feeds, INPUT: flags})[0].shape[2 + side // 2])
+    if len(lost) > 1:
+        raise ValueError(f"the graph's reach is not the same on every side: it loses {sorted(lost)} pixels")
+    return lost.pop()
 
 
 TILE_GRAPH = "decoder_tiles.onnx"

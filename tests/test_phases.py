@@ -13,7 +13,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 from codec.session import DEFAULT_BUNDLE
-from export import bundle, phases
+from export import bundle, halo, phases
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -80,3 +80,31 @@ def test_exports_crop_their_decoder_graphs(tmp_path):
         kernels = [numpy_helper.to_array(t).shape[2:] for t in model.graph.initializer
                    if len(t.dims) == 4 and list(t.dims[2:]) != [1, 1]]
         assert sorted(kernels) == sorted([(2, 2), (2, 3), (3, 2), (3, 3)] * layers + [(3, 3)]), graph
+
+
+@pytest.mark.parametrize("k", [5, 3])
+def test_tiles_of_cropped_phases_are_the_whole(k, tmp_path):
+    """export/halo.py on cropped phases (for k = 3 one phase is a 1×1 convolution that pads nothing):
+    a window with every side a margin gives the whole graph's pixels there, less the reach, which
+    for k = 3 is not the same on every side (so ``shrink``, one number for all, refuses it)."""
+    torch.manual_seed(0)
+    deconv = nn.ConvTranspose2d(8, 6, k, stride=2, padding=k // 2, output_padding=1)
+    model, _ = phases.crop_phases(_exported(nn.Sequential(bundle.PhaseSubPixel(bundle.SubPixelConv(deconv)),
+                                                          nn.Conv2d(6, 6, 3, padding=1)), 8, tmp_path))
+    tiles = halo.with_halo(model)
+    x = np.random.default_rng(2).standard_normal((1, 8, 12, 13)).astype(np.float32)
+    whole = _run(model, x)
+    s = ort.InferenceSession(tiles.SerializeToString(), providers=["CPUExecutionProvider"])
+    window = np.ascontiguousarray(x[:, :, 3:9, 2:10])
+    got = s.run(None, {"x": window, "halo": np.ones(4, np.int64)})[0]
+    # the phases reach one input row (2 pixels) up and down for k = 5, only down for k = 3; then the 3×3 conv 1
+    up, down = (2 if k == 5 else 0) + 1, 2 + 1
+    want = whole[:, :, 2 * 3 + up : 2 * 9 - down, 2 * 2 + up : 2 * 10 - down]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    edges = s.run(None, {"x": x, "halo": np.zeros(4, np.int64)})[0]
+    np.testing.assert_array_equal(edges, whole)
+    if k == 3:
+        with pytest.raises(ValueError, match="not the same on every side"):
+            halo.shrink(tiles, 8, "x")
+    else:
+        assert halo.shrink(tiles, 8, "x") == 3
