@@ -20,6 +20,13 @@ accumulation), about three times faster here, with the same integers:
   onnxruntime's x86 kernels never saturate: without VNNI they widen the input to
   int16 and multiply pairs into int32 (vpmaddwd), where uint8 × int8 would sum
   byte pairs into int16 (vpmaddubsw) and could saturate.
+- weights within ±S8_MAX (63: exports with ``--scale_weight_bits 7``) run instead as
+  one uint8 × int8 ``MatMulInteger`` of the digits' columns (each output's taps and
+  channels in a row) by the weights, which onnxruntime packs once: its int8 kernels
+  ran this product at 166 G multiply-adds a second on one core of the 2-core machine,
+  ConvInteger's uint8 pairs at 73. With |w| ≤ 63 a byte pair sums to at most
+  2 · 255 · 63 = 32,130 < 2**15, so vpmaddubsw cannot saturate either, and VNNI and
+  ARM's dot products accumulate in int32 anyway: the same integers on every kernel.
 
 The one-node graphs are written here, a few protobuf fields, so the runtime
 needs no ``onnx`` package. A layer that does not fit (12-bit weights of an
@@ -35,6 +42,7 @@ import weakref
 import numpy as np
 
 W_MAX = 127  # |weights| that run here
+S8_MAX = 63  # |weights| that run as uint8 × int8 matrix products instead (``Conv``): see the docstring
 X_MIN, X_MAX = -(2**15), 2**15 - 1  # input range that runs here
 OFFSET = 2**15
 SMALL = 2**7  # inputs in [−SMALL, SMALL) run as one digit, x + SMALL
@@ -59,11 +67,12 @@ def _int(number: int, value: int) -> bytes:
     return _varint(number * 8) + _varint(value)
 
 
-_UINT8, _INT32 = 2, 6  # onnx TensorProto data types
+_UINT8, _INT8, _INT32 = 2, 3, 6  # onnx TensorProto data types
 
 
-def _tensor(name: str, a: np.ndarray) -> bytes:
-    return b"".join(_int(1, d) for d in a.shape) + _int(2, _UINT8) + _field(8, name.encode()) + _field(9, a.tobytes())
+def _tensor(name: str, a: np.ndarray, elem_type: int = _UINT8) -> bytes:
+    dims = b"".join(_int(1, d) for d in a.shape)
+    return dims + _int(2, elem_type) + _field(8, name.encode()) + _field(9, a.tobytes())
 
 
 def _value_info(name: str, elem_type: int, dims: list[int | str]) -> bytes:
@@ -80,6 +89,17 @@ def conv_integer_model(w: np.ndarray) -> bytes:
              + _field(5, _tensor("xz", np.array(0, np.uint8))) + _field(5, _tensor("wz", np.array(128, np.uint8)))
              + _field(11, _value_info("x", _UINT8, ["n", c, "h", "w"]))
              + _field(12, _value_info("y", _INT32, ["n", o, "oh", "ow"])))
+    return _int(1, 8) + _field(7, graph) + _field(8, _field(1, b"") + _int(2, 17))
+
+
+def matmul_integer_model(b: np.ndarray) -> bytes:
+    """A serialized ONNX model: y (int32, m × N) = MatMulInteger(a (uint8, m × K), b (int8, K × N)),
+    zero points 0; b is an initializer, which onnxruntime packs once for its kernels."""
+    k, n = b.shape
+    node = _field(1, b"a") + _field(1, b"b") + _field(2, b"y") + _field(4, b"MatMulInteger")
+    graph = (_field(1, node) + _field(2, b"intmatmul") + _field(5, _tensor("b", b.astype(np.int8), _INT8))
+             + _field(11, _value_info("a", _UINT8, ["m", k]))
+             + _field(12, _value_info("y", _INT32, ["m", n])))
     return _int(1, 8) + _field(7, graph) + _field(8, _field(1, b"") + _int(2, 17))
 
 
@@ -128,18 +148,34 @@ def _step(values_per_row: int) -> int:
 
 class Conv:
     """Exact Conv2d, stride 1, of int16-range input with 8-bit weights (O, C, kh, kw); called, with
-    padding k//2 (square kernels)."""
+    padding k//2 (square kernels). Weights within ±S8_MAX run as one uint8 × int8 matrix product
+    of the digits' columns (``matrix``), the rest as ConvInteger (module docstring)."""
 
     def __init__(self, w: np.ndarray):
         if not fits(w):
             raise ValueError("weights outside 8 bits or too many taps for int32 sums")
         self.o, self.c, self.kh, self.kw = w.shape
-        self.session = _session(conv_integer_model(w))
+        self.matrix = int(np.abs(w).max(initial=0)) <= S8_MAX
+        if self.matrix:  # rows in the columns' order: tap row, tap column, channel
+            self.session = _session(matmul_integer_model(np.transpose(w, (2, 3, 1, 0)).reshape(-1, self.o)))
+        else:
+            self.session = _session(conv_integer_model(w))
         self.correction = OFFSET * w.astype(np.int64).sum(axis=(1, 2, 3)).reshape(-1, 1, 1)
 
     def products(self, digits: np.ndarray) -> np.ndarray:
         """(D, O, h, w) int32: the valid convolution of each digit plane (D, C, h + kh − 1, w + kw − 1)."""
-        return self.session.run(None, {"x": digits})[0]
+        if not self.matrix:
+            return self.session.run(None, {"x": digits})[0]
+        d, c, hp, wp = digits.shape
+        h, w = hp - self.kh + 1, wp - self.kw + 1
+        pixels = np.ascontiguousarray(np.transpose(digits, (0, 2, 3, 1)))  # channels last: each tap a block copy
+        columns = np.empty((d, h, w, self.kh * self.kw * c), dtype=np.uint8)
+        for dy in range(self.kh):
+            for dx in range(self.kw):
+                t = (dy * self.kw + dx) * c
+                columns[..., t : t + c] = pixels[:, dy : dy + h, dx : dx + w]
+        y = self.session.run(None, {"a": columns.reshape(d * h * w, -1)})[0]
+        return np.transpose(y.reshape(d, h, w, self.o), (0, 3, 1, 2))
 
     def combine(self, y: np.ndarray, out: np.ndarray, one: bool) -> None:
         """The exact int64 result from the digits' products: 256 · y[0] + y[1] − 32768 · Σw from

@@ -28,7 +28,8 @@ order, so BLAS kernels, thread counts and FMA cannot change the result (this
 is the reason for the bit limits). Layers with 8-bit weights and int16 input
 (every layer but the first, in exports since onic 0.7.0) run instead on
 onnxruntime's 8-bit integer convolutions (codec/intconv.py), whose int32 sums
-are exact too: the same integers, about three times faster. μ and the synthesis
+are exact too: the same integers, about three times faster (7-bit weights, on its
+uint8 × int8 matrix products, faster again). μ and the synthesis
 stay float: they move pixel values, never decodability.
 """
 

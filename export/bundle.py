@@ -488,8 +488,8 @@ def export_bundle(ckpt: str | Path, out: str | Path, name: str = "default",
     ``supersedes``: an earlier bundle of the same weights whose files this one
     must keep decoding (see ``superseded_ids``).
     ``scale_weight_bits``: bits of the integer scale path's weights after its first layer:
-    8 runs on onnxruntime's 8-bit convolutions, 12 (the format's limit) tracks the float σ
-    more closely and runs in float64.
+    8 runs on onnxruntime's 8-bit convolutions, 7 on its uint8 × int8 matrix products (faster,
+    codec/intconv.py), 12 (the format's limit) tracks the float σ more closely and runs in float64.
     """
     model, ck = load_model(ckpt)
     model.eval()
@@ -571,9 +571,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="ladder position of quality 0 (0 = the lowest rung)")
     p.add_argument("--supersedes", help="an earlier bundle of the same weights whose files must still decode "
                    "(may be OUT itself; read before OUT is rewritten)")
-    p.add_argument("--scale_weight_bits", type=int, choices=(8, 12), default=intscale.FAST_WEIGHT_BITS,
-                   help="weights of the integer scale path after its first layer: 8 decodes faster "
-                   "(onnxruntime's 8-bit convolutions), 12 tracks the float σ more closely")
+    p.add_argument("--scale_weight_bits", type=int, choices=(7, 8, 12), default=intscale.FAST_WEIGHT_BITS,
+                   help="weights of the integer scale path after its first layer: 8 decodes faster than 12 "
+                   "(onnxruntime's 8-bit convolutions), 7 faster again (uint8 x int8 matrix products) at "
+                   "some cost in rate, 12 tracks the float σ most closely")
     a = p.parse_args(argv)
     check_out(Path(a.out), a.force)
     m = export_bundle(a.checkpoint, a.out, a.name, calibration_images(a.calibration, a.calibration_images),

@@ -344,27 +344,29 @@ def _reference_conv_transpose2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return full[:, p : p + 2 * h, p : p + 2 * wd]
 
 
+@pytest.mark.parametrize("bound", [127, 63])
 @pytest.mark.parametrize("c, o, k, h, w", [(144, 96, 3, 32, 48), (7, 5, 3, 1, 1), (3, 4, 5, 2, 9), (16, 8, 1, 300, 4)])
-def test_8bit_convolutions_are_exact(c, o, k, h, w, monkeypatch):
-    """onnxruntime's ConvInteger on the input's two uint8 digits equals int64 arithmetic at the extremes
-    of int16 input and 8-bit weights, across row chunks, and is what intscale.conv2d uses for them."""
+def test_8bit_convolutions_are_exact(c, o, k, h, w, bound, monkeypatch):
+    """onnxruntime's ConvInteger (8-bit weights), or its uint8 × int8 MatMulInteger (weights within
+    ±63), on the input's two uint8 digits equals int64 arithmetic at the extremes of int16 input and
+    of the weights, across row chunks, and is what intscale.conv2d uses for them."""
     from codec import intconv
 
     rng = np.random.default_rng(c + h)
     x = rng.integers(intconv.X_MIN, intconv.X_MAX + 1, (c, h, w))
     x[:, ::2] = intconv.X_MAX
     x[:, 1::4] = intconv.X_MIN
-    weights = rng.integers(-127, 128, (o, c, k, k))
-    weights[:, ::2] = 127
-    weights[::3] = -127
+    weights = rng.integers(-bound, bound + 1, (o, c, k, k))
+    weights[:, ::2] = bound
+    weights[::3] = -bound
     want = _reference_conv2d(x, weights)
-    assert intconv.engine(weights) is not None
+    assert intconv.engine(weights) is not None and intconv.Conv(weights).matrix == (bound <= intconv.S8_MAX)
     assert (intconv.Conv(weights)(x) == want).all() and (intscale.conv2d(x, weights) == want).all()
     monkeypatch.setattr(intconv, "CHUNK_BYTES", 1)  # one row per call
     assert (intconv.Conv(weights)(x) == want).all()
     for kt in (3, 5):  # one convolution per output phase, on rows of one call each
-        wt = rng.integers(-127, 128, (c, o, kt, kt))
-        wt[::2] = -127
+        wt = rng.integers(-bound, bound + 1, (c, o, kt, kt))
+        wt[::2] = -bound
         assert intconv.engine(wt, transposed=True) is not None
         assert (intscale.conv_transpose2d(x, wt) == _reference_conv_transpose2d(x, wt)).all()
 
@@ -385,13 +387,17 @@ def test_float64_path_takes_what_8bit_kernels_cannot():
 
 
 def test_8bit_graph_is_valid_onnx():
-    """The hand-written protobuf of the one-node ConvInteger graph passes onnx's checker."""
+    """The hand-written protobufs of the one-node ConvInteger and MatMulInteger graphs pass onnx's checker."""
     onnx = pytest.importorskip("onnx")
     from codec import intconv
 
     model = onnx.load_from_string(intconv.conv_integer_model(np.zeros((2, 3, 3, 3), dtype=np.int64)))
     onnx.checker.check_model(model, full_check=True)
     assert [n.op_type for n in model.graph.node] == ["ConvInteger"]
+    model = onnx.load_from_string(intconv.matmul_integer_model(np.full((27, 2), -63, dtype=np.int64)))
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["MatMulInteger"]
+    assert onnx.numpy_helper.to_array(model.graph.initializer[0]).dtype == np.int8
 
 
 def test_shipped_scale_path_runs_on_8bit_kernels_with_the_float64_indexes(bundle, sample_onic, monkeypatch):

@@ -174,20 +174,24 @@ def test_plain_hyperprior_with_mu_beside_is_the_serial_path(tiny, monkeypatch):
 
 def test_scale_weight_bits_choose_the_integer_path_engine(tiny, tmp_path):
     """Exports default to 8-bit weights after the first layer, which run on onnxruntime's 8-bit
-    convolutions; ``--scale_weight_bits 12`` keeps 12 bits there (float64 products); both decode."""
+    convolutions; ``--scale_weight_bits 7`` on its uint8 × int8 matrix products; 12 keeps 12 bits
+    there (float64 products); all decode."""
     from codec import intconv
 
     _, folder = tiny
     p8 = Bundle(folder)._scale_path
-    export_bundle.main([str(folder.parent / "tiny.pt"), str(tmp_path / "b12"), "--scale_weight_bits", "12",
-                        "--calibration", str(tmp_path)])
-    b12 = Bundle(tmp_path / "b12")
-    p12 = b12._scale_path
-    assert np.abs(p8["w0"]).max() > 127 and np.abs(p12["w0"]).max() > 127  # the first layer: 12 bits in both
-    assert np.abs(p8["w2"]).max() <= 127 and intconv.engine(p8["w2"]) is not None
+    for bits in (12, 7):
+        export_bundle.main([str(folder.parent / "tiny.pt"), str(tmp_path / f"b{bits}"), "--scale_weight_bits",
+                            str(bits), "--calibration", str(tmp_path)])
+    b12, b7 = Bundle(tmp_path / "b12"), Bundle(tmp_path / "b7")
+    p12, p7 = b12._scale_path, b7._scale_path
+    assert np.abs(p8["w0"]).max() > 127 and np.abs(p12["w0"]).max() > 127  # the first layer: 12 bits in all
+    assert np.abs(p8["w2"]).max() <= 127 and not intconv.engine(p8["w2"]).matrix
+    assert np.abs(p7["w2"]).max() <= intconv.S8_MAX and intconv.engine(p7["w2"]).matrix
     assert np.abs(p12["w2"]).max() > 127 and intconv.engine(p12["w2"]) is None
     im = random_image(70, 45)
-    assert codec.decompress(codec.compress(im, quality=30, bundle=b12), bundle=b12).size == (70, 45)
+    for b in (b12, b7):
+        assert codec.decompress(codec.compress(im, quality=30, bundle=b), bundle=b).size == (70, 45)
 
 
 def test_gain_interpolation_matches_torch(tiny):
