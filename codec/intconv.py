@@ -192,7 +192,7 @@ class Conv:
                 columns[..., t : t + c] = pixels[:, dy : dy + h, dx : dx + w]
         y = _scratch("products", (d * h * w, self.o), np.int32)
         binding = self.session.io_binding()
-        binding.bind_cpu_input("a", columns.reshape(d * h * w, -1))
+        binding.bind_cpu_input("a", columns.reshape(d * h * w, self.kh * self.kw * c))
         binding.bind_output("y", "cpu", 0, np.int32, list(y.shape), y.ctypes.data)
         self.session.run_with_iobinding(binding)
         return np.transpose(y.reshape(d, h, w, self.o), (0, 3, 1, 2))
