@@ -11,8 +11,8 @@ under 1%: ``python benchmarks/intscale_cost.py`` measures it on Kodak).
   format's WEIGHT_BITS (12) for the first layer, whose input ẑ · inverse gain
   exceeds int16 and runs in float64 anyway (what 8 bits cost against 12:
   ``python benchmarks/bundle_sizes.py``, README: +0.006% to +0.020% for 0.7.0); 7 bits
-  (``weight_bits``) run as uint8 × int8 matrix products instead, about 1.4× faster again
-  on the full-size model's 12 MP indexes, for a rate cost of its own (README);
+  (``weight_bits``) run as uint8 × int8 matrix products instead, faster again, for a rate
+  cost of their own (README, onic 0.12.1);
 - activations: one scale per layer output, from the largest |value| seen on
   calibration images times a 2× headroom;
 - requantization: per channel, an integer multiplier in [2**14, 2**15) and the
