@@ -22,9 +22,9 @@ accumulation), about three times faster here, with the same integers:
   byte pairs into int16 (vpmaddubsw) and could saturate.
 - weights within ±S8_MAX (63: exports with ``--scale_weight_bits 7``) run instead as
   one uint8 × int8 ``MatMulInteger`` of the digits' columns (each output's taps and
-  channels in a row) by the weights, which onnxruntime packs once: its int8 kernels
-  ran this product at 166 G multiply-adds a second on one core of the 2-core machine,
-  ConvInteger's uint8 pairs at 73. With |w| ≤ 63 a byte pair sums to at most
+  channels in a row) by the weights, which onnxruntime packs once: 1.3–1.8× as fast
+  as ConvInteger on h_s's layers (``python benchmarks/intconv_engines.py``). With
+  |w| ≤ 63 a byte pair sums to at most
   2 · 255 · 63 = 32,130 < 2**15, so vpmaddubsw cannot saturate either, and VNNI and
   ARM's dot products accumulate in int32 anyway: the same integers on every kernel.
 

@@ -105,10 +105,10 @@ def _padded_groups(g: onnx.GraphProto) -> list[tuple[str, list[tuple[int, int]]]
     Pad, those that pad nothing (a 3×3 transposed kernel's 1×1 phase) included; a quantized
     convolution has its own."""
     groups: dict[str, list[tuple[int, int]]] = {}
-    for c in _same_convs(g):
+    pads = {c: _attributes(g.node[c]).get("pads", [0, 0, 0, 0]) for c in _same_convs(g)}
+    for c in pads:
         site = _pad_site(g, c)
         groups.setdefault(g.node[site].input[0], []).append((c, site))
-    pads = {c: _attributes(g.node[c]).get("pads", [0, 0, 0, 0]) for c in _same_convs(g)}
     padded = [(s, m) for s, m in groups.items() if any(max(pads[c]) for c, _ in m)]
     for _, members in padded:
         if len(members) > 1 and any(c != site for c, site in members):

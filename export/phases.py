@@ -25,9 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-
-def _attributes(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+from export.halo import _attributes
 
 
 def _span(w: np.ndarray, axis: int) -> tuple[int, int] | None:
