@@ -119,19 +119,25 @@ def _session(model: bytes):
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def _digit_rows(x: np.ndarray, pad: int, step: int):
+def _digit_rows(x: np.ndarray, pad: int, step: int, channels_last: bool = False):
     """(r0, r1, digits, one) per band of ``step`` output rows of a convolution of x (C, H, W),
     integers in [X_MIN, X_MAX], padded by ``pad`` on every side: digits (D, C, r1 − r0 + 2·pad,
     W + 2·pad) uint8, the high and the low digit of x + 32768, or where every x fits in one byte
-    (the symbols of earlier slices, mostly), x + 128 alone (D = 1, ``one``), half the work."""
-    c, h, wd = x.shape
+    (the symbols of earlier slices, mostly), x + 128 alone (D = 1, ``one``), half the work.
+    ``channels_last``: x is (H, W, C) and the digits (D, r1 − r0 + 2·pad, W + 2·pad, C)."""
+    h, wd = x.shape[:2] if channels_last else x.shape[1:]
     one = x.size == 0 or (int(x.min()) >= -SMALL and int(x.max()) < SMALL)
     offset = SMALL if one else OFFSET
-    xp = np.full((c, h + 2 * pad, wd + 2 * pad), offset, dtype=np.uint16)
-    np.add(x, offset, out=xp[:, pad : pad + h, pad : pad + wd], dtype=np.int32, casting="unsafe")
+    if channels_last:
+        xp = np.full((h + 2 * pad, wd + 2 * pad, x.shape[2]), offset, dtype=np.uint16)
+        inner = xp[pad : pad + h, pad : pad + wd]
+    else:
+        xp = np.full((x.shape[0], h + 2 * pad, wd + 2 * pad), offset, dtype=np.uint16)
+        inner = xp[:, pad : pad + h, pad : pad + wd]
+    np.add(x, offset, out=inner, dtype=np.int32, casting="unsafe")
     for r0 in range(0, h, step):
         r1 = min(h, r0 + step)
-        rows = xp[:, r0 : r1 + 2 * pad]
+        rows = xp[r0 : r1 + 2 * pad] if channels_last else xp[:, r0 : r1 + 2 * pad]
         if one:
             digits = rows.astype(np.uint8)[None]
         else:
@@ -177,14 +183,23 @@ class Conv:
             self.session = _session(conv_integer_model(w))
         self.correction = OFFSET * w.astype(np.int64).sum(axis=(1, 2, 3)).reshape(-1, 1, 1)
 
-    def products(self, digits: np.ndarray) -> np.ndarray:
-        """(D, O, h, w) int32: the valid convolution of each digit plane (D, C, h + kh − 1, w + kw − 1)."""
+    def products(self, digits: np.ndarray, channels_last: bool = False) -> np.ndarray:
+        """(D, O, h, w) int32: the valid convolution of each digit plane (D, C, h + kh − 1, w + kw − 1);
+        ``channels_last``: planes (D, h + kh − 1, w + kw − 1, C) → (D, h, w, O), which the matrix
+        products make without a transpose either way."""
         if not self.matrix:
+            if channels_last:
+                y = self.session.run(None, {"x": np.ascontiguousarray(np.transpose(digits, (0, 3, 1, 2)))})[0]
+                return np.transpose(y, (0, 2, 3, 1))
             return self.session.run(None, {"x": digits})[0]
-        d, c, hp, wp = digits.shape
+        if channels_last:
+            d, hp, wp, c = digits.shape
+            pixels = digits
+        else:
+            d, c, hp, wp = digits.shape
+            pixels = _scratch("pixels", (d, hp, wp, c))  # channels last: each tap a block copy
+            pixels[...] = np.transpose(digits, (0, 2, 3, 1))
         h, w = hp - self.kh + 1, wp - self.kw + 1
-        pixels = _scratch("pixels", (d, hp, wp, c))  # channels last: each tap a block copy
-        pixels[...] = np.transpose(digits, (0, 2, 3, 1))
         columns = _scratch("columns", (d, h, w, self.kh * self.kw * c))
         for dy in range(self.kh):
             for dx in range(self.kw):
@@ -195,24 +210,30 @@ class Conv:
         binding.bind_cpu_input("a", columns.reshape(d * h * w, self.kh * self.kw * c))
         binding.bind_output("y", "cpu", 0, np.int32, list(y.shape), y.ctypes.data)
         self.session.run_with_iobinding(binding)
-        return np.transpose(y.reshape(d, h, w, self.o), (0, 3, 1, 2))
+        y = y.reshape(d, h, w, self.o)
+        return y if channels_last else np.transpose(y, (0, 3, 1, 2))
 
-    def combine(self, y: np.ndarray, out: np.ndarray, one: bool) -> None:
+    def combine(self, y: np.ndarray, out: np.ndarray, one: bool, channels_last: bool = False) -> None:
         """The exact int64 result from the digits' products: 256 · y[0] + y[1] − 32768 · Σw from
         two digits, y[0] − 128 · Σw from one."""
+        correction = self.correction.reshape(-1) if channels_last else self.correction
         if one:
-            np.subtract(y[0], self.correction // (OFFSET // SMALL), out=out, dtype=np.int64)
+            np.subtract(y[0], correction // (OFFSET // SMALL), out=out, dtype=np.int64)
             return
         np.left_shift(y[0], 8, out=out, dtype=np.int64)
         out += y[1]
-        out -= self.correction
+        out -= correction
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x (C, H, W) integers in [X_MIN, X_MAX] → int64 (O, H, W)."""
-        out = np.empty((self.o, *x.shape[1:]), dtype=np.int64)
-        step = _step(max(self.o, self.c * self.kh * self.kw) * x.shape[2])
-        for r0, r1, digits, one in _digit_rows(x, self.kh // 2, step):
-            self.combine(self.products(digits), out[:, r0:r1], one)
+    def __call__(self, x: np.ndarray, channels_last: bool = False) -> np.ndarray:
+        """x (C, H, W) integers in [X_MIN, X_MAX] → int64 (O, H, W); ``channels_last``: (H, W, C) →
+        (H, W, O)."""
+        shape = (*x.shape[:2], self.o) if channels_last else (self.o, *x.shape[1:])
+        out = np.empty(shape, dtype=np.int64)
+        width = x.shape[1] if channels_last else x.shape[2]
+        step = _step(max(self.o, self.c * self.kh * self.kw) * width)
+        for r0, r1, digits, one in _digit_rows(x, self.kh // 2, step, channels_last):
+            rows = out[r0:r1] if channels_last else out[:, r0:r1]
+            self.combine(self.products(digits, channels_last), rows, one, channels_last)
         return out
 
 
@@ -253,15 +274,23 @@ class ConvTranspose:
     def __init__(self, w: np.ndarray):
         self.c, self.o = w.shape[0], w.shape[1]
         self.phases = [(ry, rx, dy, dx, Conv(pw)) for ry, rx, dy, dx, pw in phase_weights(w)]
+        self.matrix = all(conv.matrix for *_, conv in self.phases)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        o, (_, h, wd) = self.o, x.shape
-        out = np.empty((o, 2 * h, 2 * wd), dtype=np.int64)
-        for r0, r1, digits, one in _digit_rows(x, 1, _step(max(4 * o, self.c * 9) * wd)):
+    def __call__(self, x: np.ndarray, channels_last: bool = False) -> np.ndarray:
+        """x (C, H, W) → int64 (O, 2H, 2W); ``channels_last``: (H, W, C) → (2H, 2W, O)."""
+        o = self.o
+        h, wd = x.shape[:2] if channels_last else x.shape[1:]
+        out = np.empty((2 * h, 2 * wd, o) if channels_last else (o, 2 * h, 2 * wd), dtype=np.int64)
+        for r0, r1, digits, one in _digit_rows(x, 1, _step(max(4 * o, self.c * 9) * wd), channels_last):
             n = r1 - r0
             for ry, rx, dy, dx, conv in self.phases:  # each phase straight into its rows and columns
-                window = np.ascontiguousarray(digits[:, :, dy : dy + n + conv.kh - 1, dx : dx + wd + conv.kw - 1])
-                conv.combine(conv.products(window), out[:, 2 * r0 + ry : 2 * r1 : 2, rx::2], one)
+                if channels_last:  # the matrix products copy their columns out of any view
+                    window = digits[:, dy : dy + n + conv.kh - 1, dx : dx + wd + conv.kw - 1]
+                    rows = out[2 * r0 + ry : 2 * r1 : 2, rx::2]
+                else:
+                    window = np.ascontiguousarray(digits[:, :, dy : dy + n + conv.kh - 1, dx : dx + wd + conv.kw - 1])
+                    rows = out[:, 2 * r0 + ry : 2 * r1 : 2, rx::2]
+                conv.combine(conv.products(window, channels_last), rows, one, channels_last)
         return out
 
 

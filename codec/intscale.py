@@ -68,8 +68,9 @@ def _padded(x: np.ndarray, p: int) -> np.ndarray:
     return out
 
 
-def conv2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Exact integer Conv2d, stride 1, padding k//2: x (C, H, W), w (O, C, k, k) → int64 (O, H, W).
+def conv2d(x: np.ndarray, w: np.ndarray, channels_last: bool = False) -> np.ndarray:
+    """Exact integer Conv2d, stride 1, padding k//2: x (C, H, W), w (O, C, k, k) → int64 (O, H, W);
+    ``channels_last``: x (H, W, C) → (H, W, O).
 
     One matrix product per band of rows gives every tap's contribution at every
     padded position, Y[tap] = w[:, :, tap] @ x_padded; the output is the sum of
@@ -79,7 +80,9 @@ def conv2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """
     fast = intconv.engine(w) if intconv.in_range(x) else None
     if fast is not None:  # 8-bit weights on int16 input: the same integers, about 3× faster
-        return fast(x)
+        return fast(x, channels_last)
+    if channels_last:
+        return np.transpose(conv2d(np.transpose(x, (2, 0, 1)), w), (1, 2, 0))
     c, h, wd = x.shape
     o, _, k, _ = w.shape
     p = k // 2
@@ -99,8 +102,9 @@ def conv2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def conv_transpose2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Exact integer ConvTranspose2d, stride 2, padding k//2, output padding 1: w (C, O, k, k) → (O, 2H, 2W).
+def conv_transpose2d(x: np.ndarray, w: np.ndarray, channels_last: bool = False) -> np.ndarray:
+    """Exact integer ConvTranspose2d, stride 2, padding k//2, output padding 1: w (C, O, k, k) → (O, 2H, 2W);
+    ``channels_last``: x (H, W, C) → (2H, 2W, O).
 
     Computed per output phase (polyphase): output (2j + r) receives tap kk from input
     j + (r − kk + p)/2 whenever that is whole, so each of the four phases is one matrix
@@ -108,7 +112,9 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """
     fast = intconv.engine(w, transposed=True) if intconv.in_range(x) else None
     if fast is not None:
-        return fast(x)
+        return fast(x, channels_last)
+    if channels_last:
+        return np.transpose(conv_transpose2d(np.transpose(x, (2, 0, 1)), w), (1, 2, 0))
     c, h, wd = x.shape
     o, k = w.shape[1], w.shape[2]
     p = k // 2
@@ -131,24 +137,31 @@ ACC_MAX = 2**47  # |acc| · mult (< 2**15) must stay inside int64; with shift �
 MAX_SHIFT = 46  # changes no result, since every |acc| ≥ 2**(shift + 1) saturates at ACT_MAX anyway
 
 
-def rescale(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, in_place: bool = False) -> np.ndarray:
+def _per_channel(v: np.ndarray, channels_last: bool) -> np.ndarray:
+    """A per-channel vector shaped to broadcast over (C, H, W), or over (H, W, C)."""
+    return v.reshape(-1) if channels_last else v.reshape(-1, 1, 1)
+
+
+def rescale(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, in_place: bool = False,
+            channels_last: bool = False) -> np.ndarray:
     """round(acc · mult / 2**shift) per channel, unclipped (the result stays far inside int64).
 
     One new array (none with ``in_place``, which overwrites acc), then in place: a band of a
-    large image's widest layer is 100 MB of int64.
+    large image's widest layer is 100 MB of int64. ``channels_last``: acc is (H, W, C).
     """
     # only hostile ẑ times large inverse gains come near ACC_MAX
     out = np.clip(acc, -ACC_MAX, ACC_MAX, out=acc if in_place else None)
-    s = shift.reshape(-1, 1, 1)
-    out *= mult.reshape(-1, 1, 1)
+    s = _per_channel(shift, channels_last)
+    out *= _per_channel(mult, channels_last)
     out += np.left_shift(1, s - 1)
     np.right_shift(out, s, out=out)
     return out
 
 
-def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, in_place: bool = False) -> np.ndarray:
+def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, in_place: bool = False,
+               channels_last: bool = False) -> np.ndarray:
     """round(acc · mult / 2**shift) per channel, clipped to int16 range."""
-    out = rescale(acc, mult, shift, in_place)
+    out = rescale(acc, mult, shift, in_place, channels_last)
     return np.clip(out, -ACT_MAX, ACT_MAX, out=out)
 
 
@@ -167,20 +180,35 @@ def leaky_relu(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def accumulate(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None) -> np.ndarray:
+def accumulate(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = None,
+               channels_last: bool = False) -> np.ndarray:
     """ẑ symbols (N, h, w) → the σ layer's int64 accumulator (M, 4h, 4w).
 
     ``z_inv``: the integer inverse gains on z (N,) of the file's quality, for
-    models with gain units on z; None for those without.
+    models with gain units on z; None for those without. ``channels_last``: the
+    layers after the first run on (H, W, C) arrays and the result is (4h, 4w, M),
+    the same integers (``matrix_layers``).
     """
     x = _input(z, z_inv)
     for layer in (0, 1):  # in place where it can be: these are the largest arrays of a band
-        x = conv_transpose2d(x, p[f"w{layer}"])
-        x += p[f"b{layer}"].reshape(-1, 1, 1)
-        x = leaky_relu(requantize(x, p[f"m{layer}"], p[f"s{layer}"], in_place=True))
-    x = conv2d(x, p["w2"])
-    x += p["b2"].reshape(-1, 1, 1)
+        last = channels_last and layer == 1
+        if last:
+            x = np.ascontiguousarray(np.transpose(x, (1, 2, 0)))
+        x = conv_transpose2d(x, p[f"w{layer}"], last)
+        x += _per_channel(p[f"b{layer}"], last)
+        x = leaky_relu(requantize(x, p[f"m{layer}"], p[f"s{layer}"], in_place=True, channels_last=last))
+    x = conv2d(x, p["w2"], channels_last)
+    x += _per_channel(p["b2"], channels_last)
     return x
+
+
+def matrix_layers(p: dict[str, np.ndarray]) -> bool:
+    """Whether h_s's second and third layers both run as uint8 × int8 matrix products (7-bit
+    weights, codec/intconv.py), whose columns and products are channels last: run there, the
+    layers need no transposes of their digits or int32 products, which took a third of a 12 MP
+    image's integer path (README, onic 0.12.2)."""
+    second, third = intconv.engine(p["w1"], transposed=True), intconv.engine(p["w2"])
+    return bool(second is not None and second.matrix and third is not None and third.matrix)
 
 
 def _input(z: np.ndarray, z_inv: np.ndarray | None) -> np.ndarray:
@@ -205,22 +233,26 @@ BAND, BAND_MARGIN = 16, 2  # rows of z per band, and of context per side (h_s re
 BAND_CELLS = BAND * 144
 
 
-def _band(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None, r0: int, r1: int) -> np.ndarray:
+def _band(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None, r0: int, r1: int,
+          channels_last: bool = False) -> np.ndarray:
     """The accumulator of y rows [4·r0, 4·r1) from the band of z rows [r0, r1) and its margins.
 
     Bands keep the int64 activations small on large images; integer
     arithmetic makes the bands equal to the whole, exactly.
     """
     w0, w1 = max(0, r0 - BAND_MARGIN), min(z.shape[1], r1 + BAND_MARGIN)
-    return accumulate(z[:, w0:w1], p, z_inv)[:, 4 * (r0 - w0) : 4 * (r1 - w0)]
+    acc = accumulate(z[:, w0:w1], p, z_inv, channels_last)
+    rows = slice(4 * (r0 - w0), 4 * (r1 - w0))
+    return acc[rows] if channels_last else acc[:, rows]
 
 
 def _z_bands(z: np.ndarray, workers: int) -> list[tuple[int, int]]:
     return bands(z.shape[1], BAND, workers, z.shape[2], BAND_CELLS)
 
 
-def _to_index(acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+def _to_index(acc: np.ndarray, thresholds: np.ndarray, channels_last: bool = False) -> np.ndarray:
     """Per channel, the count of its thresholds (ascending rows) below the accumulator, capped at the last.
+    ``channels_last``: acc is (H, W, C), and so is the result.
 
     The thresholds are a geometric scale table in each channel's units, so a float guess from
     log(acc) is within a step of the count nearly everywhere; exact integer comparisons with the
@@ -229,17 +261,25 @@ def _to_index(acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     not (about 2× faster than binary search alone here).
     """
     c, t = thresholds.shape
+    if channels_last and (acc.size == 0 or t < 2 or int(thresholds[:, 0].min()) <= 0):
+        return np.transpose(_searched(np.transpose(acc, (2, 0, 1)), thresholds), (1, 2, 0))
     if acc.size == 0 or t < 2 or int(thresholds[:, 0].min()) <= 0:
         return _searched(acc, thresholds)
     lo = np.log(thresholds[:, 0].astype(np.float64))
     step = (np.log(thresholds[:, -1].astype(np.float64)) - lo) / (t - 1)
     if not np.all(step > 0):
+        if channels_last:
+            return np.transpose(_searched(np.transpose(acc, (2, 0, 1)), thresholds), (1, 2, 0))
         return _searched(acc, thresholds)
-    flat = acc.reshape(c, -1)
+
+    def per_channel(v: np.ndarray) -> np.ndarray:  # broadcast along the channel axis of flat
+        return v[None, :] if channels_last else v[:, None]
+
+    flat = acc.reshape(-1, c) if channels_last else acc.reshape(c, -1)
     # m: the guessed count less one, so the count is m, m + 1 or m + 2 when the guess is within one
     guess = np.log(np.maximum(flat, 1).astype(np.float32))
-    guess -= lo.astype(np.float32)[:, None]
-    guess *= (1 / step).astype(np.float32)[:, None]
+    guess -= per_channel(lo.astype(np.float32))
+    guess *= per_channel((1 / step).astype(np.float32))
     np.floor(guess, out=guess)
     np.clip(guess, 0, t - 1, out=guess)
     m = guess.astype(np.int64)
@@ -247,7 +287,7 @@ def _to_index(acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     # bounds[n] < acc ≤ bounds[n + 1]
     bounds = np.empty((c, t + 3), dtype=np.int64)
     bounds[:, 0], bounds[:, 1 : t + 1], bounds[:, t + 1 :] = np.iinfo(np.int64).min, thresholds, np.iinfo(np.int64).max
-    row = (np.arange(c) * (t + 3))[:, None]  # where each channel's bounds start, flattened
+    row = per_channel(np.arange(c) * (t + 3))  # where each channel's bounds start, flattened
     m += row
     bounds = bounds.reshape(-1)
     wrong = flat <= bounds[m]
@@ -259,9 +299,14 @@ def _to_index(acc: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     m += 1
     wrong |= flat > bounds[m]
     if wrong.any():
-        for r in np.unique(np.nonzero(wrong)[0]):
-            here = wrong[r]
-            n[r, here] = np.searchsorted(thresholds[r], flat[r, here], side="left")
+        if channels_last:
+            for r in np.unique(np.nonzero(wrong)[1]):
+                here = wrong[:, r]
+                n[here, r] = np.searchsorted(thresholds[r], flat[here, r], side="left")
+        else:
+            for r in np.unique(np.nonzero(wrong)[0]):
+                here = wrong[r]
+                n[r, here] = np.searchsorted(thresholds[r], flat[r, here], side="left")
     np.minimum(n, t - 1, out=n)
     return n.astype(np.int16).reshape(acc.shape)
 
@@ -283,10 +328,12 @@ def indexes(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None = 
     """
     thresholds = p["thresholds"]  # (M, T) int64, ascending per row
     out = np.empty((thresholds.shape[0], 4 * z.shape[1], 4 * z.shape[2]), dtype=np.int16)
+    last = matrix_layers(p)
 
     def band(rows: tuple[int, int]) -> None:
         r0, r1 = rows
-        out[:, 4 * r0 : 4 * r1] = _to_index(_band(z, p, z_inv, r0, r1), thresholds)
+        index = _to_index(_band(z, p, z_inv, r0, r1, last), thresholds, last)
+        out[:, 4 * r0 : 4 * r1] = np.transpose(index, (2, 0, 1)) if last else index
 
     each(band, _z_bands(z, workers), workers)
     return out

@@ -362,13 +362,18 @@ def test_8bit_convolutions_are_exact(c, o, k, h, w, bound, monkeypatch):
     want = _reference_conv2d(x, weights)
     assert intconv.engine(weights) is not None and intconv.Conv(weights).matrix == (bound <= intconv.S8_MAX)
     assert (intconv.Conv(weights)(x) == want).all() and (intscale.conv2d(x, weights) == want).all()
+    last = np.ascontiguousarray(x.transpose(1, 2, 0))  # channels last in and out: the same integers
+    assert (intscale.conv2d(last, weights, channels_last=True) == want.transpose(1, 2, 0)).all()
     monkeypatch.setattr(intconv, "CHUNK_BYTES", 1)  # one row per call
     assert (intconv.Conv(weights)(x) == want).all()
+    assert (intconv.Conv(weights)(last, channels_last=True) == want.transpose(1, 2, 0)).all()
     for kt in (3, 5):  # one convolution per output phase, on rows of one call each
         wt = rng.integers(-bound, bound + 1, (c, o, kt, kt))
         wt[::2] = -bound
         assert intconv.engine(wt, transposed=True) is not None
-        assert (intscale.conv_transpose2d(x, wt) == _reference_conv_transpose2d(x, wt)).all()
+        want = _reference_conv_transpose2d(x, wt)
+        assert (intscale.conv_transpose2d(x, wt) == want).all()
+        assert (intscale.conv_transpose2d(last, wt, channels_last=True) == want.transpose(1, 2, 0)).all()
 
 
 def test_float64_path_takes_what_8bit_kernels_cannot():
@@ -384,6 +389,10 @@ def test_float64_path_takes_what_8bit_kernels_cannot():
     assert (intscale.conv2d(x, w8) == _reference_conv2d(x, w8)).all()
     wt = rng.integers(-127, 128, (3, 2, 5, 5))
     assert (intscale.conv_transpose2d(x, wt) == _reference_conv_transpose2d(x, wt)).all()
+    last = x.transpose(1, 2, 0)  # channels last on the float64 path too
+    assert (intscale.conv2d(last, w8, channels_last=True) == _reference_conv2d(x, w8).transpose(1, 2, 0)).all()
+    want = _reference_conv_transpose2d(x, wt).transpose(1, 2, 0)
+    assert (intscale.conv_transpose2d(last, wt, channels_last=True) == want).all()
 
 
 def test_8bit_graph_is_valid_onnx():
@@ -427,7 +436,13 @@ def test_index_lookup_equals_binary_search(bundle):
     acc[:, 0], acc[:, 1, : t.shape[1]], acc[:, 2, : t.shape[1]] = np.tile(t, 3), t + 1, t - 1
     acc[:, 1, -3:] = [-(2**62), 2**62, 0]
     assert np.array_equal(intscale._to_index(acc, t), intscale._searched(acc, t))
+    last = np.ascontiguousarray(acc.transpose(1, 2, 0))
+    want = intscale._searched(acc, t).transpose(1, 2, 0)
+    assert np.array_equal(intscale._to_index(last, t, channels_last=True), want)
     odd = np.sort(rng.integers(-5, 10**6, size=(8, 64)), axis=1)
     for table in (odd, np.abs(odd) + 1, np.ones((2, 5), dtype=np.int64)):
         acc = rng.integers(-10, 2 * 10**6, size=(len(table), 20, 30))
-        assert np.array_equal(intscale._to_index(acc, table), intscale._searched(acc, table))
+        want = intscale._searched(acc, table)
+        assert np.array_equal(intscale._to_index(acc, table), want)
+        got = intscale._to_index(np.ascontiguousarray(acc.transpose(1, 2, 0)), table, channels_last=True)
+        assert np.array_equal(got, want.transpose(1, 2, 0))

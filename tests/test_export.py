@@ -172,11 +172,11 @@ def test_plain_hyperprior_with_mu_beside_is_the_serial_path(tiny, monkeypatch):
     assert codec.compress(im, quality=60, bundle=b) == beside
 
 
-def test_scale_weight_bits_choose_the_integer_path_engine(tiny, tmp_path):
+def test_scale_weight_bits_choose_the_integer_path_engine(tiny, tmp_path, monkeypatch):
     """Exports default to 8-bit weights after the first layer, which run on onnxruntime's 8-bit
     convolutions; ``--scale_weight_bits 7`` on its uint8 × int8 matrix products; 12 keeps 12 bits
     there (float64 products); all decode."""
-    from codec import intconv
+    from codec import intconv, intscale
 
     _, folder = tiny
     p8 = Bundle(folder)._scale_path
@@ -189,6 +189,13 @@ def test_scale_weight_bits_choose_the_integer_path_engine(tiny, tmp_path):
     assert np.abs(p8["w2"]).max() <= 127 and not intconv.engine(p8["w2"]).matrix
     assert np.abs(p7["w2"]).max() <= intconv.S8_MAX and intconv.engine(p7["w2"]).matrix
     assert np.abs(p12["w2"]).max() > 127 and intconv.engine(p12["w2"]) is None
+    # The matrix products' layers run channels last, with the same indexes as channels first
+    assert intscale.matrix_layers(p7) and not intscale.matrix_layers(p8) and not intscale.matrix_layers(p12)
+    z = np.random.default_rng(3).integers(-40, 41, (p7["w0"].shape[0], 5, 7))
+    z[:, 2] = 0
+    last = intscale.indexes(z, p7, workers=2)
+    monkeypatch.setattr(intscale, "matrix_layers", lambda p: False)
+    assert np.array_equal(last, intscale.indexes(z, p7, workers=2))
     im = random_image(70, 45)
     for b in (b12, b7):
         assert codec.decompress(codec.compress(im, quality=30, bundle=b), bundle=b).size == (70, 45)
