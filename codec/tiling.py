@@ -113,48 +113,39 @@ def _parallel(workers: int, tiles: int) -> bool:
 def _row_bands(bundle: Bundle, graph: str, single_thread: bool, rows: int, band: int, margin: int, rows_in: int,
                rows_out: int, workers: int = 1, **inputs: np.ndarray) -> np.ndarray:
     """A graph over bands of ``rows`` rows, ``margin`` of context per side: inputs (1, C, rows·rows_in, w)
-    → (C', rows·rows_out, w') float32. A band's margin must cover the graph's reach. ``workers`` > 1:
-    the bands divide among that many threads, each on a single-threaded session."""
+    → (C', rows·rows_out, w') float32. A band's margin must cover the graph's reach. ``workers`` > 1
+    and a graph whose output channels are static (so that the output exists before any band runs):
+    the bands, sized to divide among that many threads (threads.bands), run on them, each on a
+    single-threaded session; the decoder runs h_s so beside the entropy decoding of a large image."""
     if rows <= band + 2 * margin:
         return bundle.run(graph, single_thread=single_thread, **inputs)[0][0]
     channels = bundle.session(graph, True).get_outputs()[0].shape[1] if workers > 1 else None
-    if isinstance(channels, int):  # a static dimension: the output is made before any band runs
-        return _bands_on_threads(bundle, graph, rows, band, margin, rows_in, rows_out, workers, channels, **inputs)
-    out, scratch = None, Scratch()
-    for r0, r1, w0, w1 in _spans(rows, band, margin):
+    first = next(iter(inputs.values()))
+    out = None
+    if isinstance(channels, int):
+        single_thread = True
+        spans = bands(rows, band, workers, first.shape[3] // rows_in, BAND * BAND_WIDTH)
+        out = np.empty((channels, rows * rows_out, first.shape[3] * rows_out // rows_in), dtype=np.float32)
+    else:  # one band after another; the first tells the output's shape
+        workers, spans = 1, [(r0, r1) for r0, r1, _, _ in _spans(rows, band, margin)]
+    scratches = ThreadScratch()
+
+    def run(span: tuple[int, int]) -> None:
+        nonlocal out
+        r0, r1 = span
+        w0, w1 = max(0, r0 - margin), min(rows, r1 + margin)
+        scratch = scratches.scratch
         window = {k: scratch.copy(f"in {k}", v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()}
-        if out is None:  # the first band tells the output's shape
+        if out is None:
             (t,) = bundle.run(graph, single_thread=single_thread, **window)
             out = np.empty((t.shape[1], rows * rows_out, t.shape[3]), dtype=np.float32)
         else:
             t = scratch.empty("out", (1, out.shape[0], (w1 - w0) * rows_out, out.shape[2]))
             bundle.run_into(graph, t, single_thread=single_thread, **window)
         out[:, r0 * rows_out : r1 * rows_out] = t[0, :, (r0 - w0) * rows_out : (r1 - w0) * rows_out]
+
+    each(run, spans, workers)
     bundle.release(graph, single_thread)
-    return out
-
-
-def _bands_on_threads(bundle: Bundle, graph: str, rows: int, band: int, margin: int, rows_in: int, rows_out: int,
-                      workers: int, channels: int, **inputs: np.ndarray) -> np.ndarray:
-    """_row_bands with its bands on ``workers`` threads, single-threaded sessions, bands sized to divide
-    among them (threads.bands): the decoder runs h_s so beside the entropy decoding of a large image.
-    ``channels``: the graph's output channels, so that the output exists before any band runs."""
-    width = next(iter(inputs.values())).shape[3] * rows_out // rows_in
-    width_in = next(iter(inputs.values())).shape[3] // rows_in  # in the rows' own units, as band is
-    out = np.empty((channels, rows * rows_out, width), dtype=np.float32)
-    scratches = ThreadScratch()
-
-    def run(span: tuple[int, int]) -> None:
-        r0, r1 = span
-        w0, w1 = max(0, r0 - margin), min(rows, r1 + margin)
-        scratch = scratches.scratch
-        window = {k: scratch.copy(f"in {k}", v[:, :, w0 * rows_in : w1 * rows_in]) for k, v in inputs.items()}
-        t = scratch.empty("out", (1, channels, (w1 - w0) * rows_out, width))
-        bundle.run_into(graph, t, single_thread=True, **window)
-        out[:, r0 * rows_out : r1 * rows_out] = t[0, :, (r0 - w0) * rows_out : (r1 - w0) * rows_out]
-
-    each(run, bands(rows, band, workers, width_in, BAND * BAND_WIDTH), workers)
-    bundle.release(graph, True)
     return out
 
 
