@@ -162,7 +162,8 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
 
         # The integer chain runs on this thread, as in the decoder: its 8-bit kernels' buffers are
         # this thread's (intconv._scratch), kept from image to image, where a new pool thread made
-        # them anew each time (kodim23's full-size encode: integer path 37 → 27 ms; README, 0.12.2).
+        # them anew each time (the full-size model's kodim23 encode, speed.py's stages: integer path
+        # 34 → 28 ms; README, onic 0.12.2).
         with ThreadPoolExecutor(1) as pool:
             floats = pool.submit(float_chain)
             try:

@@ -205,8 +205,8 @@ def accumulate(z: np.ndarray, p: dict[str, np.ndarray], z_inv: np.ndarray | None
 def matrix_layers(p: dict[str, np.ndarray]) -> bool:
     """Whether h_s's second and third layers both run as uint8 × int8 matrix products (7-bit
     weights, codec/intconv.py), whose columns and products are channels last: run there, the
-    layers need no transposes of their digits or int32 products (combining the transposed
-    products took 0.18 of a 12 MP image's 1.18 s of indexes on one thread; README, onic 0.12.2)."""
+    layers need no transposes of their digits or int32 products (1.17× and 1.31× on h_s's layers:
+    ``python benchmarks/intconv_engines.py``'s last column; README, onic 0.12.2)."""
     second, third = intconv.engine(p["w1"], transposed=True), intconv.engine(p["w2"])
     return bool(second is not None and second.matrix and third is not None and third.matrix)
 
