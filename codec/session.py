@@ -36,6 +36,7 @@ RELEASED_MODELS = {"c764899c3e2f711d": "0.6.0", "67f86249e7217281": "0.5.0", "f6
                    "437f2d1a68bffa42": "0.3.0", "e3793b0615dd771e": "0.2.0", "8f88facf8bfd2f24": "0.1.0"}
 GRAPHS = ("analysis", "hyper_encoder", "hyper_decoder", "decoder")
 GRADIENT_GRAPH = "synthesis_grad"  # encoder-only: the synthesis' gradient that refinement runs (codec/refine.py)
+INT8_ANALYSIS = "analysis_int8"  # encoder-only: an int8 analysis, faster at some rate (export/analysis_int8.py)
 # Graphs run without onnxruntime's memory pattern (one block planned for all of a run's tensors):
 # the synthesis gradient keeps every activation for its backward pass, and at 768×512 (one-off
 # probe) the plan took 334 MiB against 177 without it, at the same 185 ms (without the arena as
@@ -50,8 +51,10 @@ class Bundle:
     """Graphs, tables and manifest of one model; sessions are created on first use and reused."""
 
     def __init__(self, path: str | os.PathLike = DEFAULT_BUNDLE, threads: int = 0, verify: bool = True,
-                 optimization: str = "all", tile_workers: int = 0):
+                 optimization: str = "all", tile_workers: int = 0, float_analysis: bool = False):
         self.path = Path(path)
+        # Encode with analysis.onnx even where the bundle has an int8 analysis graph.
+        self.float_analysis = float_analysis
         # Threads for the tiles of the synthesis and the bands of the integer path of large images;
         # 0 = one per core up to 4 (each tile's graph then runs on one thread: 12 MP decode
         # 3.22 → 2.71 s on 2 cores, benchmarks/speed.py --tile-workers; more workers hold more
@@ -149,6 +152,15 @@ class Bundle:
         """Whether the bundle has the synthesis' gradient graph that refinement runs (codec/refine.py)."""
         name = f"{GRADIENT_GRAPH}.onnx"
         return name in self.manifest.get("encoder_files", {}) and (self.path / name).is_file()
+
+    @property
+    def analysis_graph(self) -> str:
+        """The analysis an encoder runs: the bundle's int8 graph where it lists one (export/analysis_int8.py:
+        the same inputs and output, about 0.5% more rate for the same quality) unless ``float_analysis``."""
+        name = f"{INT8_ANALYSIS}.onnx"
+        if self.float_analysis or name not in self.manifest.get("encoder_files", {}):
+            return "analysis"
+        return INT8_ANALYSIS if (self.path / name).is_file() else "analysis"
 
     @cached_property
     def tile_halo(self) -> int:

@@ -76,12 +76,15 @@ def _window(rgb: np.ndarray, r0: int, r1: int, c0: int, c1: int, scratch: Scratc
     return out
 
 
-def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (H, W, 3) → y (M, Hp/16, Wp/16), z (N, Hp/64, Wp/64) with Hp, Wp padded to the stride."""
+def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray,
+            graph: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (H, W, 3) → y (M, Hp/16, Wp/16), z (N, Hp/64, Wp/64) with Hp, Wp padded to the stride;
+    ``graph``: the analysis graph to run (default: ``bundle.analysis_graph``)."""
+    graph = graph or bundle.analysis_graph
     s = bundle.stride
     hp, wp = -(-rgb.shape[0] // s) * s, -(-rgb.shape[1] // s) * s
     if whole(hp, wp):
-        (y,) = bundle.run("analysis", x=_window(rgb, 0, hp, 0, wp), gain=gain)
+        (y,) = bundle.run(graph, x=_window(rgb, 0, hp, 0, wp), gain=gain)
         return y[0], hyper_encode(bundle, y[0])
     y = np.empty((int(bundle.manifest["config"]["M"]), hp // LATENT, wp // LATENT), dtype=np.float32)
     tiles = [(r, c) for r in _spans(hp, TILE, MARGIN) for c in _spans(wp, TILE, MARGIN)]
@@ -92,14 +95,14 @@ def analyse(bundle: Bundle, rgb: np.ndarray, gain: np.ndarray) -> tuple[np.ndarr
         (r0, r1, wr0, wr1), (c0, c1, wc0, wc1) = tile
         scratch = scratches.scratch
         yt = scratch.empty("y", (1, y.shape[0], (wr1 - wr0) // LATENT, (wc1 - wc0) // LATENT))
-        bundle.run_into("analysis", yt, x=_window(rgb, wr0, wr1, wc0, wc1, scratch), gain=gain,
+        bundle.run_into(graph, yt, x=_window(rgb, wr0, wr1, wc0, wc1, scratch), gain=gain,
                         single_thread=parallel)
         top, left = (r0 - wr0) // LATENT, (c0 - wc0) // LATENT
         y[:, r0 // LATENT : r1 // LATENT, c0 // LATENT : c1 // LATENT] = \
             yt[0, :, top : top + (r1 - r0) // LATENT, left : left + (c1 - c0) // LATENT]
 
     each(run, tiles, bundle.tile_workers if parallel else 1)
-    bundle.release("analysis", parallel)
+    bundle.release(graph, parallel)
     return y, hyper_encode(bundle, y)
 
 
