@@ -109,3 +109,21 @@ def test_a_layer_out_of_range_is_refused(tmp_path):
     with pytest.raises(ValueError, match="layers must be in 0..3"):
         analysis_int8.write(folder, _calibration(), (4,))
     assert analysis_int8.FILE not in json.loads((folder / "manifest.json").read_text()).get("encoder_files", {})
+
+
+def test_its_tiles_match_its_whole_image(int8, monkeypatch):
+    """Large images run the analysis in overlapping tiles (codec/tiling.py): the int8 graph's tiles
+    give its whole-image latents, as the float graph's do."""
+    from PIL import Image
+
+    from codec import tiling
+
+    folder, _ = int8
+    b = Bundle(folder)
+    with Image.open(SAMPLE) as im:
+        rgb = np.tile(np.asarray(im.convert("RGB")), (2, 2, 1))[:448, :384]
+    gain, _ = b.gains(60)
+    y_whole, _ = tiling.analyse(b, rgb, gain)
+    monkeypatch.setattr(tiling, "TILE", 128)
+    y_tiles, _ = tiling.analyse(b, rgb, gain)
+    assert np.abs(y_tiles - y_whole).max() < 1e-3 * np.abs(y_whole).max()
