@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import inspect
 import json
 import math
@@ -420,6 +421,11 @@ def train(cfg: TrainConfig) -> Path:
     log(f"saved {ckpt_path} at step {step}: {step - first_step} steps in {minutes:.1f} min, "
         f"{(step - first_step) * world * cfg.batch_size / max(minutes * 60, 1e-9):.0f} img/s overall")
     if world > 1:
+        # The DDP wrapper goes before its process group: left to the interpreter's exit, its
+        # reducer's teardown aborted a rank with "terminate called without an active exception"
+        # in 5 of 70 two-rank gloo runs of a 3-step script (torch 2.13), 0 of 40 with this.
+        del forward
+        gc.collect()
         dist.barrier()  # the others wait until rank 0 has written
         dist.destroy_process_group()
     return ckpt_path
