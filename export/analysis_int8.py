@@ -33,6 +33,17 @@ keep that within about 0.1 dB of the float graph:
 The graph's inputs and output are analysis.onnx's. Its manifest entry is under
 ``encoder_files``, so adding it keeps the model id and every file decoding; an
 encoder uses it when the bundle lists it (codec/session.py ``Bundle.analysis_graph``).
+
+**For photographs only: no bundle the repo builds carries it.** On Kodak it costs
++0.45% BD-rate, but synthetic images break it (``python benchmarks/analysis_int8.py``'s
+second table, full-size student): a colour gradient loses 6.8 dB at quality 50 and 13 dB
+at 100, colour bars 6.2–6.6 dB, black text on white 0.5 dB, flat black 2.8 dB at 100.
+Saturated flat colours push the layer's input and output past the ranges that photos set
+(clipped, by up to 2.8 times the range), and flat areas round the same way at every pixel,
+a bias rather than noise. Ranges wide enough not to clip (2.5 and 3 times) still lost
+1.6 dB on the gradient and 4 dB on black while tripling y's error on photos (one-off
+script), so a fix needs more than ranges: a per-image check that falls back to the float
+analysis, or quantization-aware training on such content.
 """
 
 from __future__ import annotations
@@ -263,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
               tuple(int(k) for k in a.layers.split(",")))
     print(f"wrote {Path(a.bundle) / FILE}: y off by {r['y_rms_error']:.4f} RMS at gain 1 (y's RMS {r['y_rms']:.3f}); "
           f"ranges {r['ranges']}")
+    print("note: encodes with this bundle now run it; it suits photographs only (flat synthetic images lose "
+          "up to 13 dB: python benchmarks/analysis_int8.py)")
 
 
 if __name__ == "__main__":

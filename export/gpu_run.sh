@@ -33,7 +33,6 @@
 # instead of three (64 MiB in all). Judge it here, all 24 images:
 #   python -m export.bundle /work/.device/N/slim.pt runs/slim --supersedes runs/wide  # runs/wide: weights.pt's bundle
 #   python benchmarks/slim.py ../shared/data/kodak runs/slim --reference runs/wide
-#   python -m export.analysis_int8 runs/slim   # the encoder's int8 analysis (issue 14's encode target)
 set -euo pipefail
 # The device has no constriction: install the carried wheel unless it is already importable.
 python3 -c "import constriction" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
