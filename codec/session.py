@@ -36,7 +36,7 @@ RELEASED_MODELS = {"c764899c3e2f711d": "0.6.0", "67f86249e7217281": "0.5.0", "f6
                    "437f2d1a68bffa42": "0.3.0", "e3793b0615dd771e": "0.2.0", "8f88facf8bfd2f24": "0.1.0"}
 GRAPHS = ("analysis", "hyper_encoder", "hyper_decoder", "decoder")
 GRADIENT_GRAPH = "synthesis_grad"  # encoder-only: the synthesis' gradient that refinement runs (codec/refine.py)
-INT8_ANALYSIS = "analysis_int8"  # encoder-only: an int8 analysis, faster at some rate (export/analysis_int8.py)
+INT8_ANALYSIS = "analysis_int8"  # encoder-only: an int8 analysis for photographs (export/analysis_int8.py)
 # Graphs run without onnxruntime's memory pattern (one block planned for all of a run's tensors):
 # the synthesis gradient keeps every activation for its backward pass, and at 768×512 (one-off
 # probe) the plan took 334 MiB against 177 without it, at the same 185 ms (without the arena as

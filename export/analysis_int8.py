@@ -86,12 +86,18 @@ class Analysis:
         self.convs = [n for n in g.node if n.op_type == "Conv" and
                       (n.input[0] == g.input[0].name or producers.get(n.input[0], n).op_type == "Div")]
         self.gdns = []  # (gamma's Conv, Div) after each main convolution but the last
-        for conv in self.convs[:-1]:
-            t = conv.output[0]
-            div = next(n for n in _consumers(g, t) if n.op_type == "Div" and n.input[0] == t)
-            square = next(n for n in _consumers(g, t) if n.op_type == "Mul" and list(n.input) == [t, t])
-            gamma = next(n for n in _consumers(g, square.output[0]) if n.op_type == "Conv")
-            self.gdns.append((gamma, div))
+        try:
+            for conv in self.convs[:-1]:
+                t = conv.output[0]
+                div = next(n for n in _consumers(g, t) if n.op_type == "Div" and n.input[0] == t)
+                square = next(n for n in _consumers(g, t) if n.op_type == "Mul" and list(n.input) == [t, t])
+                gamma = next(n for n in _consumers(g, square.output[0]) if n.op_type == "Conv")
+                self.gdns.append((gamma, div))
+        except StopIteration:
+            raise ValueError("analysis.onnx is not a chain of convolutions and GDNs (x / sqrt(beta + gamma x^2))") \
+                from None
+        if len(self.convs) < 2:
+            raise ValueError("analysis.onnx has fewer than two convolutions")
 
     def scale_outputs(self, k: int, s: np.ndarray) -> None:
         """Multiply convolution k's output channels by s; the GDN after it and convolution k + 1
@@ -251,9 +257,12 @@ def write(bundle: Path, images: list[np.ndarray], layers: tuple[int, ...] = LAYE
     equalize(a, crops, layers, channels)
     ranges = calibrate(a, crops, layers, channels)
     model = quantized_model(a, ranges)
-    onnx.save(model, bundle / FILE)
+    # Each file whole or not at all (written beside, then renamed over).
+    onnx.save(model, bundle / f"{FILE}.tmp")
+    (bundle / f"{FILE}.tmp").replace(bundle / FILE)
     manifest.setdefault("encoder_files", {})[FILE] = hashlib.sha256((bundle / FILE).read_bytes()).hexdigest()
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (bundle / "manifest.json.tmp").write_text(json.dumps(manifest, indent=2) + "\n")
+    (bundle / "manifest.json.tmp").replace(bundle / "manifest.json")
     reference = [o[0] for o in _run(onnx.load(bundle / "analysis.onnx"), crops, ["y"], channels)]
     rms = _y_error(model, crops, reference, channels) ** 0.5
     return {"ranges": ranges, "y_rms_error": rms, "y_rms": float(np.sqrt(np.mean([np.mean(r**2) for r in reference])))}
@@ -270,8 +279,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", default=",".join(map(str, LAYERS)),
                    help="comma-separated strided convolutions of g_a to run in int8 (0 = the first)")
     a = p.parse_args(argv)
-    r = write(Path(a.bundle), calibration_images(a.calibration, a.calibration_images),
-              tuple(int(k) for k in a.layers.split(",")))
+    try:
+        layers = tuple(int(k) for k in a.layers.split(","))
+    except ValueError:
+        p.error(f"--layers: comma-separated whole numbers, not {a.layers!r}")
+    if not (Path(a.bundle) / "manifest.json").is_file():
+        p.error(f"{a.bundle} is not a model bundle (no manifest.json)")
+    try:
+        r = write(Path(a.bundle), calibration_images(a.calibration, a.calibration_images), layers)
+    except ValueError as e:
+        raise SystemExit(f"export.analysis_int8: {e}") from None
     print(f"wrote {Path(a.bundle) / FILE}: y off by {r['y_rms_error']:.4f} RMS at gain 1 (y's RMS {r['y_rms']:.3f}); "
           f"ranges {r['ranges']}")
     print("note: encodes with this bundle now run it; it suits photographs only (flat synthetic images lose "
