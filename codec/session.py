@@ -47,6 +47,17 @@ PIXELS_PER_LATENT = 16
 TILE_GRAPH = "decoder_tiles"  # the decoder graph with the halo input, for tiles (export/halo.py)
 
 
+MAX_CHANNELS = 4096  # N and M a manifest may give: latents are sized from them before any graph runs
+
+
+def _whole(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+
+
 class Bundle:
     """Graphs, tables and manifest of one model; sessions are created on first use and reused."""
 
@@ -66,6 +77,7 @@ class Bundle:
             self.manifest = json.loads((self.path / "manifest.json").read_text())
         except (OSError, ValueError) as e:
             raise OnicError(f"cannot read model bundle at {self.path}: {e}") from None
+        self._check_manifest()
         if verify:
             self._verify()
         self.model_id: str = self.manifest["model_id"]
@@ -74,6 +86,41 @@ class Bundle:
         self.stride: int = int(self.manifest["stride"])
         self._lock = threading.Lock()
         self._sessions: dict = {}
+
+    def _check_manifest(self) -> None:
+        """The manifest's fields that the runtime reads, with the types it reads them as, before any
+        is used (with or without ``verify``): one clear line for a damaged bundle, never a traceback."""
+        m = self.manifest
+
+        def damaged(what: str) -> OnicError:
+            return OnicError(f"model bundle {self.path} is damaged: manifest {what}")
+
+        if not isinstance(m, dict):
+            raise damaged("is not a JSON object")
+        if not isinstance(m.get("files"), dict):
+            raise damaged("has no files")
+        for key in ("files", "encoder_files", "tile_files"):
+            listed = m.get(key, {})
+            if not isinstance(listed, dict) or not all(isinstance(d, str) for d in listed.values()):
+                raise damaged(f"{key} must map file names to SHA-256 digests")
+            # Plain names in the bundle's folder: a listed path never reads outside it.
+            if any(not _plain_name(name) for name in listed):
+                raise damaged(f"{key} lists a name that is not a file of the bundle's folder")
+        missing = [f for f in (*(f"{g}.onnx" for g in GRAPHS), "tables.npz", "scale_path.npz") if f not in m["files"]]
+        if missing:  # every file the runtime reads is hash-checked: none may go unlisted
+            raise damaged(f"files does not list {', '.join(missing)}")
+        if not isinstance(m.get("model_id"), str):
+            raise damaged("model_id must be a string")
+        also = m.get("also_decodes", [])
+        if not isinstance(also, list) or not all(isinstance(i, str) for i in also):
+            raise damaged("also_decodes must be a list of model ids")
+        stride = m.get("stride")
+        if not _whole(stride) or stride <= 0 or stride % PIXELS_PER_LATENT:
+            raise damaged(f"stride must be a positive multiple of {PIXELS_PER_LATENT}")
+        config = m.get("config")
+        if not isinstance(config, dict) or not all(_whole(config.get(k)) and 0 < config[k] <= MAX_CHANNELS
+                                                   for k in ("N", "M")):
+            raise damaged(f"config must give N and M, whole numbers from 1 to {MAX_CHANNELS}")
 
     def _verify(self) -> None:
         files = self.manifest.get("files", {})

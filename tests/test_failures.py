@@ -524,3 +524,35 @@ def test_streamed_images_longer_than_the_prefix_still_compress(tmp_path, fmt):
     r = invoke("compress", "-", "-o", str(tmp_path / "x.onic"), input=buf.getvalue())
     assert r.exit_code == 0, r.output
     assert codec.decompress(tmp_path / "x.onic").size == (1000, 800)
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("files", 5, "manifest has no files"),
+    ("files", {"decoder.onnx": "00"}, "files does not list analysis.onnx"),
+    ("encoder_files", ["synthesis_grad.onnx"], "encoder_files must map file names"),
+    ("tile_files", {"../decoder_tiles.onnx": "00"}, "not a file of the bundle's folder"),
+    ("model_id", 7, "model_id must be a string"),
+    ("also_decodes", "abc", "also_decodes must be a list"),
+    ("stride", "a", "stride must be a positive multiple of 16"),
+    ("stride", 0, "stride must be a positive multiple of 16"),
+    ("config", [], "config must give N and M"),
+    ("config", {"N": 128, "M": 10**9}, "config must give N and M"),
+])
+def test_a_damaged_manifest_is_one_clear_line(tmp_path, field, value, says):
+    """A bundle's manifest is checked field by field before any is used, verified or not."""
+    import json
+    import shutil
+
+    from codec.bitstream import OnicError
+    from codec.session import Bundle
+
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_BUNDLE, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest[field] = value
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    line = one_line(invoke("compress", str(SAMPLE), "-o", str(tmp_path / "t.onic"), "--model", str(model)))
+    assert f"model bundle {model} is damaged: manifest" in line and says in line
+    assert not (tmp_path / "t.onic").exists()
+    with pytest.raises(OnicError, match=says):
+        Bundle(model, verify=False)
