@@ -197,7 +197,12 @@ class Bundle:
     @property
     def has_gradient(self) -> bool:
         """Whether the bundle has the synthesis' gradient graph that refinement runs (codec/refine.py)."""
-        name = f"{GRADIENT_GRAPH}.onnx"
+        return self._has_encoder_file(GRADIENT_GRAPH)
+
+    def _has_encoder_file(self, graph: str) -> bool:
+        """Whether the manifest lists ``graph``'s file under encoder_files and the copy has it (one left
+        out of a copy only turns its use off)."""
+        name = f"{graph}.onnx"
         return name in self.manifest.get("encoder_files", {}) and (self.path / name).is_file()
 
     @property
@@ -205,10 +210,7 @@ class Bundle:
         """The analysis an encoder runs: the bundle's int8 graph where it lists one (export/analysis_int8.py:
         the same inputs and output; +0.45% BD-rate on Kodak, but several dB lost on flat synthetic
         images, so no bundle the repo builds has one) unless ``float_analysis``."""
-        name = f"{INT8_ANALYSIS}.onnx"
-        if self.float_analysis or name not in self.manifest.get("encoder_files", {}):
-            return "analysis"
-        return INT8_ANALYSIS if (self.path / name).is_file() else "analysis"
+        return INT8_ANALYSIS if not self.float_analysis and self._has_encoder_file(INT8_ANALYSIS) else "analysis"
 
     @cached_property
     def tile_halo(self) -> int:
@@ -218,7 +220,7 @@ class Bundle:
         halo = self.manifest.get("decoder_halo")
         if name not in self.manifest.get("tile_files", {}) or not (self.path / name).is_file():
             return 0
-        if not isinstance(halo, int) or isinstance(halo, bool) or halo <= 0:
+        if not _whole(halo) or halo <= 0:
             raise OnicError(f"model bundle {self.path} is damaged: decoder_halo must be a positive whole number")
         return halo
 

@@ -6,7 +6,8 @@ The analysis decides which latents an encoder picks, never how a file decodes, s
 a cheaper one costs rate-distortion, not compatibility. It is most of a full-size
 encode (g_a's 128→128 5×5 layers at the core's float rate), and onnxruntime runs a
 QuantizeLinear → DequantizeLinear → Conv → QuantizeLinear → DequantizeLinear chain as one
-QLinearConv on 8-bit integer kernels, about 3.8 times the float layer's speed here.
+QLinearConv on 8-bit integer kernels (the full-size analysis on one thread 1.63× as fast:
+``benchmarks/analysis_int8.py``).
 
 Post-training, no fine-tuning: only the convolutions in ``LAYERS`` (by default the
 second, at a quarter of the image's resolution: 70% of the full-size analysis'
@@ -39,11 +40,11 @@ encoder uses it when the bundle lists it (codec/session.py ``Bundle.analysis_gra
 second table, full-size student): a colour gradient loses 6.8 dB at quality 50 and 13 dB
 at 100, colour bars 6.2–6.6 dB, black text on white 0.5 dB, flat black 2.8 dB at 100.
 Saturated flat colours push the layer's input and output past the ranges that photos set
-(clipped, by up to 2.8 times the range), and flat areas round the same way at every pixel,
-a bias rather than noise. Ranges wide enough not to clip (2.5 and 3 times) still lost
-1.6 dB on the gradient and 4 dB on black while tripling y's error on photos (one-off
-script), so a fix needs more than ranges: a per-image check that falls back to the float
-analysis, or quantization-aware training on such content.
+(clipped), and flat areas round the same way at every pixel, a bias rather than noise.
+Wider ranges (a one-off script, not kept) still lost dB on the gradient and on black while
+making y's error on photos several times larger, so a fix needs more than ranges: a
+per-image check that falls back to the float analysis, or quantization-aware training on
+such content.
 """
 
 from __future__ import annotations
@@ -216,9 +217,10 @@ def _y_error(model: onnx.ModelProto, crops: list[np.ndarray], reference: list[np
 
 
 def calibrate(a: Analysis, crops: list[np.ndarray], layers: tuple[int, ...],
-              channels: int) -> dict[int, tuple[float, float]]:
+              channels: int) -> tuple[dict[int, tuple[float, float]], list[np.ndarray]]:
     """Per layer, the (input, output) percentile pair of ``PERCENTILES`` whose QDQ graph is closest to
-    the float graph's y on ``crops``, layer by layer (earlier layers already quantized)."""
+    the float graph's y on ``crops``, layer by layer (earlier layers already quantized); and that
+    float y, one array per crop."""
     tensors = {k: (a.convs[k].input[0], a.convs[k].output[0]) for k in layers}
     names = [t for k in layers for t in tensors[k]]
     outs = _run(a.float_model(tuple(names)), crops, ["y", *names], channels)
@@ -229,7 +231,7 @@ def calibrate(a: Analysis, crops: list[np.ndarray], layers: tuple[int, ...],
         r_in, r_out = (np.percentile(flat[t], PERCENTILES) for t in tensors[k])
         ranges[k] = min(itertools.product(r_in, r_out),
                         key=lambda r: _y_error(quantized_model(a, {**ranges, k: r}), crops, reference, channels))
-    return {k: (float(i), float(o)) for k, (i, o) in ranges.items()}
+    return {k: (float(i), float(o)) for k, (i, o) in ranges.items()}, reference
 
 
 def crops_of(images: list[np.ndarray], size: int = CROP) -> list[np.ndarray]:
@@ -255,7 +257,7 @@ def write(bundle: Path, images: list[np.ndarray], layers: tuple[int, ...] = LAYE
     if any(not 0 <= k < len(a.convs) for k in layers):
         raise ValueError(f"layers must be in 0..{len(a.convs) - 1}")
     equalize(a, crops, layers, channels)
-    ranges = calibrate(a, crops, layers, channels)
+    ranges, reference = calibrate(a, crops, layers, channels)  # reference: the (equalized) float graph's y
     model = quantized_model(a, ranges)
     # Each file whole or not at all (written beside, then renamed over).
     onnx.save(model, bundle / f"{FILE}.tmp")
@@ -263,7 +265,6 @@ def write(bundle: Path, images: list[np.ndarray], layers: tuple[int, ...] = LAYE
     manifest.setdefault("encoder_files", {})[FILE] = hashlib.sha256((bundle / FILE).read_bytes()).hexdigest()
     (bundle / "manifest.json.tmp").write_text(json.dumps(manifest, indent=2) + "\n")
     (bundle / "manifest.json.tmp").replace(bundle / "manifest.json")
-    reference = [o[0] for o in _run(onnx.load(bundle / "analysis.onnx"), crops, ["y"], channels)]
     rms = _y_error(model, crops, reference, channels) ** 0.5
     return {"ranges": ranges, "y_rms_error": rms, "y_rms": float(np.sqrt(np.mean([np.mean(r**2) for r in reference])))}
 

@@ -422,8 +422,9 @@ def train(cfg: TrainConfig) -> Path:
         f"{(step - first_step) * world * cfg.batch_size / max(minutes * 60, 1e-9):.0f} img/s overall")
     if world > 1:
         # The DDP wrapper goes before its process group: left to the interpreter's exit, its
-        # reducer's teardown aborted a rank with "terminate called without an active exception"
-        # in 5 of 70 two-rank gloo runs of a 3-step script (torch 2.13), 0 of 40 with this.
+        # teardown now and then aborted a rank with "terminate called without an active exception"
+        # (torch 2.13, gloo; `pytest tests/test_ddp.py -k two_ranks` in a loop: 2 of 29 runs
+        # failed so, 0 of 20 with this).
         del forward
         gc.collect()
         dist.barrier()  # the others wait until rank 0 has written

@@ -53,7 +53,7 @@ def test_the_int8_analysis_is_an_encoder_file_outside_the_model_id(int8, tmp_pat
         Bundle(damaged)
 
 
-def test_equalization_keeps_the_float_analysis(tmp_path):
+def test_equalization_keeps_the_float_analysis():
     """Scaling channels around the int8 layer is undone by the GDN and the next layer: the same y."""
     a = analysis_int8.Analysis(onnx.load(DEFAULT_BUNDLE / "analysis.onnx"))
     channels = Bundle().manifest["config"]["M"]
