@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from codec import bitstream, entropy, intscale, profile, tiling
 from codec import refine as refinement
@@ -50,8 +50,21 @@ def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS, n
             return im
     except (OnicError, MemoryError):
         raise
+    except UnidentifiedImageError:  # its text names the stream object (<_io.BytesIO object at 0x…>) for stdin
+        cause = "empty input" if _is_empty(image) else "no format Pillow reads"
+        raise OnicError(f"cannot read image {name}: {cause}") from None
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, struct.error… for bad files
         raise OnicError(f"cannot read image {name}: {bitstream.reason(e)}") from None
+
+
+def _is_empty(image: object) -> bool:
+    """Whether a path or a file-like object (stdin's bytes) holds no bytes at all."""
+    try:
+        if hasattr(image, "getbuffer"):
+            return image.getbuffer().nbytes == 0
+        return os.path.getsize(image) == 0
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 class OnicWarning(UserWarning):

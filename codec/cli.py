@@ -299,6 +299,12 @@ def batch_options(fn):
     return fn
 
 
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user set an option (command line or environment), not its default."""
+    source = ctx.get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+
+
 def _warn(message: str, quiet: bool) -> None:
     if not quiet:
         click.echo(f"onic: warning: {message}", err=True)
@@ -310,9 +316,9 @@ def _warn(message: str, quiet: bool) -> None:
 @click.option("-q", "--quality", type=click.IntRange(0, 100), default=75, show_default=True,
               help="0 (smallest) to 100 (best).")
 @click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True),
-              help="Search the highest quality whose size is at most this many bits per pixel.")
+              help="Search the highest quality whose size is at most this many bits per pixel (instead of -q).")
 @click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True),
-              help="Search the lowest quality whose RGB PSNR is at least this many dB.")
+              help="Search the lowest quality whose RGB PSNR is at least this many dB (instead of -q).")
 @click.option("--psnr", is_flag=True,
               help="Decode each output and print its PSNR (one line per file; costs a decode: about 1.5x the time "
                    "and 3x the memory).")
@@ -331,6 +337,9 @@ def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, j
     """
     if target_bpp is not None and target_psnr is not None:
         raise click.UsageError("give --target-bpp or --target-psnr, not both")
+    if (target_bpp is not None or target_psnr is not None) and _given(click.get_current_context(), "quality"):
+        raise click.UsageError("give --quality or a target (--target-bpp, --target-psnr), not both: the target "
+                               "searches the quality")
     if ray_address is not None:
         if target_bpp is not None or target_psnr is not None or psnr or refine:
             raise click.UsageError("--ray codes at one --quality: no --target-bpp, --target-psnr, --psnr or --refine")

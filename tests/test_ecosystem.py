@@ -112,6 +112,9 @@ def test_batch_with_a_bad_file_goes_on(tmp_path):
 def test_usage_errors(tmp_path):
     assert run_onic("compress", str(SAMPLE), str(SAMPLE), "-o", str(tmp_path / "x.onic")).returncode == 2
     assert run_onic("compress", str(SAMPLE), "--target-bpp", "1", "--target-psnr", "30").returncode == 2
+    # A quality and a target: the target would silently win, so neither is guessed.
+    r = run_onic("compress", str(SAMPLE), "-q", "50", "--target-bpp", "1", "-o", str(tmp_path / "y.onic"))
+    assert r.returncode == 2 and "not both" in r.stderr.decode() and not (tmp_path / "y.onic").exists()
     assert run_onic("compress", "-", str(SAMPLE)).returncode == 2
 
 

@@ -142,7 +142,11 @@ def test_internal_error_is_one_line_and_debug_shows_the_traceback(small_onic, mo
 
 def test_stdin_is_named_stdin(tmp_path):
     line = one_line(invoke("compress", "-", "-o", str(tmp_path / "x.onic"), input=b"not an image"))
-    assert "<stdin>" in line
+    assert line.endswith("cannot read image <stdin>: no format Pillow reads")  # no <_io.BytesIO object at 0x…>
+    line = one_line(invoke("compress", "-", "-o", str(tmp_path / "x.onic"), input=b""))
+    assert line.endswith("cannot read image <stdin>: empty input")
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert one_line(invoke("compress", str(tmp_path / "empty.png"))).endswith("empty.png: empty input")
     line = one_line(invoke("decompress", "-", "-o", str(tmp_path / "x.png"), input=b"ONIC"))
     assert "truncated file" in line
 
