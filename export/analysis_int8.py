@@ -42,9 +42,10 @@ at 100, colour bars 6.2–6.6 dB, black text on white 0.5 dB, flat black 2.8 dB 
 Saturated flat colours push the layer's input and output past the ranges that photos set
 (clipped), and flat areas round the same way at every pixel, a bias rather than noise.
 Wider ranges (a one-off script, not kept) still lost dB on the gradient and on black while
-making y's error on photos several times larger, so a fix needs more than ranges: a
-per-image check that falls back to the float analysis, or quantization-aware training on
-such content.
+making y's error on photos several times larger. Each image's own input range with the
+output kept in float holds on all of them, but onnxruntime runs that only as ConvInteger,
+at about float speed, and its fast QLinearConv must requantize the output to 8 bits, which
+is what breaks (``python benchmarks/analysis_int8_variants.py``; README, onic 0.13.0).
 """
 
 from __future__ import annotations
