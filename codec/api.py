@@ -116,7 +116,21 @@ def _metadata(image: Image.Image, alpha: np.ndarray | None) -> dict[bytes, bytes
             warnings.warn("unreadable 'Raw profile type exif' text dropped", OnicWarning, stacklevel=3)
     if exif:
         chunks[b"exif"] = bytes(exif)
+    xmp = xmp_packet(image)
+    if xmp:
+        chunks[b"xmpp"] = xmp
     return chunks
+
+
+def xmp_packet(image: Image.Image) -> bytes | None:
+    """The image's XMP packet, as Pillow reads it: ``info["xmp"]`` (JPEG, WebP, AVIF, and PNG and
+    TIFF since Pillow 11), else a PNG's "XML:com.adobe.xmp" text or a TIFF's tag 700 (older Pillow)."""
+    xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+    if not xmp and hasattr(image, "tag_v2"):
+        xmp = image.tag_v2.get(700)
+    if isinstance(xmp, str):
+        return xmp.encode("utf-8")
+    return bytes(xmp) if isinstance(xmp, (bytes, bytearray, memoryview)) and xmp else None
 
 
 def _check_quality(quality: int) -> int:
@@ -131,7 +145,7 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
 
     ``quality`` runs from 0 (smallest) to 100 (best); a higher quality never
     gives a smaller file for the same image. L, LA, RGB and RGBA are coded as
-    such (alpha losslessly); ICC profile and EXIF are kept. 16-bit, palette
+    such (alpha losslessly); ICC profile, EXIF and XMP are kept. 16-bit, palette
     and CMYK input is converted with an ``OnicWarning``. Images wider or taller
     than ``bitstream.MAX_SIDE``, or whose area padded to multiples of 64 exceeds
     ``max_pixels`` (None: no limit), are refused before any work.
@@ -404,8 +418,8 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
                max_pixels: int | None = bitstream.MAX_PIXELS) -> Image.Image:
     """Decode .onic bytes (or a path to a file) into a PIL image (L, LA, RGB or RGBA).
 
-    ICC profile and EXIF come back in ``image.info``; EXIF orientation is kept
-    as metadata, never applied to the pixels.
+    ICC profile, EXIF and XMP come back in ``image.info`` ("icc_profile", "exif",
+    "xmp": bytes); EXIF orientation is kept as metadata, never applied to the pixels.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         with open(data, "rb") as f:  # the header first; a stream (a pipe, a device) only as far as it allows
@@ -428,6 +442,8 @@ def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
         image.info["icc_profile"] = c.chunks[b"iccp"]
     if b"exif" in c.chunks:
         image.info["exif"] = c.chunks[b"exif"]
+    if b"xmpp" in c.chunks:
+        image.info["xmp"] = c.chunks[b"xmpp"]
     return image
 
 

@@ -334,14 +334,47 @@ def output_format(dst: str, default: str = "PNG") -> str:
 
 
 def save_options(image, fmt: str, output_quality: int, dst: str) -> dict:
-    """Pillow's save() arguments for a decoded image: its ICC profile and EXIF, and the quality of a
-    lossy format; refuses alpha into JPEG."""
+    """Pillow's save() arguments for a decoded image: its ICC profile, EXIF and XMP, and the quality
+    of a lossy format; refuses alpha into JPEG."""
     if fmt == "JPEG" and image.mode in ("RGBA", "LA"):
         raise Failure(f"cannot write {dst}: JPEG has no alpha channel (use PNG or WebP)")
     kwargs = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
+    if image.info.get("xmp"):
+        kwargs |= xmp_options(fmt, image.info["xmp"], image.info.get("exif"))
     if fmt in LOSSY_OUTPUTS:
         kwargs["quality"] = output_quality
     return kwargs
+
+
+XMP_KEYWORD = {"JPEG", "MPO", "WEBP", "AVIF", "JXL"}  # formats whose Pillow writer takes xmp=
+
+
+def xmp_options(fmt: str, xmp: bytes, exif: bytes | None = None) -> dict:
+    """Pillow's save() arguments that write an XMP packet into ``fmt``: xmp= where its writer takes
+    it, PNG's iTXt "XML:com.adobe.xmp" (UTF-8, as XMP is nearly always) and TIFF's tag 700 beside
+    the file's EXIF tags (``exif``: Pillow's TIFF writer takes tiffinfo or exif, never both); none
+    for a format without a place for one (GIF, BMP …), as for EXIF."""
+    if fmt in XMP_KEYWORD:
+        return {"xmp": xmp}
+    if fmt == "PNG":
+        from PIL import PngImagePlugin
+
+        try:
+            text = xmp.decode("utf-8")
+        except UnicodeDecodeError:
+            return {}
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", text)
+        return {"pnginfo": info}
+    if fmt == "TIFF":
+        from PIL import Image
+
+        tags = Image.Exif()
+        if exif:
+            tags.load(exif)
+        tags[700] = xmp
+        return {"exif": tags}
+    return {}
 
 
 def _decompress(job: Job) -> tuple[bytes | None, str]:

@@ -18,7 +18,7 @@ Byte layout (all integers little-endian; docs/FORMAT.md is the reference):
   end−4 4  crc32          zlib.crc32 of every byte before it
 
 Known chunks: ALPH (critical; the alpha plane, zlib-deflated, exactly width ×
-height bytes once inflated), iccp (ICC profile), exif (EXIF block).
+height bytes once inflated), iccp (ICC profile), exif (EXIF block), xmpp (XMP packet).
 
 Everything is validated before any pixel buffer or graph run: a parser that
 reads an honest header never allocates more than that header describes, and
@@ -43,7 +43,7 @@ HEADER = struct.Struct("<4sBBBB8sIIII")
 CHUNK = struct.Struct("<4sI")
 CRC = struct.Struct("<I")
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-KNOWN_CHUNKS = {b"ALPH", b"iccp", b"exif"}
+KNOWN_CHUNKS = {b"ALPH", b"iccp", b"exif", b"xmpp"}
 MAX_PIXELS = 2**28  # default limit (about 268 megapixels), like Pillow's decompression-bomb guard
 MAX_SIDE = 65535  # widest and tallest image, on both sides of the codec (JPEG's limit)
 PAD = 64  # the work of every model grows with the area padded to this grid (the coarsest latent stride)

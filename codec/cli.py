@@ -405,7 +405,7 @@ def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None,
     """Decompress .onic files to PNG (or any format Pillow writes, by extension).
 
     INPUTS are files, folders (their .onic files) or '-' for stdin; '-o -'
-    writes PNG to stdout. ICC profiles and EXIF are written back where the
+    writes PNG to stdout. ICC profiles, EXIF and XMP are written back where the
     output format supports them.
     """
     if ray_address is not None:

@@ -80,13 +80,14 @@ class OnicImageFile(ImageFile.ImageFile):
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     from codec import api
 
-    quality = im.encoderinfo.get("quality", api.DEFAULT_QUALITY)
-    if im.encoderinfo.get("icc_profile") or im.encoderinfo.get("exif"):
+    options = im.encoderinfo  # the save() arguments; a copy of the image has none
+    metadata = {key: options[key] for key in ("icc_profile", "exif", "xmp") if options.get(key)}
+    if isinstance(metadata.get("exif"), Image.Exif):  # Pillow's writers take either
+        metadata["exif"] = metadata["exif"].tobytes()
+    if metadata:  # save(…, exif=…) as Pillow's other writers take it
         im = im.copy()
-        for key in ("icc_profile", "exif"):
-            if im.encoderinfo.get(key):
-                im.info[key] = im.encoderinfo[key]
-    fp.write(api.compress(im, quality=quality, refine=im.encoderinfo.get("refine", 0)))
+        im.info.update(metadata)
+    fp.write(api.compress(im, quality=options.get("quality", api.DEFAULT_QUALITY), refine=options.get("refine", 0)))
 
 
 Image.register_open(FORMAT, OnicImageFile, _accept)

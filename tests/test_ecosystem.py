@@ -78,6 +78,62 @@ def test_icc_and_exif_survive_the_cli(tmp_path, sample):
         assert out.size == sample.size  # orientation kept as metadata, not applied
 
 
+XMP = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><dc:rights>© onic test</dc:rights></x:xmpmeta>'.encode()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_xmp_survives_from_every_format_that_carries_it(tmp_path, fmt):
+    """An XMP packet (rights, captions, edits) goes into the file's xmpp chunk from each way Pillow
+    reads one (a PNG's iTXt, a TIFF's tag 700, JPEG's and WebP's own) and comes back as bytes."""
+    im = random_image(40, 30, seed=5)
+    buf = io.BytesIO()
+    if fmt == "PNG":
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", XMP.decode())
+        im.save(buf, fmt, pnginfo=info)
+    elif fmt == "TIFF":
+        im.save(buf, fmt, tiffinfo={700: XMP})
+    else:
+        im.save(buf, fmt, xmp=XMP)
+    data = codec.compress(Image.open(io.BytesIO(buf.getvalue())))
+    assert codec.bitstream.unpack(data).chunks[b"xmpp"] == XMP
+    assert codec.decompress(data).info["xmp"] == XMP
+    assert b"xmpp" not in codec.bitstream.unpack(codec.compress(im)).chunks  # none without one
+
+
+def test_xmp_and_exif_are_written_back_by_the_cli(tmp_path, sample):
+    exif = Image.Exif()
+    exif[0x010F] = "onic test camera"
+    src = tmp_path / "meta.jpg"
+    sample.save(src, exif=exif.tobytes(), xmp=XMP)
+    assert run_onic("compress", str(src), "-o", str(tmp_path / "m.onic")).returncode == 0
+    assert b"xmpp" in run_onic("info", str(tmp_path / "m.onic")).stdout
+    for ext in ("png", "jpg", "webp", "tiff"):  # TIFF: EXIF's tags and XMP's tag 700 in one directory
+        out = tmp_path / f"m.{ext}"
+        r = run_onic("decompress", str(tmp_path / "m.onic"), "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        with Image.open(out) as im:
+            assert codec.api.xmp_packet(im) == XMP, ext
+            assert im.getexif()[0x010F] == "onic test camera", ext
+    r = run_onic("decompress", str(tmp_path / "m.onic"), "-o", str(tmp_path / "m.gif"))  # no place for it
+    assert r.returncode == 0 and r.stderr == b""
+
+
+def test_pillow_save_takes_metadata_arguments(tmp_path):
+    """save(…, icc_profile=, exif=, xmp=) as for Pillow's other writers (the plugin read them from a
+    copy of the image, which has no save() arguments, and raised AttributeError)."""
+    exif = Image.Exif()
+    exif[0x010F] = "onic test camera"
+    path = tmp_path / "x.onic"
+    random_image(32, 32).save(path, icc_profile=b"\0" * 64, exif=exif, xmp=XMP)  # exif: Exif or bytes
+    with Image.open(path) as im:
+        im.load()
+        assert (im.info["xmp"], im.info["icc_profile"]) == (XMP, b"\0" * 64)
+        assert im.getexif()[0x010F] == "onic test camera"
+
+
 def test_conversions_warn(tmp_path):
     sixteen = tmp_path / "16.png"
     Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).save(sixteen)

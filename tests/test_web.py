@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from codec import api, bitstream, entropy
 from codec.bitstream import Header, OnicError
@@ -114,7 +114,9 @@ def _exif_and_icc_image() -> Image.Image:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation
     buf = io.BytesIO()
-    im.save(buf, "PNG", exif=exif.tobytes(), icc_profile=b"\0" * 128)
+    xmp = PngImagePlugin.PngInfo()
+    xmp.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta/>")
+    im.save(buf, "PNG", exif=exif.tobytes(), icc_profile=b"\0" * 128, pnginfo=xmp)
     return Image.open(io.BytesIO(buf.getvalue()))
 
 
@@ -151,7 +153,7 @@ def test_browser_decodes_what_python_encodes(browser_run, tmp_path):
         assert r["differing"] <= MAX_DIFFERING * refs[name].size, (name, r["differing"])
     meta = next(r for r in result["results"] if r["name"] == "metadata")
     c = bitstream.unpack(files["metadata"])
-    assert (meta["icc"], meta["exif"]) == (len(c.chunks[b"iccp"]), len(c.chunks[b"exif"]))
+    assert (meta["icc"], meta["exif"], meta["xmp"]) == tuple(len(c.chunks[k]) for k in (b"iccp", b"exif", b"xmpp"))
 
 
 def test_browser_decodes_a_channel_conditional_model_with_z_gains(browser_run, tmp_path):

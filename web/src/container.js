@@ -15,7 +15,7 @@ export const PAD = 64;
 const HEADER_SIZE = 32;
 const CHUNK_SIZE = 8;
 const CRC_SIZE = 4;
-const KNOWN_CHUNKS = new Set(["ALPH", "iccp", "exif"]);
+const KNOWN_CHUNKS = new Set(["ALPH", "iccp", "exif", "xmpp"]);
 
 /** A file that is not a valid .onic stream (Python: codec.bitstream.OnicError). */
 export class OnicError extends Error {

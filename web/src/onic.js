@@ -186,7 +186,7 @@ async function synthesize(bundle, yHat, m, lh, lw, invGain, height, width) {
 }
 
 /**
- * Decode .onic bytes (Uint8Array or ArrayBuffer) with a Bundle: { image, header, icc, exif, timings }.
+ * Decode .onic bytes (Uint8Array or ArrayBuffer) with a Bundle: { image, header, icc, exif, xmp, timings }.
  * image is an ImageData (RGBA; gray files have R = G = B, files without alpha A = 255).
  */
 export async function decode(data, bundle, { maxPixels = MAX_PIXELS } = {}) {
@@ -214,7 +214,8 @@ export async function decode(data, bundle, { maxPixels = MAX_PIXELS } = {}) {
   const chunks = lat.container.chunks;
   const t3 = performance.now();
   return {
-    image, header: h, icc: chunks.get("iccp") || null, exif: chunks.get("exif") || null,
+    image, header: h,
+    icc: chunks.get("iccp") || null, exif: chunks.get("exif") || null, xmp: chunks.get("xmpp") || null,
     timings: { entropy_and_integer_ms: t1 - t0, hyper_decoder_ms: t2 - t1, synthesis_ms: t3 - t2, total_ms: t3 - t0 },
   };
 }

@@ -35,7 +35,7 @@ try {
         const r = { name: t.name, z: await hex(lat.zSymbols), y: await hex(lat.ySymbols) };
         const d = await decode(bytes, bundle);
         Object.assign(r, { width: d.image.width, height: d.image.height, ms: d.timings.total_ms,
-          icc: d.icc ? d.icc.length : 0, exif: d.exif ? d.exif.length : 0 });
+          icc: d.icc ? d.icc.length : 0, exif: d.exif ? d.exif.length : 0, xmp: d.xmp ? d.xmp.length : 0 });
         if (t.repeat) {
           const runs = [];
           for (let i = 0; i < t.repeat; i++) runs.push((await decode(bytes, bundle)).timings);
