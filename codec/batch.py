@@ -341,9 +341,28 @@ def save_options(image, fmt: str, output_quality: int, dst: str) -> dict:
     kwargs = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
     if image.info.get("xmp"):
         kwargs |= xmp_options(fmt, image.info["xmp"], image.info.get("exif"))
+    if fmt in ("JPEG", "MPO"):
+        _fit_jpeg_segments(kwargs)
     if fmt in LOSSY_OUTPUTS:
         kwargs["quality"] = output_quality
     return kwargs
+
+
+# The most that one JPEG APP segment holds, less the XMP segment's name (Pillow's limits); the ICC
+# profile, split over several segments, has none.
+JPEG_SEGMENT = {"exif": 65533, "xmp": 65533 - 29}
+
+
+def _fit_jpeg_segments(kwargs: dict) -> None:
+    """Drop, with a warning, EXIF or XMP too long for a JPEG segment: the image is still written
+    (Pillow would refuse it whole)."""
+    from codec.api import OnicWarning
+
+    for key, limit in JPEG_SEGMENT.items():
+        if key in kwargs and len(kwargs[key]) > limit:
+            size = len(kwargs.pop(key))
+            warnings.warn(f"{key.upper()} of {size} bytes not written: a JPEG segment holds {limit} "
+                          "(PNG, WebP and TIFF keep it)", OnicWarning, stacklevel=2)
 
 
 XMP_KEYWORD = {"JPEG", "MPO", "WEBP", "AVIF", "JXL"}  # formats whose Pillow writer takes xmp=

@@ -121,6 +121,25 @@ def test_xmp_and_exif_are_written_back_by_the_cli(tmp_path, sample):
     assert r.returncode == 0 and r.stderr == b""
 
 
+def test_metadata_too_long_for_jpeg_is_dropped_with_a_warning(tmp_path):
+    """A JPEG segment holds 64 kB: Pillow refuses longer EXIF or XMP, and the decode failed whole."""
+    exif = Image.Exif()
+    exif[0x010E] = "d" * 70_000
+    xmp = b"<x:xmpmeta>" + b"a" * 70_000 + b"</x:xmpmeta>"
+    src = tmp_path / "big.webp"
+    random_image(40, 30).save(src, exif=exif.tobytes(), xmp=xmp)
+    assert run_onic("compress", str(src), "-o", str(tmp_path / "big.onic")).returncode == 0
+    r = run_onic("decompress", str(tmp_path / "big.onic"), "-o", str(tmp_path / "big.jpg"))
+    err = r.stderr.decode()
+    assert r.returncode == 0 and "EXIF of" in err and "XMP of" in err and "Traceback" not in err
+    with Image.open(tmp_path / "big.jpg") as im:
+        assert im.size == (40, 30)
+    r = run_onic("decompress", str(tmp_path / "big.onic"), "-o", str(tmp_path / "big.png"))
+    assert r.returncode == 0 and r.stderr == b""
+    with Image.open(tmp_path / "big.png") as im:
+        assert codec.api.xmp_packet(im) == xmp and im.getexif()[0x010E] == "d" * 70_000
+
+
 def test_pillow_save_takes_metadata_arguments(tmp_path):
     """save(…, icc_profile=, exif=, xmp=) as for Pillow's other writers (the plugin read them from a
     copy of the image, which has no save() arguments, and raised AttributeError)."""
