@@ -27,6 +27,7 @@ from PIL import Image, features
 
 from codec import metrics
 from codec.bdrate import bd_rate
+from codec.bitstream import reason
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -130,15 +131,24 @@ CODECS: dict[str, Callable[[], Codec]] = {
 DEFAULT_CODECS = "onic,jpeg,jpeg444,webp,avif,jxl"
 
 
-def load_images(folder: str | os.PathLike, limit: int = 0) -> list[tuple[str, Image.Image]]:
+def load_images(folder: str | os.PathLike, limit: int = 0,
+                warn: Callable[[str], None] | None = None) -> list[tuple[str, Image.Image]]:
+    """The folder's images (sorted by name, the first ``limit``) as RGB; one that Pillow cannot read
+    is skipped with ``warn`` (default: a UserWarning), whatever Pillow raised for it."""
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     images = []
     for p in paths[: limit or None]:
         try:
             with Image.open(p) as im:
                 images.append((p.name, im.convert("RGB")))
-        except OSError as e:
-            warnings.warn(f"skipping {p.name}: {e}", stacklevel=2)
+        except MemoryError:
+            raise
+        except Exception as e:  # OSError, a decompression bomb, ValueError of a bad chunk…
+            message = f"skipping {p.name}: {reason(e)}"
+            if warn is None:
+                warnings.warn(message, stacklevel=2)
+            else:
+                warn(message)
     return images
 
 
@@ -297,7 +307,7 @@ def run(folder: str | os.PathLike, codecs: list[str], qualities: list[int] | Non
     image count) and replaces only those run now: after retraining, rerun onic alone.
     """
     folder = Path(folder)
-    images = load_images(folder, limit)
+    images = load_images(folder, limit, warn)
     if not images:
         raise ValueError(f"no images in {folder}")
     report = {"dataset": folder.resolve().name, "images": len(images), "machine": machine(), "codecs": {}}

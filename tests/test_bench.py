@@ -98,3 +98,30 @@ def test_bench_compares_the_refined_encoder(folder, tmp_path):
     assert set(report["bd_rate_refine"]) == {"onic", "jpeg"}
     assert "onic-refine" in report["bd_rate"]
     assert "BD-rate of onic-refine" in bench.format_table(report)
+
+
+def test_unreadable_images_are_skipped_in_onic_s_own_words(tmp_path):
+    """A decompression bomb's header raised DecompressionBombError, not OSError: an internal error."""
+    import struct
+    import zlib
+
+    from tests.conftest import run_onic
+
+    d = tmp_path / "mixed"
+    d.mkdir()
+    random_image(64, 64).save(d / "a.png")
+    (d / "b.png").write_bytes(b"not a png")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    (d / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    seen: list[str] = []
+    images = bench.load_images(d, warn=seen.append)
+    assert [name for name, _ in images] == ["a.png"]
+    assert [m.split(":")[0] for m in seen] == ["skipping b.png", "skipping c.png"]
+    r = run_onic("bench", str(d), "--codecs", "jpeg", "--qualities", "50", "--out", str(tmp_path / "r"))
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "onic: warning: skipping b.png" in err and "onic: warning: skipping c.png" in err and "Traceback" not in err
