@@ -131,6 +131,20 @@ CODECS: dict[str, Callable[[], Codec]] = {
 DEFAULT_CODECS = "onic,jpeg,jpeg444,webp,avif,jxl"
 
 
+def first_image(paths: Iterable[str | os.PathLike], warn: Callable[[str], None]) -> str | None:
+    """The first of ``paths`` that Pillow reads whole, the others before it skipped with ``warn``."""
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.load()
+            return str(p)
+        except MemoryError:
+            raise
+        except Exception as e:  # as in load_images
+            warn(f"skipping {Path(p).name}: {reason(e)}")
+    return None
+
+
 def load_images(folder: str | os.PathLike, limit: int = 0,
                 warn: Callable[[str], None] | None = None) -> list[tuple[str, Image.Image]]:
     """The folder's images (sorted by name, the first ``limit``) as RGB; one that Pillow cannot read

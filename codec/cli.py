@@ -499,10 +499,14 @@ def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, ancho
 
         def timed() -> None:
             from codec import speed as sp
+            from codec.bench import first_image
             from codec.session import bundle_at
 
             bundle_at(model)  # a bad --model fails in one line, before any timing
-            click.echo(sp.format_report(sp.run(images[0], compressai_python=compressai_python, model=model)))
+            image = first_image(images, warn=lambda m: click.echo(f"onic: warning: {m}", err=True))
+            if image is None:
+                raise Failure(f"no image in {folder} that Pillow reads")
+            click.echo(sp.format_report(sp.run(image, compressai_python=compressai_python, model=model)))
 
         _guarded(timed)
         return

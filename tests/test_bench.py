@@ -125,3 +125,8 @@ def test_unreadable_images_are_skipped_in_onic_s_own_words(tmp_path):
     err = r.stderr.decode()
     assert r.returncode == 0, err
     assert "onic: warning: skipping b.png" in err and "onic: warning: skipping c.png" in err and "Traceback" not in err
+    (d / "a.png").unlink()
+    r = run_onic("bench", str(d), "--speed")  # the first image it can read is timed: here none
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "onic: warning: skipping c.png" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"onic: error: no image in {d} that Pillow reads"
