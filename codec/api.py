@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -19,7 +21,7 @@ from codec.session import Bundle, default_bundle
 
 DEFAULT_QUALITY = 75
 
-ImageLike = Image.Image | np.ndarray | str | os.PathLike
+ImageLike = Image.Image | np.ndarray | str | os.PathLike | bytes
 
 
 def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS, name: str | None = None) -> Image.Image:
@@ -27,6 +29,7 @@ def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS, n
 
     Any failure of Pillow to read the file (OSError, ValueError of a bad chunk,
     a decompression bomb…) becomes one ``OnicError`` naming ``name`` or the path.
+    Bytes are an image file's contents, as a file-like object's are.
     """
     if isinstance(image, Image.Image):
         return image
@@ -38,7 +41,13 @@ def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS, n
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)):
             return Image.fromarray(image)
         raise OnicError(f"numpy input must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
-    name = name or str(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        image, name = io.BytesIO(bytes(image)), name or "<bytes>"
+    if not isinstance(image, (str, os.PathLike)) and not hasattr(image, "read"):
+        raise OnicError("compress takes a PIL image, a uint8 array, a path, an image file's bytes or a binary "
+                        f"stream, not {type(image).__name__}")
+    # a path names itself; anything else (a stream) by its kind, never by its repr or contents
+    name = name or (os.fsdecode(image) if isinstance(image, (str, os.PathLike)) else f"<{type(image).__name__}>")
     try:
         with Image.open(image) as im:
             bitstream.check_size(im.width, im.height, max_pixels)
@@ -414,16 +423,23 @@ def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
         return floats.result()
 
 
-def decompress(data: bytes | str | os.PathLike, bundle: Bundle | None = None,
+def decompress(data: bytes | str | os.PathLike | BinaryIO, bundle: Bundle | None = None,
                max_pixels: int | None = bitstream.MAX_PIXELS) -> Image.Image:
-    """Decode .onic bytes (or a path to a file) into a PIL image (L, LA, RGB or RGBA).
+    """Decode .onic bytes (or a path to a file, or a binary stream) into a PIL image (L, LA, RGB or RGBA).
 
     ICC profile, EXIF and XMP come back in ``image.info`` ("icc_profile", "exif",
     "xmp": bytes); EXIF orientation is kept as metadata, never applied to the pixels.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        with open(data, "rb") as f:  # the header first; a stream (a pipe, a device) only as far as it allows
-            data = bitstream.read_from(f, str(data), max_pixels)
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            with open(data, "rb") as f:  # the header first; a stream (a pipe, a device) only as far as it allows
+                data = bitstream.read_from(f, os.fsdecode(data), max_pixels)
+        except OSError as e:
+            raise OnicError(f"cannot read {os.fsdecode(data)}: {bitstream.reason(e)}") from None
+    elif hasattr(data, "read"):
+        data = bitstream.read_from(data, f"<{type(data).__name__}>", max_pixels)
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise OnicError(f"decompress takes .onic bytes, a path or a binary stream, not {type(data).__name__}")
     bundle = bundle or default_bundle()
     with profile.stage("container"):
         c = bitstream.unpack(bytes(data), max_pixels)

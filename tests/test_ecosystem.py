@@ -49,6 +49,28 @@ def test_api_is_thread_safe(sample):
     assert all(d.size == (128, 128) for d in decoded)
 
 
+def test_api_takes_bytes_and_streams_and_names_what_it_cannot_read(tmp_path, sample):
+    """compress(bytes) read the bytes as a file name (an error quoting the whole file); decompress of a
+    missing path raised FileNotFoundError where the README promises OnicError, and of an int opened
+    that file descriptor."""
+    buf = io.BytesIO()
+    sample.save(buf, "PNG")
+    data = codec.compress(buf.getvalue(), 40)
+    assert data == codec.compress(sample, 40) == codec.compress(io.BytesIO(buf.getvalue()), 40)
+    (tmp_path / "x.onic").write_bytes(data)
+    for source in (data, tmp_path / "x.onic", str(tmp_path / "x.onic"), io.BytesIO(data)):
+        assert codec.decompress(source).size == sample.size
+    cases = [(lambda: codec.compress(b"\0" * 5000), "cannot read image <bytes>: no format Pillow reads"),
+             (lambda: codec.compress(b""), "cannot read image <bytes>: empty input"),
+             (lambda: codec.compress(5), "compress takes a PIL image"),
+             (lambda: codec.decompress(tmp_path / "nope.onic"), "cannot read"),
+             (lambda: codec.decompress(5), "decompress takes .onic bytes, a path or a binary stream, not int")]
+    for call, words in cases:
+        with pytest.raises(codec.OnicError, match=words) as e:
+            call()
+        assert len(str(e.value)) < 200
+
+
 def test_alpha_is_lossless(tmp_path):
     rgba = random_image(50, 37, "RGBA", seed=3)
     a = np.asarray(rgba).copy()
