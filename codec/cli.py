@@ -419,12 +419,17 @@ def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None,
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-def info(inputs: tuple[str, ...]) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per file and line (JSON Lines), the same fields, chunks by type; a bad "
+                   "file's line has its error too.")
+def info(inputs: tuple[str, ...], as_json: bool) -> None:
     """Print the header fields and chunks of .onic files ('-' reads stdin).
 
     Several files are printed one after another, separated by a blank line; a
     bad file is reported and the others are still printed.
     """
+    import json
+
     from codec import bitstream
     from codec.bitstream import OnicError
 
@@ -436,18 +441,25 @@ def info(inputs: tuple[str, ...]) -> None:
         except (OnicError, Failure) as e:
             failures += 1
             click.echo(f"onic: error: {e}" if len(inputs) == 1 else f"onic: error: {display(path)}: {e}", err=True)
+            if as_json:
+                click.echo(json.dumps({"file": display(path), "error": str(e)}))
             continue
         h = c.header
-        chunks = ", ".join(f"{k.decode()} ({len(v)} bytes)" for k, v in c.chunks.items()) or "none"
-        rows = [
-            ("file", display(path)), ("format version", h.version), ("index path", h.index_path),
-            ("model id", h.model_id), ("width", h.width), ("height", h.height), ("mode", h.mode),
-            ("quality", h.quality), ("hyperprior bytes", h.z_length), ("latent bytes", h.y_length),
-            ("chunks", chunks), ("file bytes", len(data)), ("bpp", f"{8 * len(data) / (h.width * h.height):.4f}"),
-        ]
+        fields = {
+            "file": display(path), "format version": h.version, "index path": h.index_path,
+            "model id": h.model_id, "width": h.width, "height": h.height, "mode": h.mode,
+            "quality": h.quality, "hyperprior bytes": h.z_length, "latent bytes": h.y_length,
+            "chunks": {k.decode(): len(v) for k, v in c.chunks.items()}, "file bytes": len(data),
+            "bpp": round(8 * len(data) / (h.width * h.height), 4),
+        }
+        if as_json:
+            click.echo(json.dumps({k.replace(" ", "_"): v for k, v in fields.items()}))
+            continue
+        fields["chunks"] = ", ".join(f"{k} ({v} bytes)" for k, v in fields["chunks"].items()) or "none"
+        fields["bpp"] = f"{fields['bpp']:.4f}"
         if n:
             click.echo()
-        for k, v in rows:
+        for k, v in fields.items():
             click.echo(f"{k + ':':<18}{v}")
     if failures:
         sys.exit(EXIT_BAD_INPUT if len(inputs) == 1 else EXIT_SOME_FAILED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -42,6 +43,14 @@ def test_compress_decompress_info(tmp_path):
     assert (fields["width"], fields["height"], fields["quality"], fields["format version"]) == ("256", "256", "60", "2")
     assert fields["model id"] == codec.read_header(onic.read_bytes()).model_id
     assert float(fields["bpp"]) == pytest.approx(8 * onic.stat().st_size / 256**2, abs=1e-4)
+    # --json: a line per file, the same fields; a bad file's line has its error, and the exit is 1
+    (tmp_path / "bad.onic").write_bytes(b"ONIC")
+    r = run_onic("info", "--json", str(onic), str(tmp_path / "bad.onic"))
+    good, bad = (json.loads(line) for line in r.stdout.decode().splitlines())
+    assert r.returncode == 1 and b"bad.onic" in r.stderr
+    assert (good["width"], good["quality"], good["file_bytes"], good["chunks"]) == (256, 60, onic.stat().st_size, {})
+    assert good["model_id"] == fields["model id"] and good["bpp"] == pytest.approx(float(fields["bpp"]))
+    assert bad["file"].endswith("bad.onic") and "truncated" in bad["error"]
 
 
 def test_verbose_and_default_output_name(tmp_path):
