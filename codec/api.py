@@ -138,7 +138,10 @@ def xmp_packet(image: Image.Image) -> bytes | None:
     if not xmp and hasattr(image, "tag_v2"):
         xmp = image.tag_v2.get(700)
     if isinstance(xmp, str):
-        return xmp.encode("utf-8")
+        try:
+            return xmp.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates in a text chunk: kept, each as "?"
+            return xmp.encode("utf-8", "replace")
     return bytes(xmp) if isinstance(xmp, (bytes, bytearray, memoryview)) and xmp else None
 
 

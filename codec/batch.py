@@ -380,7 +380,11 @@ def xmp_options(fmt: str, xmp: bytes, exif: bytes | None = None) -> dict:
 
         try:
             text = xmp.decode("utf-8")
-        except UnicodeDecodeError:
+        except UnicodeDecodeError:  # PNG's iTXt holds UTF-8 only
+            from codec.api import OnicWarning
+
+            warnings.warn("XMP not written: it is not UTF-8, which PNG's iTXt needs (TIFF and WebP keep it)",
+                          OnicWarning, stacklevel=2)
             return {}
         info = PngImagePlugin.PngInfo()
         info.add_itxt("XML:com.adobe.xmp", text)

@@ -162,6 +162,20 @@ def test_metadata_too_long_for_jpeg_is_dropped_with_a_warning(tmp_path):
         assert codec.api.xmp_packet(im) == xmp and im.getexif()[0x010E] == "d" * 70_000
 
 
+def test_xmp_that_is_not_utf8_is_kept_where_it_can_be(tmp_path):
+    """PNG's iTXt holds UTF-8 only: such an XMP goes to WebP and TIFF, and a PNG output says it left it out."""
+    xmp = b"<x:xmpmeta>\xff\xfe</x:xmpmeta>"
+    src = tmp_path / "x.webp"
+    random_image(24, 16).save(src, xmp=xmp, lossless=True)
+    assert run_onic("compress", str(src), "-o", str(tmp_path / "x.onic")).returncode == 0
+    r = run_onic("decompress", str(tmp_path / "x.onic"), "-o", str(tmp_path / "x.png"))
+    assert r.returncode == 0 and b"XMP not written: it is not UTF-8" in r.stderr
+    for ext in ("webp", "tiff"):
+        assert run_onic("decompress", str(tmp_path / "x.onic"), "-o", str(tmp_path / f"y.{ext}")).stderr == b""
+        with Image.open(tmp_path / f"y.{ext}") as im:
+            assert codec.api.xmp_packet(im) == xmp
+
+
 def test_pillow_save_takes_metadata_arguments(tmp_path):
     """save(…, icc_profile=, exif=, xmp=) as for Pillow's other writers (the plugin read them from a
     copy of the image, which has no save() arguments, and raised AttributeError)."""
