@@ -7,7 +7,7 @@ import os
 import threading
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -110,14 +110,29 @@ def _pixels(image: Image.Image) -> tuple[np.ndarray, str, np.ndarray | None]:
     return np.asarray(image.convert("RGB")), "RGBA" if alpha is not None else "RGB", alpha
 
 
-def _metadata(image: Image.Image, alpha: np.ndarray | None) -> dict[bytes, bytes]:
+METADATA = ("icc", "exif", "xmp")  # what compress keeps of an image's metadata, unless told less
+
+
+def check_metadata(metadata: Iterable[str] | None) -> frozenset[str]:
+    """The metadata kinds to keep: all of ``METADATA`` for None, else the ones named (none for ())."""
+    if metadata is None:
+        return frozenset(METADATA)
+    if isinstance(metadata, str) or not all(isinstance(m, str) for m in metadata):
+        raise OnicError(f"metadata must be a collection of names from {', '.join(METADATA)}, got {metadata!r}")
+    unknown = sorted(set(metadata) - set(METADATA))
+    if unknown:
+        raise OnicError(f"unknown metadata {', '.join(unknown)}: the kinds are {', '.join(METADATA)}")
+    return frozenset(metadata)
+
+
+def _metadata(image: Image.Image, alpha: np.ndarray | None, keep: frozenset[str]) -> dict[bytes, bytes]:
     chunks = {}
     if alpha is not None:
         chunks[b"ALPH"] = zlib.compress(alpha.tobytes(), 9)
-    if image.info.get("icc_profile"):
+    if "icc" in keep and image.info.get("icc_profile"):
         chunks[b"iccp"] = bytes(image.info["icc_profile"])
-    exif = image.info.get("exif")
-    if not exif and any(k.lower() == "raw profile type exif" for k in image.info):
+    exif = image.info.get("exif") if "exif" in keep else None
+    if "exif" in keep and not exif and any(k.lower() == "raw profile type exif" for k in image.info):
         # PNGs written by ImageMagick and exiftool keep EXIF as hex text; Pillow parses it for getexif().
         try:
             exif = image.getexif().tobytes()
@@ -125,7 +140,7 @@ def _metadata(image: Image.Image, alpha: np.ndarray | None) -> dict[bytes, bytes
             warnings.warn("unreadable 'Raw profile type exif' text dropped", OnicWarning, stacklevel=3)
     if exif:
         chunks[b"exif"] = bytes(exif)
-    xmp = xmp_packet(image)
+    xmp = xmp_packet(image) if "xmp" in keep else None
     if xmp:
         chunks[b"xmpp"] = xmp
     return chunks
@@ -152,12 +167,14 @@ def _check_quality(quality: int) -> int:
 
 
 def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | None = None,
-             max_pixels: int | None = bitstream.MAX_PIXELS, refine: int = 0) -> bytes:
+             max_pixels: int | None = bitstream.MAX_PIXELS, refine: int = 0,
+             metadata: Iterable[str] | None = None) -> bytes:
     """Encode an image (PIL image, uint8 array or path) as .onic bytes.
 
     ``quality`` runs from 0 (smallest) to 100 (best); a higher quality never
     gives a smaller file for the same image. L, LA, RGB and RGBA are coded as
-    such (alpha losslessly); ICC profile, EXIF and XMP are kept. 16-bit, palette
+    such (alpha losslessly); ICC profile, EXIF and XMP are kept, or those of them named in
+    ``metadata`` ("icc", "exif", "xmp"; () keeps none: EXIF may hold a location). 16-bit, palette
     and CMYK input is converted with an ``OnicWarning``. Images wider or taller
     than ``bitstream.MAX_SIDE``, or whose area padded to multiples of 64 exceeds
     ``max_pixels`` (None: no limit), are refused before any work.
@@ -171,6 +188,7 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     """
     quality = _check_quality(quality)
     steps = refinement.check_steps(refine)
+    keep = check_metadata(metadata)
     bundle = bundle or default_bundle()
     image = _to_image(image, max_pixels)
     bitstream.check_size(image.width, image.height, max_pixels)
@@ -221,7 +239,7 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
         y_bytes = _code_y(bundle, z_sym, quality, y_sym)
     header = Header(mode, quality, bundle.model_id, width, height, len(z_bytes), len(y_bytes))
     with profile.stage("container"):
-        return bitstream.pack(header, z_bytes, y_bytes, _metadata(image, alpha))
+        return bitstream.pack(header, z_bytes, y_bytes, _metadata(image, alpha, keep))
 
 
 def _y_symbols_of(bundle: Bundle, z_sym: np.ndarray, quality: int, y: np.ndarray, y_sym: np.ndarray,
@@ -468,11 +486,12 @@ def decompress(data: bytes | str | os.PathLike | BinaryIO, bundle: Bundle | None
 
 def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float | None = None,
                        bundle: Bundle | None = None,
-                       max_pixels: int | None = bitstream.MAX_PIXELS, refine: int = 0) -> tuple[bytes, int]:
+                       max_pixels: int | None = bitstream.MAX_PIXELS, refine: int = 0,
+                       metadata: Iterable[str] | None = None) -> tuple[bytes, int]:
     """Search the quality for a target: the largest whose bpp ≤ ``bpp``, or the smallest whose PSNR ≥ ``psnr``.
 
     Binary search over 0–100 (file size and PSNR grow with quality), about
-    seven encodes (each refined by ``refine`` steps, as ``compress``). Returns the
+    seven encodes (each refined by ``refine`` steps and keeping ``metadata``, as ``compress``). Returns the
     bytes and the quality chosen; if no quality meets the target, the closest
     end (0 or 100) with an ``OnicWarning``.
     """
@@ -481,6 +500,7 @@ def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float |
     if (bpp is None) == (psnr is None):
         raise OnicError("give exactly one of a target bpp and a target PSNR")
     refinement.check_steps(refine)
+    metadata = check_metadata(metadata)
     image = _to_image(image, max_pixels)
     bundle = bundle or default_bundle()
     target = reference(image) if psnr is not None else None  # once, not per quality tried
@@ -489,7 +509,7 @@ def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float |
 
     def encode(q: int) -> bytes:
         if q not in cache:
-            cache[q] = compress(image, q, bundle, max_pixels, refine)
+            cache[q] = compress(image, q, bundle, max_pixels, refine, metadata)
         return cache[q]
 
     def meets(q: int) -> bool:

@@ -55,6 +55,7 @@ class Job:
     max_pixels: int | None = MAX_PIXELS
     psnr: bool = False  # compress: decode the output and report its PSNR (costs a decode)
     refine: int = 0  # compress: gradient steps on the latents (codec/refine.py)
+    metadata: tuple[str, ...] | None = None  # compress: the metadata kinds kept (api.METADATA); None: all
     output_quality: int = DEFAULT_OUTPUT_QUALITY  # decompress: quality of lossy output formats
     model: str | None = None  # a bundle folder; None is the shipped model
     debug: bool = False  # put the traceback of an unexpected error in the message
@@ -302,9 +303,10 @@ def _compress(job: Job) -> tuple[bytes | None, str]:
     image = api._to_image(source, job.max_pixels, name=display(job.src))
     if job.target_bpp is not None or job.target_psnr is not None:
         data, quality = api.compress_to_target(image, bpp=job.target_bpp, psnr=job.target_psnr, bundle=bundle,
-                                               max_pixels=job.max_pixels, refine=job.refine)
+                                               max_pixels=job.max_pixels, refine=job.refine, metadata=job.metadata)
     else:
-        data, quality = api.compress(image, job.quality, bundle, job.max_pixels, refine=job.refine), job.quality
+        data = api.compress(image, job.quality, bundle, job.max_pixels, refine=job.refine, metadata=job.metadata)
+        quality = job.quality
     out = None
     if job.dst == STDIO:
         out = data

@@ -299,6 +299,21 @@ def batch_options(fn):
     return fn
 
 
+def _metadata_kinds(ctx, param, value: str) -> tuple[str, ...] | None:
+    """--metadata: None for all, () for none, else the kinds named."""
+    from codec.api import METADATA
+
+    if value.strip().lower() == "all":
+        return None
+    if value.strip().lower() == "none":
+        return ()
+    kinds = tuple(k.strip().lower() for k in value.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in METADATA]
+    if unknown or not kinds:
+        raise click.BadParameter(f"{value!r}: give all, none, or some of {','.join(METADATA)}")
+    return kinds
+
+
 def _given(ctx: click.Context, name: str) -> bool:
     """Whether the user set an option (command line or environment), not its default."""
     source = ctx.get_parameter_source(name)
@@ -322,12 +337,16 @@ def _warn(message: str, quiet: bool) -> None:
 @click.option("--psnr", is_flag=True,
               help="Decode each output and print its PSNR (one line per file; costs a decode: about 1.5x the time "
                    "and 3x the memory).")
+@click.option("--metadata", default="all", show_default=True, callback=_metadata_kinds, metavar="KINDS",
+              help="Which of the image's metadata to keep: all, none, or some of icc,exif,xmp (EXIF may hold "
+                   "where a photo was taken).")
 @click.option("--refine", type=click.IntRange(0, MAX_REFINE_STEPS), default=0, show_default=True, metavar="STEPS",
               help="Refine the latents for this many gradient steps before coding: smaller files at about the "
                    "same quality, decoded by any onic with the model; each step costs about two decodes.")
 def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, force: bool,
              verbose: bool, quiet: bool, model: str | None, ray_address: str | None, max_pixels: int, quality: int,
-             target_bpp: float | None, target_psnr: float | None, psnr: bool, refine: int) -> None:
+             target_bpp: float | None, target_psnr: float | None, psnr: bool, metadata: tuple[str, ...] | None,
+             refine: int) -> None:
     """Compress images (PNG, JPEG, … anything Pillow reads) to .onic.
 
     INPUTS are files, folders (their images) or '-' for stdin. Outputs go next
@@ -341,8 +360,9 @@ def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, j
         raise click.UsageError("give --quality or a target (--target-bpp, --target-psnr), not both: the target "
                                "searches the quality")
     if ray_address is not None:
-        if target_bpp is not None or target_psnr is not None or psnr or refine:
-            raise click.UsageError("--ray codes at one --quality: no --target-bpp, --target-psnr, --psnr or --refine")
+        if target_bpp is not None or target_psnr is not None or psnr or refine or metadata is not None:
+            raise click.UsageError("--ray codes at one --quality and keeps all metadata: no --target-bpp, "
+                                   "--target-psnr, --psnr, --refine or --metadata")
         return _run_ray("compress", inputs, output, out_dir, ray_address, quiet, quality=quality, model=model,
                         max_pixels=max_pixels)
     plan = _plan(inputs, output, out_dir, ".onic", IMAGE_SUFFIXES)
@@ -354,7 +374,7 @@ def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, j
             if fmt and fmt != "ONIC":
                 _warn(f"{dst}: writing .onic data under the extension of {fmt} files", quiet)
     work = [Job(src, dst, force, quality, target_bpp, target_psnr, verbose, max_pixels, psnr=psnr, model=model,
-                debug=_debug, refine=refine) for src, dst in plan]
+                debug=_debug, refine=refine, metadata=metadata) for src, dst in plan]
     _run_batch(compress_file, work, jobs, quiet)
 
 

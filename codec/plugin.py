@@ -87,7 +87,8 @@ def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
     if metadata:  # save(…, exif=…) as Pillow's other writers take it
         im = im.copy()
         im.info.update(metadata)
-    fp.write(api.compress(im, quality=options.get("quality", api.DEFAULT_QUALITY), refine=options.get("refine", 0)))
+    fp.write(api.compress(im, quality=options.get("quality", api.DEFAULT_QUALITY), refine=options.get("refine", 0),
+                          metadata=options.get("metadata")))
 
 
 Image.register_open(FORMAT, OnicImageFile, _accept)

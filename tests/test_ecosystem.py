@@ -176,6 +176,32 @@ def test_xmp_that_is_not_utf8_is_kept_where_it_can_be(tmp_path):
             assert codec.api.xmp_packet(im) == xmp
 
 
+def test_metadata_keeps_what_it_is_told(tmp_path):
+    """EXIF may hold where a photo was taken: --metadata (metadata= in the API) keeps all, none or some."""
+    exif = Image.Exif()
+    exif[0x010F] = "onic test camera"
+    src = tmp_path / "m.jpg"
+    random_image(32, 24).save(src, exif=exif.tobytes(), xmp=XMP, icc_profile=b"\0" * 64)
+    kept = {"all": {b"iccp", b"exif", b"xmpp"}, "none": set(), "icc,xmp": {b"iccp", b"xmpp"}, "EXIF": {b"exif"}}
+    for value, chunks in kept.items():
+        out = tmp_path / f"{value.replace(',', '_')}.onic"
+        r = run_onic("compress", str(src), "-o", str(out), "--metadata", value)
+        assert r.returncode == 0, r.stderr
+        assert set(codec.bitstream.unpack(out.read_bytes()).chunks) == chunks, value
+    for bad in ("gps", "", "exif,,gps"):
+        r = run_onic("compress", str(src), "-o", str(tmp_path / "bad.onic"), "--metadata", bad)
+        assert r.returncode == 2 and b"--metadata" in r.stderr and not (tmp_path / "bad.onic").exists()
+    with Image.open(src) as im:
+        assert set(codec.bitstream.unpack(codec.compress(im, metadata=())).chunks) == set()
+        assert set(codec.bitstream.unpack(compress_to_target(im, bpp=64, metadata=["exif"])[0]).chunks) == {b"exif"}
+        for bad in ("exif", ["gps"]):
+            with pytest.raises(codec.OnicError, match="metadata"):
+                codec.compress(im, metadata=bad)
+        buf = io.BytesIO()
+        im.save(buf, "ONIC", metadata=("xmp",))
+        assert set(codec.bitstream.unpack(buf.getvalue()).chunks) == {b"xmpp"}
+
+
 def test_pillow_save_takes_metadata_arguments(tmp_path):
     """save(…, icc_profile=, exif=, xmp=) as for Pillow's other writers (the plugin read them from a
     copy of the image, which has no save() arguments, and raised AttributeError)."""
