@@ -57,6 +57,7 @@ class Job:
     refine: int = 0  # compress: gradient steps on the latents (codec/refine.py)
     metadata: tuple[str, ...] | None = None  # compress: the metadata kinds kept (api.METADATA); None: all
     output_quality: int = DEFAULT_OUTPUT_QUALITY  # decompress: quality of lossy output formats
+    stdout_format: str = "png"  # decompress: the extension whose format goes to stdout ('-o -')
     model: str | None = None  # a bundle folder; None is the shipped model
     debug: bool = False  # put the traceback of an unexpected error in the message
 
@@ -406,7 +407,7 @@ def _decompress(job: Job) -> tuple[bytes | None, str]:
     from codec import api
     from codec.session import bundle_at
 
-    fmt = output_format(job.dst)
+    fmt = output_format(job.dst, default=output_format("x." + job.stdout_format))
     image = api.decompress(read_onic(job.src, job.max_pixels), bundle_at(job.model), max_pixels=job.max_pixels)
     kwargs = save_options(image, fmt, job.output_quality, job.dst)
 

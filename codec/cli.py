@@ -416,7 +416,8 @@ def _check_format(ctx, param, value: str) -> str:
 @click.argument("inputs", nargs=-1, required=True)
 @batch_options
 @click.option("--format", "fmt", default="png", show_default=True, callback=_check_format,
-              help="Output extension when the name is not given (-o names it by its extension).")
+              help="Output format when the name does not give it: outputs named after their inputs, and "
+                   "stdout ('-o -'); -o NAME takes its extension's.")
 @click.option("--output-quality", type=click.IntRange(0, 100), default=DEFAULT_OUTPUT_QUALITY, show_default=True,
               help="Quality of lossy output formats (JPEG, WebP, AVIF, JPEG XL); PNG and TIFF are lossless.")
 def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, force: bool,
@@ -425,15 +426,15 @@ def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None,
     """Decompress .onic files to PNG (or any format Pillow writes, by extension).
 
     INPUTS are files, folders (their .onic files) or '-' for stdin; '-o -'
-    writes PNG to stdout. ICC profiles, EXIF and XMP are written back where the
-    output format supports them.
+    writes to stdout (PNG, or --format). ICC profiles, EXIF and XMP are written
+    back where the output format supports them.
     """
     if ray_address is not None:
         return _run_ray("decompress", inputs, output, out_dir, ray_address, quiet, fmt=fmt,
                         output_quality=output_quality, model=model, max_pixels=max_pixels)
     plan = _plan(inputs, output, out_dir, "." + fmt, {".onic"})
     work = [Job(src, dst, force, verbose=verbose, max_pixels=max_pixels, output_quality=output_quality,
-                model=model, debug=_debug) for src, dst in plan]
+                model=model, debug=_debug, stdout_format=fmt) for src, dst in plan]
     _run_batch(decompress_file, work, jobs, quiet)
 
 

@@ -264,6 +264,10 @@ def test_stdin_stdout(tmp_path):
         assert im.format == "PNG" and im.size == (256, 256)
     r3 = run_onic("info", "-", input=r.stdout)
     assert r3.returncode == 0 and b"256" in r3.stdout
+    # --format chooses stdout's format too (it wrote PNG whatever it said)
+    r4 = run_onic("decompress", "-", "-o", "-", "--format", "webp", input=r.stdout)
+    with Image.open(io.BytesIO(r4.stdout)) as im:
+        assert r4.returncode == 0 and im.format == "WEBP" and im.size == (256, 256)
 
 
 def test_targets(sample):
