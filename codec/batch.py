@@ -330,8 +330,12 @@ def output_format(dst: str, default: str = "PNG") -> str:
     if dst == STDIO:
         return default
     suffix = Path(dst).suffix.lower()
+    if not suffix:
+        raise Failure(f"cannot write {dst}: it has no extension to choose the image format by ({dst}.png, .webp, …)")
     fmt = Image.registered_extensions().get(suffix)
-    if fmt is None or fmt not in Image.SAVE or fmt == "ONIC":
+    if fmt == "ONIC":
+        raise Failure(f"cannot write {dst}: decompress writes images (.png, .webp, …), not .onic")
+    if fmt is None or fmt not in Image.SAVE:
         raise Failure(f"cannot write {dst}: unknown image extension {suffix!r}")
     return fmt
 

@@ -139,6 +139,9 @@ def test_unknown_output_extension(tmp_path, sample_onic):
     src = tmp_path / "s.onic"
     src.write_bytes(sample_onic)
     assert "unknown image extension" in one_error_line(run_onic("decompress", str(src), "-o", str(tmp_path / "s.xyz")))
+    assert "no extension to choose" in one_error_line(run_onic("decompress", str(src), "-o", str(tmp_path / "s")))
+    assert "not .onic" in one_error_line(run_onic("decompress", str(src), "-o", str(tmp_path / "t.onic")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.onic"]
 
 
 def test_usage_errors_exit_2():
