@@ -117,12 +117,16 @@ def check_metadata(metadata: Iterable[str] | None) -> frozenset[str]:
     """The metadata kinds to keep: all of ``METADATA`` for None, else the ones named (none for ())."""
     if metadata is None:
         return frozenset(METADATA)
-    if isinstance(metadata, str) or not all(isinstance(m, str) for m in metadata):
+    try:
+        kinds = None if isinstance(metadata, str) else tuple(metadata)  # once: a generator is read here only
+    except TypeError:  # not a collection
+        kinds = None
+    if kinds is None or not all(isinstance(m, str) for m in kinds):
         raise OnicError(f"metadata must be a collection of names from {', '.join(METADATA)}, got {metadata!r}")
-    unknown = sorted(set(metadata) - set(METADATA))
+    unknown = sorted(set(kinds) - set(METADATA))
     if unknown:
         raise OnicError(f"unknown metadata {', '.join(unknown)}: the kinds are {', '.join(METADATA)}")
-    return frozenset(metadata)
+    return frozenset(kinds)
 
 
 def _metadata(image: Image.Image, alpha: np.ndarray | None, keep: frozenset[str]) -> dict[bytes, bytes]:
@@ -169,7 +173,7 @@ def _check_quality(quality: int) -> int:
 def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | None = None,
              max_pixels: int | None = bitstream.MAX_PIXELS, refine: int = 0,
              metadata: Iterable[str] | None = None) -> bytes:
-    """Encode an image (PIL image, uint8 array or path) as .onic bytes.
+    """Encode an image (PIL image, uint8 array, path, an image file's bytes or a binary stream) as .onic bytes.
 
     ``quality`` runs from 0 (smallest) to 100 (best); a higher quality never
     gives a smaller file for the same image. L, LA, RGB and RGBA are coded as

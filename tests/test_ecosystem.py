@@ -193,8 +193,10 @@ def test_metadata_keeps_what_it_is_told(tmp_path):
         assert r.returncode == 2 and b"--metadata" in r.stderr and not (tmp_path / "bad.onic").exists()
     with Image.open(src) as im:
         assert set(codec.bitstream.unpack(codec.compress(im, metadata=())).chunks) == set()
+        kinds = (k for k in ["exif"])  # a generator is read once, not once to check and once to use
+        assert set(codec.bitstream.unpack(codec.compress(im, metadata=kinds)).chunks) == {b"exif"}
         assert set(codec.bitstream.unpack(compress_to_target(im, bpp=64, metadata=["exif"])[0]).chunks) == {b"exif"}
-        for bad in ("exif", ["gps"]):
+        for bad in ("exif", ["gps"], 5):
             with pytest.raises(codec.OnicError, match="metadata"):
                 codec.compress(im, metadata=bad)
         buf = io.BytesIO()
