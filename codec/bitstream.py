@@ -165,6 +165,8 @@ def read_from(f: BinaryIO, name: str, max_pixels: int | None = MAX_PIXELS) -> by
     memory ran out). OSError is the caller's.
     """
     head = f.read(HEADER.size)
+    if not isinstance(head, (bytes, bytearray)):
+        raise OnicError(f"{name} is a text stream: open it in binary mode ('rb')")
     header = parse_header(head, max_pixels)
     try:
         regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)

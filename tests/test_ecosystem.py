@@ -64,7 +64,8 @@ def test_api_takes_bytes_and_streams_and_names_what_it_cannot_read(tmp_path, sam
              (lambda: codec.compress(b""), "cannot read image <bytes>: empty input"),
              (lambda: codec.compress(5), "compress takes a PIL image"),
              (lambda: codec.decompress(tmp_path / "nope.onic"), "cannot read"),
-             (lambda: codec.decompress(5), "decompress takes .onic bytes, a path or a binary stream, not int")]
+             (lambda: codec.decompress(5), "decompress takes .onic bytes, a path or a binary stream, not int"),
+             (lambda: codec.decompress(io.StringIO("ONIC")), "text stream: open it in binary mode")]
     for call, words in cases:
         with pytest.raises(codec.OnicError, match=words) as e:
             call()
