@@ -129,12 +129,27 @@ def check_metadata(metadata: Iterable[str] | None) -> frozenset[str]:
     return frozenset(kinds)
 
 
+def _icc_space(icc: bytes) -> str | None:
+    """An ICC profile's data colour space ("RGB", "GRAY", "CMYK", "Lab"…: header bytes 16–19), or None."""
+    signature = icc[16:20]
+    if len(signature) < 4 or not all(c == 0x20 or 0x30 <= c <= 0x39 or 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A
+                                     for c in signature):
+        return None  # not a profile's header: kept as it came, as before
+    return signature.decode("ascii").strip() or None
+
+
 def _metadata(image: Image.Image, alpha: np.ndarray | None, keep: frozenset[str]) -> dict[bytes, bytes]:
     chunks = {}
     if alpha is not None:
         chunks[b"ALPH"] = zlib.compress(alpha.tobytes(), 9)
-    if "icc" in keep and image.info.get("icc_profile"):
-        chunks[b"iccp"] = bytes(image.info["icc_profile"])
+    icc = bytes(image.info.get("icc_profile") or b"") if "icc" in keep else b""
+    space = _icc_space(icc)
+    if space not in (None, "RGB", "GRAY"):
+        # A CMYK (or Lab…) image is coded as RGB: its profile would tell viewers to read RGB as CMYK.
+        warnings.warn(f"{space} ICC profile left out: it does not describe the RGB pixels that are coded",
+                      OnicWarning, stacklevel=3)
+    elif icc:
+        chunks[b"iccp"] = icc
     exif = image.info.get("exif") if "exif" in keep else None
     if "exif" in keep and not exif and any(k.lower() == "raw profile type exif" for k in image.info):
         # PNGs written by ImageMagick and exiftool keep EXIF as hex text; Pillow parses it for getexif().

@@ -218,6 +218,22 @@ def test_pillow_save_takes_metadata_arguments(tmp_path):
         assert im.getexif()[0x010F] == "onic test camera"
 
 
+def test_a_cmyk_profile_is_not_attached_to_rgb(tmp_path):
+    """A CMYK JPEG is coded as RGB: its CMYK profile went with it, so viewers read the RGB as CMYK."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk = srgb[:16] + b"CMYK" + srgb[20:]  # the header's colour space is what is checked
+    src = tmp_path / "c.jpg"
+    random_image(32, 24).convert("CMYK").save(src, icc_profile=cmyk)
+    r = run_onic("compress", str(src), "-o", str(tmp_path / "c.onic"))
+    assert r.returncode == 0 and b"CMYK ICC profile left out" in r.stderr
+    assert b"iccp" not in codec.bitstream.unpack((tmp_path / "c.onic").read_bytes()).chunks
+    rgb = io.BytesIO()
+    random_image(32, 24).save(rgb, "PNG", icc_profile=srgb)
+    assert codec.bitstream.unpack(codec.compress(rgb.getvalue())).chunks[b"iccp"] == srgb
+
+
 def test_conversions_warn(tmp_path):
     sixteen = tmp_path / "16.png"
     Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).save(sixteen)
