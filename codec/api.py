@@ -138,6 +138,20 @@ def _icc_space(icc: bytes) -> str | None:
     return signature.decode("ascii").strip() or None
 
 
+def _orientation_only(image: Image.Image) -> bytes | None:
+    """An EXIF block holding only the image's orientation, where it is not the upright 1: EXIF left
+    out (it may hold where a photo was taken) must not leave a photo lying on its side."""
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception:  # an unreadable EXIF block: nothing to keep
+        return None
+    if orientation not in range(2, 9):
+        return None
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
 def _metadata(image: Image.Image, alpha: np.ndarray | None, keep: frozenset[str]) -> dict[bytes, bytes]:
     chunks = {}
     if alpha is not None:
@@ -157,6 +171,8 @@ def _metadata(image: Image.Image, alpha: np.ndarray | None, keep: frozenset[str]
             exif = image.getexif().tobytes()
         except Exception:
             warnings.warn("unreadable 'Raw profile type exif' text dropped", OnicWarning, stacklevel=3)
+    if "exif" not in keep:
+        exif = _orientation_only(image)
     if exif:
         chunks[b"exif"] = bytes(exif)
     xmp = xmp_packet(image) if "xmp" in keep else None
@@ -193,7 +209,8 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     ``quality`` runs from 0 (smallest) to 100 (best); a higher quality never
     gives a smaller file for the same image. L, LA, RGB and RGBA are coded as
     such (alpha losslessly); ICC profile, EXIF and XMP are kept, or those of them named in
-    ``metadata`` ("icc", "exif", "xmp"; () keeps none: EXIF may hold a location). 16-bit, palette
+    ``metadata`` ("icc", "exif", "xmp"; () keeps none: EXIF may hold a location; without it an
+    orientation other than upright is kept alone, so that the image still displays upright). 16-bit, palette
     and CMYK input is converted with an ``OnicWarning``. Images wider or taller
     than ``bitstream.MAX_SIDE``, or whose area padded to multiples of 64 exceeds
     ``max_pixels`` (None: no limit), are refused before any work.

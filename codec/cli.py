@@ -339,7 +339,7 @@ def _warn(message: str, quiet: bool) -> None:
                    "and 3x the memory).")
 @click.option("--metadata", default="all", show_default=True, callback=_metadata_kinds, metavar="KINDS",
               help="Which of the image's metadata to keep: all, none, or some of icc,exif,xmp (EXIF may hold "
-                   "where a photo was taken).")
+                   "where a photo was taken; without it, an orientation other than upright is kept alone).")
 @click.option("--refine", type=click.IntRange(0, MAX_REFINE_STEPS), default=0, show_default=True, metavar="STEPS",
               help="Refine the latents for this many gradient steps before coding: smaller files at about the "
                    "same quality, decoded by any onic with the model; each step costs about two decodes.")

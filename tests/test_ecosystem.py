@@ -194,6 +194,12 @@ def test_metadata_keeps_what_it_is_told(tmp_path):
         assert r.returncode == 2 and b"--metadata" in r.stderr and not (tmp_path / "bad.onic").exists()
     with Image.open(src) as im:
         assert set(codec.bitstream.unpack(codec.compress(im, metadata=())).chunks) == set()
+        rotated = im.copy()
+        exif = Image.Exif()
+        exif[0x0112], exif[0x8825] = 6, {1: "N"}  # orientation, and a GPS directory
+        rotated.info["exif"] = exif.tobytes()
+        kept = codec.decompress(codec.compress(rotated, metadata=())).getexif()
+        assert dict(kept) == {0x0112: 6}  # upright still, and nothing else
         kinds = (k for k in ["exif"])  # a generator is read once, not once to check and once to use
         assert set(codec.bitstream.unpack(codec.compress(im, metadata=kinds)).chunks) == {b"exif"}
         assert set(codec.bitstream.unpack(compress_to_target(im, bpp=64, metadata=["exif"])[0]).chunks) == {b"exif"}
