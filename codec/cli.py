@@ -357,8 +357,7 @@ def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, j
     if target_bpp is not None and target_psnr is not None:
         raise click.UsageError("give --target-bpp or --target-psnr, not both")
     if (target_bpp is not None or target_psnr is not None) and _given(click.get_current_context(), "quality"):
-        raise click.UsageError("give --quality or a target (--target-bpp, --target-psnr), not both: the target "
-                               "searches the quality")
+        _warn("--quality is ignored: --target-bpp and --target-psnr search the quality", quiet)
     if ray_address is not None:
         if target_bpp is not None or target_psnr is not None or psnr or refine or metadata is not None:
             raise click.UsageError("--ray codes at one --quality and keeps all metadata: no --target-bpp, "
