@@ -24,7 +24,6 @@ by each analysis at qualities 50 and 100 and decoded by the same decoder.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import tempfile
@@ -74,12 +73,7 @@ def _dynamic(a: ai.Analysis, r_out: float | None) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(rest[:at] + nodes + rest[at + 1 :])
     g.initializer.extend(numpy_helper.from_array(v, k) for k, v in inits.items())
-    used = {i for n in g.node for i in n.input}
-    kept = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept)
-    onnx.checker.check_model(m)
-    return m
+    return ai.checked(m)
 
 
 def _with_graph(bundle: Path, folder: Path, model: onnx.ModelProto | None, images: list[np.ndarray]) -> Bundle:
@@ -88,10 +82,7 @@ def _with_graph(bundle: Path, folder: Path, model: onnx.ModelProto | None, image
     if model is None:
         ai.write(folder, images, (LAYER,))
         return Bundle(folder)
-    onnx.save(model, folder / ai.FILE)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest.setdefault("encoder_files", {})[ai.FILE] = hashlib.sha256((folder / ai.FILE).read_bytes()).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    ai.install(folder, model)
     return Bundle(folder)
 
 

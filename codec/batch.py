@@ -411,7 +411,7 @@ def _decompress(job: Job) -> tuple[bytes | None, str]:
     from codec import api
     from codec.session import bundle_at
 
-    fmt = output_format(job.dst, default=output_format("x." + job.stdout_format))
+    fmt = output_format("x." + job.stdout_format) if job.dst == STDIO else output_format(job.dst)
     image = api.decompress(read_onic(job.src, job.max_pixels), bundle_at(job.model), max_pixels=job.max_pixels)
     kwargs = save_options(image, fmt, job.output_quality, job.dst)
 

@@ -204,6 +204,13 @@ def quantized_model(a: Analysis, ranges: dict[int, tuple[float, float]]) -> onnx
         g.node.append(conv)
         out = _qdq(g, conv.output[0], r_out / 127, f"{tag}_out")
         g.node.append(helper.make_node("Identity", [out], [node.output[0]]))
+    return checked(m)
+
+
+def checked(m: onnx.ModelProto) -> onnx.ModelProto:
+    """``m`` without the initializers no node reads any more (the replaced layers' float weights),
+    checked by onnx."""
+    g = m.graph
     used = {i for n in g.node for i in n.input}
     kept = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
@@ -260,14 +267,20 @@ def write(bundle: Path, images: list[np.ndarray], layers: tuple[int, ...] = LAYE
     equalize(a, crops, layers, channels)
     ranges, reference = calibrate(a, crops, layers, channels)  # reference: the (equalized) float graph's y
     model = quantized_model(a, ranges)
-    # Each file whole or not at all (written beside, then renamed over).
+    install(bundle, model)
+    rms = _y_error(model, crops, reference, channels) ** 0.5
+    return {"ranges": ranges, "y_rms_error": rms, "y_rms": float(np.sqrt(np.mean([np.mean(r**2) for r in reference])))}
+
+
+def install(bundle: Path, model: onnx.ModelProto) -> None:
+    """Write ``model`` as the bundle's analysis_int8.onnx and list it under the manifest's
+    encoder_files; each file whole or not at all (written beside, then renamed over)."""
     onnx.save(model, bundle / f"{FILE}.tmp")
     (bundle / f"{FILE}.tmp").replace(bundle / FILE)
+    manifest = json.loads((bundle / "manifest.json").read_text())
     manifest.setdefault("encoder_files", {})[FILE] = hashlib.sha256((bundle / FILE).read_bytes()).hexdigest()
     (bundle / "manifest.json.tmp").write_text(json.dumps(manifest, indent=2) + "\n")
     (bundle / "manifest.json.tmp").replace(bundle / "manifest.json")
-    rms = _y_error(model, crops, reference, channels) ** 0.5
-    return {"ranges": ranges, "y_rms_error": rms, "y_rms": float(np.sqrt(np.mean([np.mean(r**2) for r in reference])))}
 
 
 def main(argv: list[str] | None = None) -> None:
