@@ -243,8 +243,9 @@ def compress(image: ImageLike, quality: int = DEFAULT_QUALITY, bundle: Bundle | 
     # that runs whole it codes each slice beside the float chain that makes the symbols (with
     # tiling._window's rewrite, kodim23's encode 69.7 → 57.4 ms, full-size model 158 → 139 ms:
     # ab_speed, onic 0.9.1's round). A large image's bands already use every core, and
-    # both at once would hold both chains' arrays (50 MP encode peak: 1.83 → 2.15 GB).
-    if tiling.whole(height, width):
+    # both at once would hold both chains' arrays (50 MP encode peak: 1.83 → 2.15 GB). A bundle of one
+    # thread runs the chains in turn.
+    if tiling.whole(height, width) and bundle.threads != 1:
         slices = _Slices(max(1, len(bundle.slices)))
 
         def float_chain() -> bytes:
@@ -392,6 +393,30 @@ def _read_y(dec: entropy.Decoder, y_ids: np.ndarray, bundle: Bundle) -> np.ndarr
         return dec.read(y_ids, bundle.y_tables)
 
 
+class _InTurn:
+    """ThreadPoolExecutor(1)'s submit() for a bundle of one thread: the function runs when its result
+    is asked for, on the asking thread. The decoder's float chain waits on the integer chain's symbols,
+    so it runs after it, in turn."""
+
+    def __enter__(self) -> _InTurn:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def submit(self, fn: Callable, *args) -> _InTurn:
+        self._call = lambda: fn(*args)
+        return self
+
+    def result(self):
+        return self._call()
+
+
+def _beside(bundle: Bundle) -> ThreadPoolExecutor | _InTurn:
+    """Where the decoder's second chain runs: a thread of its own, or in turn for a bundle of one thread."""
+    return _InTurn() if bundle.threads == 1 else ThreadPoolExecutor(1)
+
+
 class _Abandoned(Exception):
     """The integer chain failed, so the float chain waiting on its slices stops."""
 
@@ -433,7 +458,7 @@ def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
     # hold arenas of their own beside the encoder's (50 MP round trip: 1.82 → 2.20 GB).
     single = tiling.whole(h.height, h.width)
     if not bundle.slices and single:  # μ is h_s's alone: it runs beside the indexes and the entropy decoding
-        with ThreadPoolExecutor(1) as pool:
+        with _beside(bundle) as pool:
             mu = pool.submit(tiling.hyper_decode, bundle, z_sym, h.quality, True)
             y_sym = _y_symbols(dec, bundle, z_sym, h.quality)
             y_hat = mu.result()
@@ -446,7 +471,7 @@ def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
             del y_ids
             y_hat = tiling.hyper_decode(bundle, z_sym, h.quality, workers=bundle.tile_workers)
         else:  # sharing them with the entropy decoding, which takes one
-            with ThreadPoolExecutor(1) as pool:
+            with _beside(bundle) as pool:
                 read = pool.submit(_read_y, dec, y_ids, bundle)
                 y_hat = tiling.hyper_decode(bundle, z_sym, h.quality, workers=bundle.tile_workers)
                 y_sym = read.result()
@@ -468,7 +493,7 @@ def _latents(c: bitstream.Container, bundle: Bundle) -> np.ndarray:
             shared.help()
         return tiling.conditional_latents(bundle, mu, None, ready=slices.wait, single_thread=single, priors=priors)
 
-    with ThreadPoolExecutor(1) as pool:
+    with _beside(bundle) as pool:
         floats = pool.submit(float_chain)
         try:
             _y_symbols(dec, bundle, z_sym, h.quality, slices.decoded, shared)

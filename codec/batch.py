@@ -59,6 +59,7 @@ class Job:
     output_quality: int = DEFAULT_OUTPUT_QUALITY  # decompress: quality of lossy output formats
     stdout_format: str = "png"  # decompress: the extension whose format goes to stdout ('-o -')
     model: str | None = None  # a bundle folder; None is the shipped model
+    threads: int = 0  # threads the coding uses (codec.session.Bundle's); 0 = every core
     debug: bool = False  # put the traceback of an unexpected error in the message
 
 
@@ -299,7 +300,7 @@ def _compress(job: Job) -> tuple[bytes | None, str]:
     from codec import api
     from codec.session import bundle_at
 
-    bundle = bundle_at(job.model)
+    bundle = bundle_at(job.model, job.threads)
     source = io.BytesIO(read_input(job.src, job.max_pixels)) if job.src == STDIO else job.src
     image = api._to_image(source, job.max_pixels, name=display(job.src))
     if job.target_bpp is not None or job.target_psnr is not None:
@@ -412,7 +413,8 @@ def _decompress(job: Job) -> tuple[bytes | None, str]:
     from codec.session import bundle_at
 
     fmt = output_format("x." + job.stdout_format) if job.dst == STDIO else output_format(job.dst)
-    image = api.decompress(read_onic(job.src, job.max_pixels), bundle_at(job.model), max_pixels=job.max_pixels)
+    bundle = bundle_at(job.model, job.threads)
+    image = api.decompress(read_onic(job.src, job.max_pixels), bundle, max_pixels=job.max_pixels)
     kwargs = save_options(image, fmt, job.output_quality, job.dst)
 
     def save(target) -> None:

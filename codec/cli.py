@@ -40,6 +40,7 @@ from codec.batch import (
     remove_temporaries,
 )
 from codec.bitstream import MAX_PIXELS, reason
+from codec.threads import cores
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 SAMPLE = Path(__file__).parent / "samples" / "parrots.png"
@@ -189,6 +190,7 @@ def _run_batch(worker: Callable[[Job], Result], jobs: list[Job], processes: int,
     """Run jobs (in processes when asked), report as they finish, exit 0 / 1 (some failed) / 2 (single failure)."""
     failures = 0
     single = len(jobs) == 1
+    _share_cores(jobs, processes)
 
     def report(r: Result) -> None:
         nonlocal failures
@@ -228,6 +230,18 @@ def _worker_signals(owner: int) -> None:
     adopt_temporaries(owner)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _share_cores(jobs: list[Job], processes: int) -> None:
+    """Jobs without --threads get the cores divided among the worker processes: each process's
+    onnxruntime threads would otherwise take every core, and the processes fight over them and
+    wait on each other's spinning workers (24 Kodak round trips on 2 cores: --jobs 2 took 4.8 s,
+    --jobs 1 4.3, --jobs 2 with one thread each 3.7; README, Command line)."""
+    workers = min(processes, len(jobs))
+    if workers > 1:
+        share = max(1, cores() // workers)
+        for job in jobs:
+            job.threads = job.threads or share
 
 
 def _run_pool(worker: Callable[[Job], Result], jobs: list[Job], processes: int,
@@ -279,6 +293,8 @@ _batch_options = [
     click.option("--out-dir", type=click.Path(file_okay=False), help="Folder for the outputs of several inputs."),
     click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True,
                  help="Worker processes for several inputs."),
+    click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
+                 help="Threads each process codes with; 0 = every core, divided among --jobs."),
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
     click.option("-v", "--verbose", is_flag=True, help="One line per file on stderr."),
     click.option("--quiet", is_flag=True, help="No warnings or progress bar."),
@@ -343,7 +359,7 @@ def _warn(message: str, quiet: bool) -> None:
 @click.option("--refine", type=click.IntRange(0, MAX_REFINE_STEPS), default=0, show_default=True, metavar="STEPS",
               help="Refine the latents for this many gradient steps before coding: smaller files at about the "
                    "same quality, decoded by any onic with the model; each step costs about two decodes.")
-def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, force: bool,
+def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, threads: int, force: bool,
              verbose: bool, quiet: bool, model: str | None, ray_address: str | None, max_pixels: int, quality: int,
              target_bpp: float | None, target_psnr: float | None, psnr: bool, metadata: tuple[str, ...] | None,
              refine: int) -> None:
@@ -362,7 +378,7 @@ def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, j
         if target_bpp is not None or target_psnr is not None or psnr or refine or metadata is not None:
             raise click.UsageError("--ray codes at one --quality and keeps all metadata: no --target-bpp, "
                                    "--target-psnr, --psnr, --refine or --metadata")
-        return _run_ray("compress", inputs, output, out_dir, ray_address, quiet, quality=quality, model=model,
+        return _run_ray("compress", inputs, output, out_dir, ray_address, quiet, threads, quality=quality, model=model,
                         max_pixels=max_pixels)
     plan = _plan(inputs, output, out_dir, ".onic", IMAGE_SUFFIXES)
     for _, dst in plan:
@@ -373,15 +389,17 @@ def compress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, j
             if fmt and fmt != "ONIC":
                 _warn(f"{dst}: writing .onic data under the extension of {fmt} files", quiet)
     work = [Job(src, dst, force, quality, target_bpp, target_psnr, verbose, max_pixels, psnr=psnr, model=model,
-                debug=_debug, refine=refine, metadata=metadata) for src, dst in plan]
+                debug=_debug, refine=refine, metadata=metadata, threads=threads) for src, dst in plan]
     _run_batch(compress_file, work, jobs, quiet)
 
 
 def _run_ray(mode: str, inputs: tuple[str, ...], output: str | None, out_dir: str | None, address: str,
-             quiet: bool, **options) -> None:
+             quiet: bool, threads: int, **options) -> None:
     """One folder or URI on Ray (codec.raydata); exit 0, or 1 when some files failed (see the manifest)."""
     if len(inputs) != 1 or inputs[0] == STDIO or output or not out_dir:
         raise click.UsageError("--ray takes one input folder or URI and --out-dir (no -o, no '-')")
+    if threads:
+        raise click.UsageError("--ray codes with one thread per actor (Ray counts the cores): no --threads")
     def body() -> None:
         try:
             import ray  # noqa: F401
@@ -419,7 +437,8 @@ def _check_format(ctx, param, value: str) -> str:
                    "stdout ('-o -'); -o NAME takes its extension's.")
 @click.option("--output-quality", type=click.IntRange(0, 100), default=DEFAULT_OUTPUT_QUALITY, show_default=True,
               help="Quality of lossy output formats (JPEG, WebP, AVIF, JPEG XL); PNG and TIFF are lossless.")
-def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, force: bool,
+def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, threads: int,
+               force: bool,
                verbose: bool, quiet: bool, model: str | None, ray_address: str | None, max_pixels: int, fmt: str,
                output_quality: int) -> None:
     """Decompress .onic files to PNG (or any format Pillow writes, by extension).
@@ -429,11 +448,11 @@ def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None,
     back where the output format supports them.
     """
     if ray_address is not None:
-        return _run_ray("decompress", inputs, output, out_dir, ray_address, quiet, fmt=fmt,
+        return _run_ray("decompress", inputs, output, out_dir, ray_address, quiet, threads, fmt=fmt,
                         output_quality=output_quality, model=model, max_pixels=max_pixels)
     plan = _plan(inputs, output, out_dir, "." + fmt, {".onic"})
     work = [Job(src, dst, force, verbose=verbose, max_pixels=max_pixels, output_quality=output_quality,
-                model=model, debug=_debug, stdout_format=fmt) for src, dst in plan]
+                model=model, debug=_debug, stdout_format=fmt, threads=threads) for src, dst in plan]
     _run_batch(decompress_file, work, jobs, quiet)
 
 

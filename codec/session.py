@@ -29,6 +29,7 @@ import numpy as np
 from codec import intscale, profile
 from codec.bitstream import OnicError
 from codec.entropy import TableSet
+from codec.threads import cores
 
 DEFAULT_BUNDLE = Path(__file__).parent / "models" / "default"
 # Default models of earlier releases, so that a file of one of them names the onic that decodes it.
@@ -67,10 +68,12 @@ class Bundle:
         # Encode with analysis.onnx even where the bundle has an int8 analysis graph.
         self.float_analysis = float_analysis
         # Threads for the tiles of the synthesis and the bands of the integer path of large images;
-        # 0 = one per core up to 4 (each tile's graph then runs on one thread: 12 MP decode
-        # 3.22 → 2.71 s on 2 cores, benchmarks/speed.py --tile-workers; more workers hold more
-        # tiles in memory at once).
-        self.tile_workers = tile_workers or min(4, os.cpu_count() or 1)
+        # 0 = one per core (or per thread of ``threads``) up to 4 (each tile's graph then runs on one
+        # thread: 12 MP decode 3.22 → 2.71 s on 2 cores, benchmarks/speed.py --tile-workers; more
+        # workers hold more tiles in memory at once).
+        self.tile_workers = tile_workers or min(4, threads or cores())
+        # onnxruntime's threads per graph; 0 = its default (a thread per core). With 1, a decode or
+        # an encode runs on the calling thread alone: its two chains (codec/api.py) run in turn.
         self.threads = threads
         self.optimization = optimization  # onnxruntime graph optimization: disable, basic, extended, all
         try:
@@ -300,6 +303,7 @@ class Bundle:
 
     def session(self, graph: str, single_thread: bool = False):
         with self._lock:
+            single_thread = single_thread or self.threads == 1  # one session, not two alike
             key = (graph, single_thread)
             if key not in self._sessions:
                 self._sessions[key] = self._make_session(graph, 1 if single_thread else self.threads)
@@ -402,18 +406,21 @@ def default_bundle() -> Bundle:
         return _default
 
 
-_loaded: dict[str, Bundle] = {}
+_loaded: dict[tuple[str, int], Bundle] = {}
 _loaded_lock = threading.Lock()
 
 
-def bundle_at(path: str | os.PathLike | None) -> Bundle:
-    """The model bundle in a folder (None: the shipped one), loaded once per process."""
-    if path is None:
+def bundle_at(path: str | os.PathLike | None, threads: int = 0) -> Bundle:
+    """The model bundle in a folder (None: the shipped one), loaded once per process and thread count.
+
+    ``threads``: as Bundle's, the threads a decode or an encode with it uses; 0 = every core.
+    """
+    if path is None and not threads:
         return default_bundle()
-    key = os.path.realpath(path)
+    folder = os.path.realpath(DEFAULT_BUNDLE if path is None else path)
     with _loaded_lock:
-        if key not in _loaded:
-            if not Path(key, "manifest.json").is_file():
+        if (folder, threads) not in _loaded:
+            if not Path(folder, "manifest.json").is_file():
                 raise OnicError(f"no model bundle at {path} (a folder with manifest.json, made by export.bundle)")
-            _loaded[key] = Bundle(key)
-        return _loaded[key]
+            _loaded[folder, threads] = Bundle(folder, threads=threads)
+        return _loaded[folder, threads]

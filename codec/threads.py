@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +11,15 @@ try:  # glibc's; absent on macOS, Windows and musl, where there is nothing to do
     _malloc_trim = ctypes.CDLL(None).malloc_trim
 except (AttributeError, OSError, TypeError):
     _malloc_trim = None
+
+
+def cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one (taskset, a
+    container's cpuset), which os.cpu_count() ignores, else every CPU."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
 
 
 def bands(rows: int, band: int, workers: int, width: int = 1, max_cells: int = 0) -> list[tuple[int, int]]:

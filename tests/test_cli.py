@@ -144,6 +144,28 @@ def test_unknown_output_extension(tmp_path, sample_onic):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.onic"]
 
 
+def test_threads(tmp_path, sample_onic):
+    """--threads 1 codes the same bytes; --jobs divides the cores among its workers unless told."""
+    from codec.batch import Job
+    from codec.cli import _share_cores
+    from codec.threads import cores
+
+    r = run_onic("compress", str(SAMPLE), "-o", str(tmp_path / "s.onic"), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "s.onic").read_bytes() == sample_onic
+    r = run_onic("decompress", str(tmp_path / "s.onic"), "-o", str(tmp_path / "s.png"), "--threads", "1")
+    assert r.returncode == 0 and Image.open(tmp_path / "s.png").size == (256, 256)
+    jobs = [Job("a", "b"), Job("c", "d", threads=3), Job("e", "f")]
+    _share_cores(jobs, 2)
+    assert [j.threads for j in jobs] == [max(1, cores() // 2), 3, max(1, cores() // 2)]
+    alone = [Job("a", "b")]
+    _share_cores(alone, 4)  # one file: one process, every core
+    assert alone[0].threads == 0
+    assert "no --threads" in one_error_line(run_onic("compress", str(SAMPLE.parent), "--ray", "--threads", "2",
+                                                     "--out-dir", str(tmp_path / "r")))
+    assert run_onic("compress", str(SAMPLE), "--threads", "-1").returncode == 2
+
+
 def test_usage_errors_exit_2():
     r = run_onic("compress", str(SAMPLE), "-q", "101")
     assert r.returncode == 2 and b"Traceback" not in r.stderr

@@ -315,6 +315,10 @@ def test_parallel_tiles_and_bands_decode_the_same_image():
     a = np.asarray(codec.decompress(data, one), dtype=int)
     b = np.asarray(codec.decompress(data, two), dtype=int)
     assert np.abs(a - b).max() <= 1
+    # One thread (--threads 1): the tiles and bands, and the chains, in turn.
+    alone = Bundle(DEFAULT_BUNDLE, threads=1)
+    assert np.abs(np.asarray(codec.decompress(data, alone), dtype=int) - a).max() <= 1
+    assert codec.compress(image, 50, bundle=alone) == data
 
 
 def test_released_arenas_change_nothing():

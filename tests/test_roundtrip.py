@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -64,6 +66,22 @@ def test_decode_is_deterministic_across_thread_counts(sample_onic):
 
 def test_encode_is_deterministic(sample):
     assert codec.compress(sample, bundle=Bundle(threads=1)) == codec.compress(sample, bundle=Bundle(threads=2))
+
+
+def test_one_thread_codes_on_the_calling_thread(sample, sample_onic):
+    """A bundle of one thread (``onic … --threads 1``, Ray's actors) starts no thread: the decoder's
+    two chains run in turn, the encoder's too, to the same bytes and pixels."""
+    started: set[str] = set()
+    one = Bundle(threads=1)
+    threading.setprofile(lambda *_: started.add(threading.current_thread().name))
+    try:
+        data = codec.compress(sample, bundle=one)
+        image = codec.decompress(sample_onic, bundle=one)
+    finally:
+        threading.setprofile(None)
+    assert started <= {threading.main_thread().name}
+    assert data == sample_onic
+    assert np.array_equal(np.asarray(image), np.asarray(codec.decompress(sample_onic)))
 
 
 def test_float_images_are_refused():
