@@ -72,9 +72,10 @@ class Bundle:
         # thread: 12 MP decode 3.22 → 2.71 s on 2 cores, benchmarks/speed.py --tile-workers; more
         # workers hold more tiles in memory at once).
         self.tile_workers = tile_workers or min(4, threads or cores())
-        # onnxruntime's threads per graph; 0 = its default (a thread per core). With 1, a decode or
-        # an encode runs on the calling thread alone: its two chains (codec/api.py) run in turn.
-        self.threads = threads
+        # onnxruntime's threads per graph; 0 = one per core this process may use (threads.cores). With
+        # one, a decode or an encode runs on the calling thread alone: its two chains (codec/api.py)
+        # in turn (kodim23 under `taskset -c 0`: decode 121 ms against 168–188 on two threads).
+        self.threads = threads or cores()
         self.optimization = optimization  # onnxruntime graph optimization: disable, basic, extended, all
         try:
             self.manifest = json.loads((self.path / "manifest.json").read_text())
@@ -313,8 +314,11 @@ class Bundle:
         import onnxruntime as ort  # imported here so that reading headers stays light
 
         opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
+        # Always a count of our own: onnxruntime's default, a thread per physical core of the machine,
+        # pins each thread to a core, so it ignores a CPU quota and escapes taskset (kodim23's decode
+        # under `taskset -c 0` used 135% CPU), and in a container whose cpuset lacks the cores it
+        # picked, the pinning fails.
+        opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         # Workers spin between the operators of a run but stop when it returns: parked workers woke
         # too late to help on this 2-core VM, while workers left spinning after a run steal a core

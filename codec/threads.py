@@ -1,4 +1,5 @@
-"""One helper for the runtime's parallel loops (tiles of the graphs, bands of the integer path)."""
+"""Threads for the runtime: the cores a process may use, and one helper for its parallel loops (tiles of
+the graphs, bands of the integer path)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,46 @@ except (AttributeError, OSError, TypeError):
 
 
 def cores() -> int:
-    """The cores this process may run on: its CPU affinity where the OS has one (taskset, a
-    container's cpuset), which os.cpu_count() ignores, else every CPU."""
+    """The cores this process may use: its CPU affinity (taskset, a container's cpuset), which
+    os.cpu_count() ignores, capped by a cgroup CPU quota (``docker run --cpus 2``, a Kubernetes
+    limit), rounded up; every CPU where the OS says neither."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(count, quota) if quota else count)
+
+
+def _cgroup_v2_dir(root: str, own: str) -> str:
+    """This process's cgroup v2 folder: its own path under ``root`` where ``own`` (/proc/self/cgroup)
+    names one (a systemd slice); the root itself in a container's cgroup namespace, where it is "/"."""
+    try:
+        with open(own) as f:
+            for line in f:
+                if line.startswith("0::/"):
+                    return root + line[3:].strip().rstrip("/")
+    except OSError:
+        pass
+    return root
+
+
+def _cgroup_quota(root: str = "/sys/fs/cgroup", own: str = "/proc/self/cgroup") -> int:
+    """The cgroup CPU quota in whole cores (rounded up), or 0 where there is none or it cannot be read."""
+    v1 = [(f"{root}/{d}/cpu.cfs_quota_us", f"{root}/{d}/cpu.cfs_period_us") for d in ("cpu", "cpu,cpuacct")]
+    for path, period_path in [(_cgroup_v2_dir(root, own) + "/cpu.max", None), *v1]:  # v2: "QUOTA PERIOD", "max …"
+        try:
+            with open(path) as f:
+                fields = f.read().split()
+            if period_path is not None:
+                with open(period_path) as f:
+                    fields += f.read().split()
+            quota, period = int(fields[0]), int(fields[1])
+        except (OSError, ValueError, IndexError):  # absent, "max" (no limit) or unreadable
+            continue
+        if quota > 0 and period > 0:
+            return -(-quota // period)
+    return 0
 
 
 def bands(rows: int, band: int, workers: int, width: int = 1, max_cells: int = 0) -> list[tuple[int, int]]:
