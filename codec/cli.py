@@ -40,7 +40,7 @@ from codec.batch import (
     remove_temporaries,
 )
 from codec.bitstream import MAX_PIXELS, reason
-from codec.threads import cores
+from codec.threads import MAX_THREADS, cores
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 SAMPLE = Path(__file__).parent / "samples" / "parrots.png"
@@ -293,7 +293,7 @@ _batch_options = [
     click.option("--out-dir", type=click.Path(file_okay=False), help="Folder for the outputs of several inputs."),
     click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True,
                  help="Worker processes for several inputs."),
-    click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
+    click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=0, show_default=True,
                  help="Threads each process codes with; 0 = every core, divided among --jobs."),
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),
     click.option("-v", "--verbose", is_flag=True, help="One line per file on stderr."),

@@ -29,7 +29,7 @@ import numpy as np
 from codec import intscale, profile
 from codec.bitstream import OnicError
 from codec.entropy import TableSet
-from codec.threads import cores
+from codec.threads import MAX_THREADS, cores
 
 DEFAULT_BUNDLE = Path(__file__).parent / "models" / "default"
 # Default models of earlier releases, so that a file of one of them names the onic that decodes it.
@@ -65,6 +65,8 @@ class Bundle:
     def __init__(self, path: str | os.PathLike = DEFAULT_BUNDLE, threads: int = 0, verify: bool = True,
                  optimization: str = "all", tile_workers: int = 0, float_analysis: bool = False):
         self.path = Path(path)
+        if not isinstance(threads, int) or isinstance(threads, bool) or not 0 <= threads <= MAX_THREADS:
+            raise OnicError(f"threads must be 0 (every core) to {MAX_THREADS}, got {threads!r}")
         # Encode with analysis.onnx even where the bundle has an int8 analysis graph.
         self.float_analysis = float_analysis
         # Threads for the tiles of the synthesis and the bands of the integer path of large images;

@@ -14,6 +14,11 @@ except (AttributeError, OSError, TypeError):
     _malloc_trim = None
 
 
+# The most threads a process codes with: each of a bundle's dozen sessions holds a pool of them, and a
+# 768×512 image took 49 s to compress on 1,000 threads (2 cores). libaom caps its threads at 64 too.
+MAX_THREADS = 64
+
+
 def cores() -> int:
     """The cores this process may use: its CPU affinity (taskset, a container's cpuset), which
     os.cpu_count() ignores, capped by a cgroup CPU quota (``docker run --cpus 2``, a Kubernetes
@@ -23,7 +28,7 @@ def cores() -> int:
     except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
         count = os.cpu_count() or 1
     quota = _cgroup_quota()
-    return max(1, min(count, quota) if quota else count)
+    return max(1, min(count, quota, MAX_THREADS) if quota else min(count, MAX_THREADS))
 
 
 def _cgroup_v2_dir(root: str, own: str) -> str:

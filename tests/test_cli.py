@@ -164,6 +164,7 @@ def test_threads(tmp_path, sample_onic):
     assert "no --threads" in one_error_line(run_onic("compress", str(SAMPLE.parent), "--ray", "--threads", "2",
                                                      "--out-dir", str(tmp_path / "r")))
     assert run_onic("compress", str(SAMPLE), "--threads", "-1").returncode == 2
+    assert run_onic("decompress", str(tmp_path / "s.onic"), "--threads", "65").returncode == 2
 
 
 def test_usage_errors_exit_2():

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from codec.bitstream import OnicError
 from codec.session import DEFAULT_BUNDLE, Bundle
-from codec.threads import _cgroup_quota, cores
+from codec.threads import MAX_THREADS, _cgroup_quota, cores
 from tests.conftest import ROOT
 
 
@@ -63,3 +64,9 @@ def test_a_process_pinned_to_one_cpu_runs_one_thread():
     r = subprocess.run([sys.executable, "-c", ONE_CPU], capture_output=True, cwd=ROOT, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1", "1", "1", "1"]
+
+
+@pytest.mark.parametrize("threads", [-1, MAX_THREADS + 1, 1.5, "2", True])
+def test_bad_thread_counts_are_refused(threads):
+    with pytest.raises(OnicError, match="threads must be"):
+        Bundle(DEFAULT_BUNDLE, threads=threads)
