@@ -20,15 +20,30 @@ MAX_THREADS = 64
 
 
 def cores() -> int:
-    """The cores this process may use: its CPU affinity (taskset, a container's cpuset), which
-    os.cpu_count() ignores, capped by a cgroup CPU quota (``docker run --cpus 2``, a Kubernetes
-    limit), rounded up; every CPU where the OS says neither."""
+    """The cores this process may use: the physical cores of its CPU affinity (taskset, a container's
+    cpuset), which os.cpu_count() ignores, capped by a cgroup CPU quota (``docker run --cpus 2``, a
+    Kubernetes limit), rounded up; every CPU where the OS says neither. Physical, as onnxruntime's own
+    default counts them: two hyperthreads of one core share its multiply-add units."""
     try:
-        count = len(os.sched_getaffinity(0))
+        count = _physical_cores(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
         count = os.cpu_count() or 1
     quota = _cgroup_quota()
     return max(1, min(count, quota, MAX_THREADS) if quota else min(count, MAX_THREADS))
+
+
+def _physical_cores(cpus: set[int], root: str = "/sys/devices/system/cpu") -> int:
+    """How many distinct physical cores (package, core) the logical CPUs are on, by Linux's sysfs
+    topology; the count of CPUs where it cannot be read."""
+    seen = set()
+    for cpu in cpus:
+        try:
+            with open(f"{root}/cpu{cpu}/topology/core_id") as f, \
+                 open(f"{root}/cpu{cpu}/topology/physical_package_id") as g:
+                seen.add((g.read().strip(), f.read().strip()))
+        except OSError:
+            return len(cpus)
+    return len(seen) or len(cpus)
 
 
 def _cgroup_v2_dir(root: str, own: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from codec.bitstream import OnicError
 from codec.session import DEFAULT_BUNDLE, Bundle
-from codec.threads import MAX_THREADS, _cgroup_quota, cores
+from codec.threads import MAX_THREADS, _cgroup_quota, _physical_cores, cores
 from tests.conftest import ROOT
 
 
@@ -38,6 +38,18 @@ def test_cgroup_quota_of_a_systemd_slice(tmp_path):
     (tmp_path / "system.slice" / "onic.service" / "cpu.max").write_text("100000 100000\n")
     (tmp_path / "cgroup").write_text("0::/system.slice/onic.service\n")
     assert _cgroup_quota(str(tmp_path), str(tmp_path / "cgroup")) == 1
+
+
+def test_hyperthreads_of_one_core_count_once(tmp_path):
+    """CPUs 0 and 2 are the two hyperthreads of core 0, 1 and 3 of core 1; 4 is core 0 of a second package."""
+    for cpu, (package, core) in enumerate([(0, 0), (0, 1), (0, 0), (0, 1), (1, 0)]):
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "core_id").write_text(f"{core}\n")
+        (topology / "physical_package_id").write_text(f"{package}\n")
+    assert _physical_cores({0, 1, 2, 3, 4}, str(tmp_path)) == 3
+    assert _physical_cores({0, 2}, str(tmp_path)) == 1  # taskset -c 0,2: one core
+    assert _physical_cores({0, 1, 7}, str(tmp_path)) == 3  # no topology for CPU 7: count the CPUs
 
 
 def test_sessions_take_the_cores_given():
