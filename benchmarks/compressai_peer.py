@@ -1,6 +1,6 @@
 """CompressAI's MeanScaleHyperprior of onic's size (random weights), timed; run by a Python that has compressai.
 
-    ../caivenv/bin/python benchmarks/compressai_peer.py N M WIDTH HEIGHT REPEAT   # prints one JSON line
+    ../caivenv/bin/python benchmarks/compressai_peer.py N M WIDTH HEIGHT REPEAT [THREADS]   # one JSON line
 
 codec/speed.py runs it in CompressAI's own venv (torch 2.14, numpy<2); onic never imports it.
 """
@@ -29,6 +29,8 @@ def median_ms(fn, repeat: int) -> float:
 
 def main() -> None:
     n, m, w, h, repeat = (int(v) for v in sys.argv[1:6])
+    if len(sys.argv) > 6 and int(sys.argv[6]):  # torch's threads, as onic's --threads (0: torch's default)
+        torch.set_num_threads(int(sys.argv[6]))
     torch.manual_seed(0)
     net = MeanScaleHyperprior(n, m).eval()
     net.update(force=True)

@@ -37,10 +37,12 @@ def main() -> None:
     p.add_argument("--model", help="a bundle folder (default: the shipped model), e.g. the full-size one")
     p.add_argument("--tile-workers", type=int, default=0,
                    help="threads for the tiles and bands of large images (0 = one per core up to 4)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads onic codes with, and CompressAI's torch (0 = every core; 1 = one core's speed)")
     p.add_argument("--json")
     a = p.parse_args()
     report = speed.run(a.image, a.quality, a.repeat, a.megapixels, a.compressai_python, a.big_megapixels, a.model,
-                       a.tile_workers)
+                       a.tile_workers, a.threads)
     print(speed.format_report(report))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from PIL import Image, features
 import codec
 from codec import profile
 from codec.session import Bundle, bundle_at
+from codec.threads import cores
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
@@ -104,13 +105,15 @@ def pillow_decode_times(image: Image.Image, repeat: int) -> dict[str, dict]:
 PEER_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compressai_peer.py"
 
 
-def compressai_times(python: str, width: int, height: int, repeat: int, bundle: Bundle | None = None) -> dict:
-    """CompressAI's mean-scale hyperprior of onic's size (random weights), run by another interpreter."""
+def compressai_times(python: str, width: int, height: int, repeat: int, bundle: Bundle | None = None,
+                     threads: int = 0) -> dict:
+    """CompressAI's mean-scale hyperprior of onic's size (random weights), run by another interpreter
+    on ``threads`` of torch's threads (0: torch's default)."""
     cfg = (bundle or bundle_at(None)).manifest["config"]
     if not PEER_SCRIPT.exists():
         raise RuntimeError(f"the CompressAI comparison needs the onic source tree ({PEER_SCRIPT} is missing)")
     r = subprocess.run([python, str(PEER_SCRIPT), str(cfg["N"]), str(cfg["M"]), str(width), str(height),
-                        str(repeat)], capture_output=True, text=True)
+                        str(repeat), str(threads)], capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"CompressAI run failed: {r.stderr.strip().splitlines()[-1:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -184,22 +187,25 @@ print(base, peak_rss_mb(), t1 - t0, t2 - t1, len(data))
 def machine() -> dict:
     import onnxruntime
 
-    return {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    return {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "cores": cores(),
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
 def run(image_path: str, quality: int = 75, repeat: int = 5, megapixels: float = 12.0,
         compressai_python: str | None = None, big_megapixels: float = 0.0, model: str | None = None,
-        tile_workers: int = 0) -> dict:
+        tile_workers: int = 0, threads: int = 0) -> dict:
     """The whole report; ``model`` is a bundle folder (default: the shipped model); ``megapixels`` 0
-    leaves out the large image; ``tile_workers`` as in ``Bundle`` (1: large images on one thread's
-    tiles, to compare with the default)."""
-    bundle = bundle_at(model) if not tile_workers else Bundle(bundle_at(model).path, tile_workers=tile_workers)
+    leaves out the large image; ``tile_workers`` and ``threads`` as in ``Bundle`` (tile_workers 1:
+    large images on one thread's tiles, to compare with the default; threads 1: everything on one
+    core, CompressAI too)."""
+    bundle = bundle_at(model, threads)
+    if tile_workers:
+        bundle = Bundle(bundle.path, threads=threads, tile_workers=tile_workers)
     with Image.open(image_path) as im:
         image = im.convert("RGB")
     cfg = bundle.manifest["config"]
     report: dict = {"machine": machine(), "image": Path(image_path).name, "quality": quality,
-                    "model": f"{bundle.model_id} (N={cfg['N']}, M={cfg['M']})"}
+                    "model": f"{bundle.model_id} (N={cfg['N']}, M={cfg['M']})", "threads": bundle.threads}
     report["onic"] = onic_times(image, quality, repeat, bundle)
     report["pillow"] = pillow_decode_times(image, repeat)
     if megapixels > 0:
@@ -207,7 +213,8 @@ def run(image_path: str, quality: int = 75, repeat: int = 5, megapixels: float =
         report["onic_large"] = onic_times(large, quality, max(1, repeat // 3), bundle)
         report["pillow_large"] = pillow_decode_times(large, max(1, repeat // 3))
     if compressai_python:
-        report["compressai"] = compressai_times(compressai_python, image.width, image.height, repeat, bundle)
+        report["compressai"] = compressai_times(compressai_python, image.width, image.height, repeat, bundle,
+                                                threads)
     with tempfile.TemporaryDirectory() as tmp:
         small = Path(tmp) / "small.onic"
         small.write_bytes(codec.compress(image.crop((0, 0, 128, 128)), quality))
@@ -222,7 +229,8 @@ def run(image_path: str, quality: int = 75, repeat: int = 5, megapixels: float =
 
 def format_report(r: dict) -> str:
     m = r["machine"]
-    lines = [f"{m['cpu']}, {m['cpus']} CPUs, onnxruntime {m['onnxruntime']}; model {r.get('model', '?')}; "
+    lines = [f"{m['cpu']}, {m['cpus']} CPUs, {r.get('threads') or m.get('cores', '?')} threads, onnxruntime "
+             f"{m['onnxruntime']}; model {r.get('model', '?')}; "
              f"quality {r['quality']}; median of warm runs", ""]
     for key, label in (("onic", r["image"]), ("onic_large", "large")):
         if key not in r:  # megapixels 0: no large image
