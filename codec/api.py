@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from codec import bitstream, entropy, intscale, profile, tiling
+from codec import bitstream, entropy, formats, intscale, profile, tiling
 from codec import refine as refinement
 from codec.bitstream import Header, OnicError
 from codec.session import Bundle, default_bundle
@@ -49,21 +49,48 @@ def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS, n
     # a path names itself; anything else (a stream) by its kind, never by its repr or contents
     name = name or (os.fsdecode(image) if isinstance(image, (str, os.PathLike)) else f"<{type(image).__name__}>")
     try:
-        with Image.open(image) as im:
-            bitstream.check_size(im.width, im.height, max_pixels)
-            frames = getattr(im, "n_frames", 1)
-            if frames > 1:
-                warnings.warn(f"animated image: only the first of its {frames} frames is coded", OnicWarning,
-                              stacklevel=3)
-            im.load()
-            return im
+        return _opened(image, max_pixels)
     except (OnicError, MemoryError):
         raise
     except UnidentifiedImageError:  # its text names the stream object (<_io.BytesIO object at 0x…>) for stdin
-        cause = "empty input" if _is_empty(image) else "no format Pillow reads"
-        raise OnicError(f"cannot read image {name}: {cause}") from None
+        pass
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, struct.error… for bad files
         raise OnicError(f"cannot read image {name}: {bitstream.reason(e)}") from None
+    # A format whose Pillow plugin is installed but not yet registered (JPEG XL, HEIF: codec/formats.py).
+    if formats.register() and _rewound(image):
+        try:
+            return _opened(image, max_pixels)
+        except (OnicError, MemoryError):
+            raise
+        except UnidentifiedImageError:
+            pass
+        except Exception as e:
+            raise OnicError(f"cannot read image {name}: {bitstream.reason(e)}") from None
+    cause = "empty input" if _is_empty(image) else formats.missing(name) or "no format Pillow reads"
+    raise OnicError(f"cannot read image {name}: {cause}") from None
+
+
+def _opened(image: str | os.PathLike | BinaryIO, max_pixels: int | None) -> Image.Image:
+    """Image.open, its size checked before its pixels are read, and loaded."""
+    with Image.open(image) as im:
+        bitstream.check_size(im.width, im.height, max_pixels)
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            warnings.warn(f"animated image: only the first of its {frames} frames is coded", OnicWarning,
+                          stacklevel=4)
+        im.load()
+        return im
+
+
+def _rewound(image: str | os.PathLike | BinaryIO) -> bool:
+    """Whether the input can be read again from its start (a path, a seekable stream)."""
+    if isinstance(image, (str, os.PathLike)):
+        return True
+    try:
+        image.seek(0)
+        return True
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _is_empty(image: object) -> bool:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from codec import formats
 from codec.bitstream import MAX_PIXELS, OnicError, read_bounded
 from codec.bitstream import reason as _reason
 
@@ -34,8 +35,10 @@ MAX_REFINE_STEPS = 1000  # codec.refine's limit, kept here so that the CLI knows
 
 STDIO = "-"
 STDIN_NAME = "<stdin>"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".avif", ".jxl"}
-LOSSY_OUTPUTS = {"JPEG", "WEBP", "AVIF", "JXL"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".avif", ".jxl",
+                  ".heic", ".heif", ".hif"}
+LOSSY_OUTPUTS = {"JPEG", "WEBP", "AVIF", "JXL", "HEIF"}
+ICO_MAX = 256  # the largest side an ICO directory entry holds
 DEFAULT_OUTPUT_QUALITY = 95  # for lossy output formats: Pillow's defaults (75, 80) would lose visibly more
 
 
@@ -334,18 +337,35 @@ def output_format(dst: str, default: str = "PNG") -> str:
     if not suffix:
         raise Failure(f"cannot write {dst}: it has no extension to choose the image format by ({dst}.png, .webp, …)")
     fmt = Image.registered_extensions().get(suffix)
+    if fmt is None and formats.register():  # JPEG XL, HEIF: their plugins register on first need
+        fmt = Image.registered_extensions().get(suffix)
     if fmt == "ONIC":
         raise Failure(f"cannot write {dst}: decompress writes images (.png, .webp, …), not .onic")
     if fmt is None or fmt not in Image.SAVE:
-        raise Failure(f"cannot write {dst}: unknown image extension {suffix!r}")
+        raise Failure(f"cannot write {dst}: {formats.missing(dst) or f'unknown image extension {suffix!r}'}")
     return fmt
 
 
 def save_options(image, fmt: str, output_quality: int, dst: str) -> dict:
     """Pillow's save() arguments for a decoded image: its ICC profile, EXIF and XMP, and the quality
-    of a lossy format; refuses alpha into JPEG."""
-    if fmt == "JPEG" and image.mode in ("RGBA", "LA"):
-        raise Failure(f"cannot write {dst}: JPEG has no alpha channel (use PNG or WebP)")
+    of a lossy format; refuses what a format would lose silently (alpha into JPEG or GIF, any image
+    into ICNS, one larger than ICO holds) and warns of GIF's 256 colours."""
+    if fmt in ("JPEG", "GIF") and image.mode in ("RGBA", "LA"):  # Pillow writes GIF opaque
+        name = "JPEG" if fmt == "JPEG" else "GIF, as Pillow writes it,"
+        raise Failure(f"cannot write {dst}: {name} has no alpha channel (use PNG or WebP)")
+    if fmt == "ICO":  # Pillow's writer scales to its own list of icon sizes, at most 32×22 of a 53×37 image
+        if max(image.size) > ICO_MAX:
+            raise Failure(f"cannot write {dst}: an ICO image is at most {ICO_MAX}×{ICO_MAX} pixels, this one is "
+                          f"{image.width}×{image.height} (use PNG)")
+        return {"sizes": [image.size]}
+    if fmt == "ICNS":  # Pillow's writer stretches the image to every fixed icon size, up to 1024×1024
+        raise Failure(f"cannot write {dst}: ICNS holds square icons of fixed sizes, which would stretch the image "
+                      "(use PNG)")
+    if fmt == "GIF" and image.mode == "RGB":
+        from codec.api import OnicWarning
+
+        warnings.warn("GIF holds 256 colours: the image is reduced to them (PNG keeps every colour)", OnicWarning,
+                      stacklevel=2)
     kwargs = {k: image.info[k] for k in ("icc_profile", "exif") if image.info.get(k)}
     if image.info.get("xmp"):
         kwargs |= xmp_options(fmt, image.info["xmp"], image.info.get("exif"))
@@ -373,7 +393,7 @@ def _fit_jpeg_segments(kwargs: dict) -> None:
                           "(PNG, WebP and TIFF keep it)", OnicWarning, stacklevel=2)
 
 
-XMP_KEYWORD = {"JPEG", "MPO", "WEBP", "AVIF", "JXL"}  # formats whose Pillow writer takes xmp=
+XMP_KEYWORD = {"JPEG", "MPO", "WEBP", "AVIF", "JXL", "HEIF"}  # formats whose Pillow writer takes xmp=
 
 
 def xmp_options(fmt: str, xmp: bytes, exif: bytes | None = None) -> dict:

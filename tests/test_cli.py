@@ -221,3 +221,62 @@ def test_ray_option_without_ray_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-c", WITHOUT_RAY, str(SAMPLE.parent), str(tmp_path / "out")],
                        capture_output=True, cwd=ROOT)
     assert "onic[ray]" in one_error_line(r)
+
+
+@pytest.mark.parametrize(("module", "suffix"), [("pillow_jxl", ".jxl"), ("pillow_heif", ".heic")])
+def test_jpeg_xl_and_heif_with_their_plugins(tmp_path, module, suffix):
+    """A fresh process reads and writes them once Pillow meets them; HEIF with the image's XMP (the JPEG XL
+    plugin writes XMP but does not read it)."""
+    plugin = pytest.importorskip(module)
+    if module == "pillow_heif":
+        plugin.register_heif_opener()
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+    Image.open(SAMPLE).convert("RGB").save(tmp_path / f"in{suffix}", xmp=xmp, quality=95)
+    r = run_onic("compress", str(tmp_path / f"in{suffix}"), "-o", str(tmp_path / "x.onic"))
+    assert r.returncode == 0, r.stderr
+    r = run_onic("decompress", str(tmp_path / "x.onic"), "-o", str(tmp_path / f"out{suffix}"))
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / f"out{suffix}") as im:
+        assert im.size == (256, 256) and (suffix == ".jxl" or b"xmpmeta" in im.info["xmp"])
+        assert metrics.psnr(Image.open(SAMPLE).convert("RGB"), im.convert("RGB")) > 28
+
+
+WITHOUT_PLUGINS = """
+import sys
+sys.modules["pillow_jxl"] = sys.modules["pillow_heif"] = None
+from codec.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_without_the_plugins_one_line_names_the_package(tmp_path, sample_onic):
+    (tmp_path / "x.onic").write_bytes(sample_onic)
+    (tmp_path / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic")
+
+    def onic(*args: str):
+        return subprocess.run([sys.executable, "-c", WITHOUT_PLUGINS, *args], capture_output=True, cwd=ROOT)
+
+    assert "HEIF needs the Pillow plugin pillow-heif" in one_error_line(onic("compress", str(tmp_path / "photo.heic")))
+    err = one_error_line(onic("decompress", str(tmp_path / "x.onic"), "-o", str(tmp_path / "x.jxl")))
+    assert "JPEG XL needs the Pillow plugin pillow-jxl-plugin (pip install pillow-jxl-plugin)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.heic", "x.onic"]
+
+
+def test_outputs_that_would_lose_the_image_silently(tmp_path, sample_onic):
+    """ICO at the image's own size (Pillow's list of icon sizes made a 256² image 256² but a 53×37 one
+    32×22), none over 256 pixels; no ICNS (stretched to 1024²); no alpha into GIF (written opaque);
+    a warning for GIF's 256 colours."""
+    small = tmp_path / "small.onic"
+    small.write_bytes(codec.compress(Image.open(SAMPLE).convert("RGB").crop((0, 0, 53, 37))))
+    assert run_onic("decompress", str(small), "-o", str(tmp_path / "s.ico")).returncode == 0
+    assert Image.open(tmp_path / "s.ico").size == (53, 37)
+    big = tmp_path / "big.onic"
+    big.write_bytes(codec.compress(Image.new("RGB", (300, 20), (90, 20, 200))))
+    assert "at most 256×256" in one_error_line(run_onic("decompress", str(big), "-o", str(tmp_path / "b.ico")))
+    assert "ICNS" in one_error_line(run_onic("decompress", str(small), "-o", str(tmp_path / "s.icns")))
+    rgba = tmp_path / "rgba.onic"
+    rgba.write_bytes(codec.compress(Image.open(SAMPLE).convert("RGBA")))
+    assert "no alpha" in one_error_line(run_onic("decompress", str(rgba), "-o", str(tmp_path / "a.gif")))
+    r = run_onic("decompress", str(small), "-o", str(tmp_path / "s.gif"))
+    assert r.returncode == 0 and b"GIF holds 256 colours" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onic", "rgba.onic", "s.gif", "s.ico", "small.onic"]
