@@ -57,7 +57,8 @@ def reason(e: BaseException) -> str:
     """An exception as the cause in a one-line message: the OS's words, else the first line of its text."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 @dataclass(frozen=True)

@@ -137,3 +137,13 @@ def test_pixel_limit_is_configurable():
     with pytest.raises(OnicError, match="exceeds the limit of 999999 pixels"):
         bitstream.parse_header(data, max_pixels=999_999)
     assert bitstream.parse_header(data, max_pixels=None).width == 1000
+
+
+@pytest.mark.parametrize(("error", "text"), [
+    (ValueError("bad chunk\nsecond line"), "bad chunk"),
+    (ValueError("\n  \nthe cause  \n"), "the cause"),  # a plugin's text that opens with blank lines
+    (RuntimeError(""), "RuntimeError"),
+    (FileNotFoundError(2, "No such file or directory"), "No such file or directory"),
+])
+def test_reason_is_one_nonblank_line(error, text):
+    assert bitstream.reason(error) == text
