@@ -134,10 +134,30 @@ class OnicGroup(click.Group):
         except MemoryError:
             _fail("out of memory")
         except Exception as e:  # a bug: one line, the traceback only when asked for
+            signal_error = _interruption(e)
+            if isinstance(signal_error, Terminated):
+                sys.exit(128 + signal_error.signum)
+            if signal_error is not None:
+                click.echo("onic: interrupted", err=True)
+                sys.exit(EXIT_INTERRUPTED)
             if _debug:
                 traceback.print_exc()
             hint = "" if _debug else " (onic --debug shows the traceback)"
             _fail(f"internal error: {type(e).__name__}: {e}{hint}")
+
+
+def _interruption(e: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or Terminated that ``e`` was raised in the handling of, if any. A signal
+    that lands inside a library's lock code can leave it failing its own cleanup: Ctrl-C during a
+    --jobs 2 batch, blocked in concurrent.futures' Condition.wait as it took its lock back, surfaced
+    as "RuntimeError: cannot release un-acquired lock" (an internal error, exit 2, not 130)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (KeyboardInterrupt, Terminated)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -529,12 +549,15 @@ def _int_list(ctx, param, value: str | None) -> list[int] | None:
                    "upscale of it, beside Pillow's decoders.")
 @click.option("--compressai-python", type=click.Path(exists=True, dir_okay=False),
               help="With --speed: a Python that has compressai, to time its model of the same size.")
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=0, show_default=True,
+              help="With --speed: the threads onic codes with, and CompressAI's torch (0 = every core; 1 = one "
+                   "core's speed).")
 @click.option("--model", type=click.Path(file_okay=False),
               help="A model bundle folder (made by export.bundle) for onic instead of the shipped model.")
 @click.option("--refine", type=click.IntRange(1, MAX_REFINE_STEPS), default=20, show_default=True, metavar="STEPS",
               help="The refinement steps of the codec onic-refine.")
 def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, anchors: tuple[str, ...],
-          limit: int, update: bool, speed: bool, compressai_python: str | None, model: str | None,
+          limit: int, update: bool, speed: bool, compressai_python: str | None, threads: int, model: str | None,
           refine: int) -> None:
     """Rate-distortion and speed of onic against JPEG, WebP, AVIF and JPEG XL on FOLDER.
 
@@ -556,7 +579,8 @@ def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, ancho
             image = first_image(images, warn=lambda m: click.echo(f"onic: warning: {m}", err=True))
             if image is None:
                 raise Failure(f"no image in {folder} that Pillow reads")
-            click.echo(sp.format_report(sp.run(image, compressai_python=compressai_python, model=model)))
+            click.echo(sp.format_report(sp.run(image, compressai_python=compressai_python, model=model,
+                                               threads=threads)))
 
         _guarded(timed)
         return

@@ -558,3 +558,26 @@ def test_a_damaged_manifest_is_one_clear_line(tmp_path, field, value, says):
     assert not (tmp_path / "t.onic").exists()
     with pytest.raises(OnicError, match=says):
         Bundle(model, verify=False)
+
+
+@pytest.mark.parametrize(("signal_error", "code"), [(KeyboardInterrupt(), 130), ("terminated", 128 + signal.SIGTERM)])
+def test_an_error_raised_while_a_signal_unwinds_is_the_signal(capsys, signal_error, code):
+    """Ctrl-C that lands inside a library's lock code can make it fail its own cleanup (seen once in CI:
+    a --jobs 2 batch exited 2 with "internal error: RuntimeError: cannot release un-acquired lock"):
+    the command still exits as interrupted."""
+    from codec.cli import OnicGroup, Terminated
+
+    raised = Terminated(signal.SIGTERM) if signal_error == "terminated" else signal_error
+    group = OnicGroup()
+
+    @group.command()
+    def wait() -> None:
+        try:
+            raise raised
+        except (KeyboardInterrupt, Terminated):
+            raise RuntimeError("cannot release un-acquired lock") from None  # from None: __context__ still set
+
+    with pytest.raises(SystemExit) as e:
+        group.main(["wait"], prog_name="onic")
+    assert e.value.code == code
+    assert "internal error" not in capsys.readouterr().err
