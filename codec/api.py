@@ -587,6 +587,9 @@ def compress_to_target(image: ImageLike, bpp: float | None = None, psnr: float |
 
     if (bpp is None) == (psnr is None):
         raise OnicError("give exactly one of a target bpp and a target PSNR")
+    goal = bpp if bpp is not None else psnr
+    if isinstance(goal, bool) or not isinstance(goal, (int, float)) or not goal > 0:  # NaN too
+        raise OnicError(f"a target {'bpp' if bpp is not None else 'PSNR'} must be a number above 0, got {goal!r}")
     refinement.check_steps(refine)
     metadata = check_metadata(metadata)
     image = _to_image(image, max_pixels)

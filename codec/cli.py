@@ -160,6 +160,13 @@ def _interruption(e: BaseException) -> BaseException | None:
     return None
 
 
+def _a_number(ctx, param, value: float | None) -> float | None:
+    """click's FloatRange lets NaN through (every comparison with it is false)."""
+    if value is not None and value != value:
+        raise click.BadParameter("nan is not a number")
+    return value
+
+
 def _same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -366,9 +373,9 @@ def _warn(message: str, quiet: bool) -> None:
 @batch_options
 @click.option("-q", "--quality", type=click.IntRange(0, 100), default=75, show_default=True,
               help="0 (smallest) to 100 (best).")
-@click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True),
+@click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True), callback=_a_number,
               help="Search the highest quality whose size is at most this many bits per pixel (instead of -q).")
-@click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True),
+@click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True), callback=_a_number,
               help="Search the lowest quality whose RGB PSNR is at least this many dB (instead of -q).")
 @click.option("--psnr", is_flag=True,
               help="Decode each output and print its PSNR (one line per file; costs a decode: about 1.5x the time "

@@ -170,6 +170,7 @@ def test_threads(tmp_path, sample_onic):
 def test_usage_errors_exit_2():
     r = run_onic("compress", str(SAMPLE), "-q", "101")
     assert r.returncode == 2 and b"Traceback" not in r.stderr
+    assert "nan is not a number" in one_error_line(run_onic("compress", str(SAMPLE), "--target-psnr", "nan"))
 
 
 BLOCK_TORCH = """

@@ -315,3 +315,6 @@ def test_targets(sample):
     assert 60 < q <= 95 and quality_psnr(data) >= target > quality_psnr(codec.compress(sample, quality=q - 1))
     with pytest.warns(codec.OnicWarning, match="no quality reaches"):
         assert compress_to_target(sample, psnr=99.0)[1] == 100
+    for bad in ({"psnr": float("nan")}, {"bpp": 0}, {"bpp": -1.0}, {"bpp": "1"}, {"psnr": True}):
+        with pytest.raises(codec.OnicError, match="must be a number above 0"):
+            compress_to_target(sample, **bad)
