@@ -530,20 +530,25 @@ def info(inputs: tuple[str, ...], as_json: bool) -> None:
         sys.exit(EXIT_BAD_INPUT if len(inputs) == 1 else EXIT_SOME_FAILED)
 
 
-def _int_list(ctx, param, value: str | None) -> list[int] | None:
+def _qualities(ctx, param, value: str | None) -> list[int] | None:
+    """--qualities: integers from 0 to 100, comma-separated."""
     if value is None:
         return None
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        qualities = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter("expected comma-separated integers, e.g. 10,50,90") from None
+    if not qualities or not all(0 <= q <= 100 for q in qualities):  # every codec's scale is 0-100
+        raise click.BadParameter("expected qualities from 0 to 100, e.g. 10,50,90")
+    return qualities
 
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--codecs", default="onic,jpeg,jpeg444,webp,avif,jxl", show_default=True,
               help="Comma-separated: onic, onic-refine (onic with --refine), jpeg (4:2:0), jpeg444, webp, avif, jxl.")
-@click.option("--qualities", callback=_int_list, help="Comma-separated qualities for every codec [default: per codec].")
+@click.option("--qualities", callback=_qualities,
+              help="Comma-separated qualities (0-100) for every codec [default: per codec].")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Folder for DIR_NAME.json, DIR_NAME.csv and DIR_NAME_rd.png.")
 @click.option("--anchors", multiple=True, type=click.Path(exists=True),

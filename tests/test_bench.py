@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("scipy")
 
 from codec import bench  # noqa: E402
-from tests.conftest import ROOT, random_image  # noqa: E402
+from tests.conftest import ROOT, random_image, run_onic  # noqa: E402
 
 ANCHORS = ROOT.parent / "shared" / "anchors" / "compressai-kodak"
 
@@ -78,7 +78,6 @@ def test_missing_plugin_is_skipped_with_a_warning(folder, tmp_path):
 
 
 def test_unknown_codec_is_a_usage_error(folder, tmp_path):
-    from tests.conftest import run_onic
 
     r = run_onic("bench", str(folder), "--codecs", "gif", "--out", str(tmp_path))
     assert r.returncode == 2 and b"unknown codec 'gif'" in r.stderr and b"Traceback" not in r.stderr
@@ -105,7 +104,6 @@ def test_unreadable_images_are_skipped_in_onic_s_own_words(tmp_path):
     import struct
     import zlib
 
-    from tests.conftest import run_onic
 
     d = tmp_path / "mixed"
     d.mkdir()
@@ -130,3 +128,11 @@ def test_unreadable_images_are_skipped_in_onic_s_own_words(tmp_path):
     err = r.stderr.decode()
     assert r.returncode == 2 and "onic: warning: skipping c.png" in err and "Traceback" not in err
     assert err.strip().splitlines()[-1] == f"onic: error: no image in {d} that Pillow reads"
+
+
+@pytest.mark.parametrize("qualities", ["101", "-5", "abc", ","])
+def test_qualities_out_of_range_are_usage_errors(folder, tmp_path, qualities):
+    """libwebp said only 'invalid configuration' for -5, after the other codecs had run."""
+    r = run_onic("bench", str(folder), "--codecs", "jpeg,webp", f"--qualities={qualities}", "--out", str(tmp_path))
+    assert r.returncode == 2 and b"--qualities" in r.stderr and b"Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())
