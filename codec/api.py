@@ -116,8 +116,12 @@ def _pixels(image: Image.Image) -> tuple[np.ndarray, str, np.ndarray | None]:
     if mode in _SIXTEEN_BIT:
         warnings.warn(f"{mode} input reduced to 8 bits", OnicWarning, stacklevel=3)
         a = np.asarray(image, dtype=np.int64)
-        image = Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), "L")
-        mode = "L"
+        gray = Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), "L")
+        trns = image.info.get("transparency")  # a PNG's tRNS: the one 16-bit value that is transparent
+        transparent = a == trns if isinstance(trns, int) and not isinstance(trns, bool) else None
+        if transparent is not None and transparent.any():
+            gray = Image.merge("LA", (gray, Image.fromarray(np.where(transparent, 0, 255).astype(np.uint8))))
+        image, mode = gray, gray.mode
     elif mode == "F":
         raise OnicError("floating-point (F) images are not supported; convert to 8 bits first")
     if mode == "P":
@@ -126,6 +130,10 @@ def _pixels(image: Image.Image) -> tuple[np.ndarray, str, np.ndarray | None]:
         image = image.convert("RGBA" if has_alpha else "RGB")
     elif mode in ("PA", "RGBa", "La"):
         image = image.convert("RGBA" if mode != "La" else "LA")
+    elif mode in ("1", "L", "RGB") and "transparency" in image.info:  # a PNG's tRNS colour: an alpha plane
+        with_alpha = image.convert("RGBA" if mode == "RGB" else "LA")
+        if with_alpha.getchannel("A").getextrema()[0] < 255:  # a colour that no pixel has changes nothing
+            image = with_alpha
     elif mode not in ("1", "L", "LA", "RGB", "RGBA"):
         warnings.warn(f"{mode} image converted to RGB", OnicWarning, stacklevel=3)
         image = image.convert("RGB")

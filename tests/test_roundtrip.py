@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -35,6 +36,23 @@ def test_odd_sizes(size, bundle):
     im = random_image(*size)
     out = codec.decompress(codec.compress(im, bundle=bundle), bundle=bundle)
     assert out.size == size and out.mode == "RGB"
+
+
+@pytest.mark.parametrize(("mode", "trns", "back"), [("RGB", (0, 0, 0), "RGBA"), ("L", 0, "LA"), ("I;16", 0, "LA"),
+                                                    ("RGB", (1, 2, 3), "RGB")])
+def test_a_transparent_colour_comes_back_as_alpha(tmp_path, mode, trns, back):
+    """A PNG's tRNS makes one colour transparent; it was dropped, and the hidden pixels showed. A colour
+    that no pixel has leaves the image as it was."""
+    a = np.zeros((20, 30), dtype=np.uint16 if mode == "I;16" else np.uint8)
+    a[5:15, 5:25] = 50000 if mode == "I;16" else 200
+    image = Image.fromarray(a) if mode != "RGB" else Image.fromarray(np.repeat(a[..., None], 3, axis=2))
+    image.save(tmp_path / "t.png", transparency=trns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", codec.OnicWarning)  # I;16: reduced to 8 bits
+        out = codec.decompress(codec.compress(str(tmp_path / "t.png")))
+    assert out.mode == back
+    if back.endswith("A"):
+        assert np.array_equal(np.asarray(out.getchannel("A")) == 0, a == 0)
 
 
 def test_grayscale_comes_back_grayscale(sample):
