@@ -37,7 +37,9 @@ STDIO = "-"
 STDIN_NAME = "<stdin>"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".avif", ".jxl",
                   ".heic", ".heif", ".hif"}
-LOSSY_OUTPUTS = {"JPEG", "WEBP", "AVIF", "JXL", "HEIF"}
+LOSSY_OUTPUTS = {"JPEG", "WEBP", "AVIF", "JXL", "HEIF", "PDF"}  # PDF: Pillow puts RGB and gray in as JPEG
+# Formats that Pillow writes without the alpha channel of an RGBA or LA image, silently (PPM) or not.
+NO_ALPHA = {"JPEG": "JPEG", "GIF": "GIF, as Pillow writes it,", "PPM": "PPM"}
 ICO_MAX = 256  # the largest side an ICO directory entry holds
 DEFAULT_OUTPUT_QUALITY = 95  # for lossy output formats: Pillow's defaults (75, 80) would lose visibly more
 
@@ -348,11 +350,10 @@ def output_format(dst: str, default: str = "PNG") -> str:
 
 def save_options(image, fmt: str, output_quality: int, dst: str) -> dict:
     """Pillow's save() arguments for a decoded image: its ICC profile, EXIF and XMP, and the quality
-    of a lossy format; refuses what a format would lose silently (alpha into JPEG or GIF, any image
-    into ICNS, one larger than ICO holds) and warns of GIF's 256 colours."""
-    if fmt in ("JPEG", "GIF") and image.mode in ("RGBA", "LA"):  # Pillow writes GIF opaque
-        name = "JPEG" if fmt == "JPEG" else "GIF, as Pillow writes it,"
-        raise Failure(f"cannot write {dst}: {name} has no alpha channel (use PNG or WebP)")
+    of a lossy format; refuses what a format would lose silently (alpha into JPEG, GIF or PPM, any
+    image into ICNS, one larger than ICO holds) and warns of GIF's 256 colours."""
+    if fmt in NO_ALPHA and image.mode in ("RGBA", "LA"):
+        raise Failure(f"cannot write {dst}: {NO_ALPHA[fmt]} has no alpha channel (use PNG or WebP)")
     if fmt == "ICO":  # Pillow's writer scales to its own list of icon sizes, at most 32×22 of a 53×37 image
         if max(image.size) > ICO_MAX:
             raise Failure(f"cannot write {dst}: an ICO image is at most {ICO_MAX}×{ICO_MAX} pixels, this one is "

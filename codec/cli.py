@@ -463,7 +463,8 @@ def _check_format(ctx, param, value: str) -> str:
               help="Output format when the name does not give it: outputs named after their inputs, and "
                    "stdout ('-o -'); -o NAME takes its extension's.")
 @click.option("--output-quality", type=click.IntRange(0, 100), default=DEFAULT_OUTPUT_QUALITY, show_default=True,
-              help="Quality of lossy output formats (JPEG, WebP, AVIF, JPEG XL, HEIF); PNG and TIFF are lossless.")
+              help="Quality of lossy output formats (JPEG, WebP, AVIF, JPEG XL, HEIF; PDF's JPEG); PNG and TIFF are "
+                   "lossless.")
 def decompress(inputs: tuple[str, ...], output: str | None, out_dir: str | None, jobs: int, threads: int,
                force: bool, verbose: bool, quiet: bool, model: str | None, ray_address: str | None, max_pixels: int,
                fmt: str, output_quality: int) -> None:
