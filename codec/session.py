@@ -29,7 +29,7 @@ import numpy as np
 from codec import intscale, profile
 from codec.bitstream import OnicError
 from codec.entropy import TableSet
-from codec.threads import MAX_THREADS, cores
+from codec.threads import MAX_THREADS, cores, counted
 
 DEFAULT_BUNDLE = Path(__file__).parent / "models" / "default"
 # Default models of earlier releases, so that a file of one of them names the onic that decodes it.
@@ -78,6 +78,7 @@ class Bundle:
         # one, a decode or an encode runs on the calling thread alone: its two chains (codec/api.py)
         # in turn (kodim23 under `taskset -c 0`: decode 121 ms against 168–188 on two threads).
         self.threads = threads or cores()
+        self._asked_threads = threads
         self.optimization = optimization  # onnxruntime graph optimization: disable, basic, extended, all
         try:
             self.manifest = json.loads((self.path / "manifest.json").read_text())
@@ -316,11 +317,12 @@ class Bundle:
         import onnxruntime as ort  # imported here so that reading headers stays light
 
         opts = ort.SessionOptions()
-        # Always a count of our own: onnxruntime's default, a thread per physical core of the machine,
-        # pins each thread to a core, so it ignores a CPU quota and escapes taskset (kodim23's decode
-        # under `taskset -c 0` used 135% CPU), and in a container whose cpuset lacks the cores it
-        # picked, the pinning fails.
-        opts.intra_op_num_threads = threads
+        # A count of our own: onnxruntime's default, a thread per physical core of the machine, pins
+        # each thread to a core, so it ignores a CPU quota and escapes taskset (kodim23's decode under
+        # `taskset -c 0` used 135% CPU), and in a container whose cpuset lacks the cores it picked, the
+        # pinning fails. Where cores() cannot count physical cores (macOS, Windows), its default stays.
+        if threads == 1 or self._asked_threads or counted():
+            opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         # Workers spin between the operators of a run but stop when it returns: parked workers woke
         # too late to help on this 2-core VM, while workers left spinning after a run steal a core

@@ -32,6 +32,12 @@ def cores() -> int:
     return max(1, min(count, quota, MAX_THREADS) if quota else min(count, MAX_THREADS))
 
 
+def counted() -> bool:
+    """Whether ``cores()`` counts physical cores of the affinity (Linux), not every logical CPU (macOS,
+    Windows, where onnxruntime's own default, its count of physical cores, is the better guess)."""
+    return hasattr(os, "sched_getaffinity")
+
+
 def _physical_cores(cpus: set[int], root: str = "/sys/devices/system/cpu") -> int:
     """How many distinct physical cores (package, core) the logical CPUs are on, by Linux's sysfs
     topology; the count of CPUs where it cannot be read."""
