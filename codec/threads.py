@@ -66,9 +66,19 @@ def _cgroup_v2_dir(root: str, own: str) -> str:
 
 
 def _cgroup_quota(root: str = "/sys/fs/cgroup", own: str = "/proc/self/cgroup") -> int:
-    """The cgroup CPU quota in whole cores (rounded up), or 0 where there is none or it cannot be read."""
-    v1 = [(f"{root}/{d}/cpu.cfs_quota_us", f"{root}/{d}/cpu.cfs_period_us") for d in ("cpu", "cpu,cpuacct")]
-    for path, period_path in [(_cgroup_v2_dir(root, own) + "/cpu.max", None), *v1]:  # v2: "QUOTA PERIOD", "max …"
+    """The cgroup CPU quota in whole cores (rounded up), or 0 where there is none or it cannot be read.
+    cgroup v2: the smallest cpu.max of the process's folder and those above it (a slice's limit binds
+    the services in it); v1: the cpu controller's quota and period."""
+    folder = _cgroup_v2_dir(root, own)
+    files = []
+    while True:
+        files.append((folder + "/cpu.max", None))  # "QUOTA PERIOD", or "max PERIOD" for none
+        if len(folder) <= len(root):
+            break
+        folder = folder.rsplit("/", 1)[0]
+    files += [(f"{root}/{d}/cpu.cfs_quota_us", f"{root}/{d}/cpu.cfs_period_us") for d in ("cpu", "cpu,cpuacct")]
+    limits = []
+    for path, period_path in files:
         try:
             with open(path) as f:
                 fields = f.read().split()
@@ -79,8 +89,8 @@ def _cgroup_quota(root: str = "/sys/fs/cgroup", own: str = "/proc/self/cgroup") 
         except (OSError, ValueError, IndexError):  # absent, "max" (no limit) or unreadable
             continue
         if quota > 0 and period > 0:
-            return -(-quota // period)
-    return 0
+            limits.append(-(-quota // period))
+    return min(limits, default=0)
 
 
 def bands(rows: int, band: int, workers: int, width: int = 1, max_cells: int = 0) -> list[tuple[int, int]]:

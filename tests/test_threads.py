@@ -33,11 +33,17 @@ def test_cgroup_quota(tmp_path, files, expected):
 
 
 def test_cgroup_quota_of_a_systemd_slice(tmp_path):
-    """Outside a container's cgroup namespace the quota is in the process's own cgroup folder."""
-    (tmp_path / "system.slice" / "onic.service").mkdir(parents=True)
-    (tmp_path / "system.slice" / "onic.service" / "cpu.max").write_text("100000 100000\n")
+    """Outside a container's cgroup namespace the quota is in the process's own cgroup folder, or in
+    one above it: the smallest binds."""
+    service = tmp_path / "system.slice" / "onic.service"
+    service.mkdir(parents=True)
+    (service / "cpu.max").write_text("300000 100000\n")
     (tmp_path / "cgroup").write_text("0::/system.slice/onic.service\n")
-    assert _cgroup_quota(str(tmp_path), str(tmp_path / "cgroup")) == 1
+    assert _cgroup_quota(str(tmp_path), str(tmp_path / "cgroup")) == 3
+    (tmp_path / "system.slice" / "cpu.max").write_text("200000 100000\n")
+    assert _cgroup_quota(str(tmp_path), str(tmp_path / "cgroup")) == 2
+    (service / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_quota(str(tmp_path), str(tmp_path / "cgroup")) == 2
 
 
 def test_hyperthreads_of_one_core_count_once(tmp_path):
