@@ -217,6 +217,7 @@ def _run_batch(worker: Callable[[Job], Result], jobs: list[Job], processes: int,
     """Run jobs (in processes when asked), report as they finish, exit 0 / 1 (some failed) / 2 (single failure)."""
     failures = 0
     single = len(jobs) == 1
+    processes = processes or cores()
     _share_cores(jobs, processes)
 
     def report(r: Result) -> None:
@@ -318,8 +319,8 @@ def main(debug: bool) -> None:
 _batch_options = [
     click.option("-o", "--output", help="Output file for a single input ('-' = stdout)."),
     click.option("--out-dir", type=click.Path(file_okay=False), help="Folder for the outputs of several inputs."),
-    click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True,
-                 help="Worker processes for several inputs."),
+    click.option("-j", "--jobs", type=click.IntRange(0), default=1, show_default=True,
+                 help="Worker processes for several inputs; 0 = one per core."),
     click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=0, show_default=True,
                  help="Threads each process codes with; 0 = every core, divided among --jobs."),
     click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs."),

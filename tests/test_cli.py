@@ -145,7 +145,8 @@ def test_unknown_output_extension(tmp_path, sample_onic):
 
 
 def test_threads(tmp_path, sample_onic):
-    """--threads 1 codes the same bytes; --jobs divides the cores among its workers unless told."""
+    """--threads 1 codes the same bytes; --jobs divides the cores among its workers unless told (--jobs 0:
+    a worker per core)."""
     from codec.batch import Job
     from codec.cli import _share_cores
     from codec.threads import cores
@@ -163,6 +164,13 @@ def test_threads(tmp_path, sample_onic):
     assert alone[0].threads == 0
     assert "no --threads" in one_error_line(run_onic("compress", str(SAMPLE.parent), "--ray", "--threads", "2",
                                                      "--out-dir", str(tmp_path / "r")))
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for i in range(2):
+        Image.open(SAMPLE).crop((0, 0, 64 + i, 48)).save(folder / f"{i}.png")
+    r = run_onic("compress", str(folder), "--out-dir", str(tmp_path / "two-out"), "--jobs", "0")  # one per core
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "two-out").iterdir()) == ["0.onic", "1.onic"]
     assert run_onic("compress", str(SAMPLE), "--threads", "-1").returncode == 2
     assert run_onic("decompress", str(tmp_path / "s.onic"), "--threads", "65").returncode == 2
 
