@@ -113,6 +113,17 @@ def _jxl() -> Codec:
                          [10, 20, 30, 40, 50, 60, 70, 80, 90, 95], effort=JXL_EFFORT)
 
 
+def _heif() -> Codec:
+    try:
+        import pillow_heif
+    except ImportError:
+        raise Unavailable("HEIF needs pillow-heif (pip install 'onic[bench]')") from None
+    pillow_heif.register_heif_opener()
+    encoder = pillow_heif.libheif_info().get("HEIF") or "no HEVC encoder"
+    return _pillow_codec("heif", "HEIF", f"HEIF 4:2:0 as phones write it, pillow-heif {pillow_heif.__version__} "
+                         f"({encoder})", [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 60], chroma="420")
+
+
 def _pil() -> str:
     import PIL
 
@@ -127,8 +138,9 @@ CODECS: dict[str, Callable[[], Codec]] = {
     "webp": _webp,
     "avif": _avif,
     "jxl": _jxl,
+    "heif": _heif,
 }
-DEFAULT_CODECS = "onic,jpeg,jpeg444,webp,avif,jxl"
+DEFAULT_CODECS = "onic,jpeg,jpeg444,webp,avif,jxl,heif"
 
 
 def first_image(paths: Iterable[str | os.PathLike], warn: Callable[[str], None]) -> str | None:

@@ -547,8 +547,9 @@ def _qualities(ctx, param, value: str | None) -> list[int] | None:
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--codecs", default="onic,jpeg,jpeg444,webp,avif,jxl", show_default=True,
-              help="Comma-separated: onic, onic-refine (onic with --refine), jpeg (4:2:0), jpeg444, webp, avif, jxl.")
+@click.option("--codecs", default="onic,jpeg,jpeg444,webp,avif,jxl,heif", show_default=True,
+              help="Comma-separated: onic, onic-refine (onic with --refine), jpeg (4:2:0), jpeg444, webp, avif, jxl, "
+                   "heif (4:2:0).")
 @click.option("--qualities", callback=_qualities,
               help="Comma-separated qualities (0-100) for every codec [default: per codec].")
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
@@ -573,9 +574,9 @@ def _qualities(ctx, param, value: str | None) -> list[int] | None:
 def bench(folder: str, codecs: str, qualities: list[int] | None, out: str, anchors: tuple[str, ...],
           limit: int, update: bool, speed: bool, compressai_python: str | None, threads: int, model: str | None,
           refine: int) -> None:
-    """Rate-distortion and speed of onic against JPEG, WebP, AVIF and JPEG XL on FOLDER.
+    """Rate-distortion and speed of onic against JPEG, WebP, AVIF, JPEG XL and HEIF on FOLDER.
 
-    Needs the [bench] extra (matplotlib, scipy, tqdm, pillow-jxl-plugin).
+    Needs the [bench] extra (matplotlib, scipy, tqdm, pillow-jxl-plugin, pillow-heif).
     """
     if speed:
         from codec.batch import expand_inputs

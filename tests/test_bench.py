@@ -47,6 +47,15 @@ def test_bench_writes_json_csv_plot(folder, tmp_path):
     assert "BD-rate" in bench.format_table(report)
 
 
+def test_heif_is_a_codec_of_the_bench(folder, tmp_path):
+    """HEIF (x265, 4:2:0), what phones write, beside the others where pillow-heif is installed."""
+    pytest.importorskip("pillow_heif")
+    data = bench.run(folder, ["heif", "jpeg"], [20, 60], tmp_path)["codecs"]["heif"]
+    assert "4:2:0" in data["description"]
+    r = data["results"]
+    assert r["bpp"][0] < r["bpp"][1] and 15 < r["psnr-rgb"][0] < r["psnr-rgb"][1]
+
+
 def test_update_reruns_only_the_named_codecs(folder, tmp_path):
     bench.run(folder, ["onic", "jpeg"], [30, 70], tmp_path)
     before = json.loads((tmp_path / "tiny.json").read_text())
