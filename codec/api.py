@@ -48,23 +48,18 @@ def _to_image(image: ImageLike, max_pixels: int | None = bitstream.MAX_PIXELS, n
                         f"stream, not {type(image).__name__}")
     # a path names itself; anything else (a stream) by its kind, never by its repr or contents
     name = name or (os.fsdecode(image) if isinstance(image, (str, os.PathLike)) else f"<{type(image).__name__}>")
-    try:
-        return _opened(image, max_pixels)
-    except (OnicError, MemoryError):
-        raise
-    except UnidentifiedImageError:  # its text names the stream object (<_io.BytesIO object at 0x…>) for stdin
-        pass
-    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, struct.error… for bad files
-        raise OnicError(f"cannot read image {name}: {bitstream.reason(e)}") from None
-    # A format whose Pillow plugin is installed but not yet registered (JPEG XL, HEIF: codec/formats.py).
-    if formats.register() and _rewound(image):
+    # A second try where Pillow knew no format: one whose plugin is installed but not yet registered
+    # (JPEG XL, HEIF: codec/formats.py).
+    for again in (False, True):
+        if again and not (formats.register() and _rewound(image)):
+            break
         try:
             return _opened(image, max_pixels)
         except (OnicError, MemoryError):
             raise
-        except UnidentifiedImageError:
-            pass
-        except Exception as e:
+        except UnidentifiedImageError:  # its text names the stream object (<_io.BytesIO object at 0x…>)
+            continue
+        except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, struct.error… for bad files
             raise OnicError(f"cannot read image {name}: {bitstream.reason(e)}") from None
     cause = "empty input" if _is_empty(image) else formats.missing(name) or "no format Pillow reads"
     raise OnicError(f"cannot read image {name}: {cause}") from None
