@@ -35,8 +35,10 @@ MAX_REFINE_STEPS = 1000  # codec.refine's limit, kept here so that the CLI knows
 
 STDIO = "-"
 STDIN_NAME = "<stdin>"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".avif", ".jxl",
-                  ".heic", ".heif", ".hif"}
+# What a folder given to compress contributes (case aside): the photo and web formats, and the rest of
+# what Pillow reads that cameras and browsers save (.jfif from a browser's "save image").
+IMAGE_SUFFIXES = {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+                  ".ppm", ".pgm", ".pbm", ".pnm", ".avif", ".jxl", ".heic", ".heif", ".hif", ".tga", ".qoi", ".jp2"}
 LOSSY_OUTPUTS = {"JPEG", "WEBP", "AVIF", "JXL", "HEIF", "PDF"}  # PDF: Pillow puts RGB and gray in as JPEG
 # Formats that Pillow writes without the alpha channel of an RGBA or LA image, silently (PPM) or not.
 NO_ALPHA = {"JPEG": "JPEG", "GIF": "GIF, as Pillow writes it,", "PPM": "PPM"}

@@ -290,3 +290,17 @@ def test_outputs_that_would_lose_the_image_silently(tmp_path, sample_onic):
     r = run_onic("decompress", str(small), "-o", str(tmp_path / "s.gif"))
     assert r.returncode == 0 and b"GIF holds 256 colours" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onic", "rgba.onic", "s.gif", "s.ico", "small.onic"]
+
+
+def test_a_folder_gives_what_browsers_and_cameras_save(tmp_path):
+    """.jfif (a browser's "save image"), .jpe, .apng, .tga, .qoi, .pnm were left out of a folder, silently."""
+    src = tmp_path / "in"
+    src.mkdir()
+    image = Image.open(SAMPLE).convert("RGB").crop((0, 0, 40, 30))
+    for name, fmt in [("a.JFIF", "JPEG"), ("b.jpe", "JPEG"), ("c.apng", "PNG"), ("d.tga", "TGA"), ("e.qoi", "QOI"),
+                      ("f.pnm", "PPM")]:
+        image.save(src / name, fmt)
+    (src / "notes.txt").write_text("not an image")
+    r = run_onic("compress", str(src), "--out-dir", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{c}.onic" for c in "abcdef"]
