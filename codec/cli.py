@@ -263,8 +263,8 @@ def _worker_signals(owner: int) -> None:
 def _share_cores(jobs: list[Job], processes: int) -> None:
     """Jobs without --threads get the cores divided among the worker processes: each process's
     onnxruntime threads would otherwise take every core, and the processes fight over them and
-    wait on each other's spinning workers (24 Kodak round trips on 2 cores: --jobs 2 took 4.8 s,
-    --jobs 1 4.3, --jobs 2 with one thread each 3.7; README, Command line)."""
+    wait on each other's spinning workers (the 24 Kodak images with --jobs 2 on 2 cores: README,
+    Command line)."""
     workers = min(processes, len(jobs))
     if workers > 1:
         share = max(1, cores() // workers)

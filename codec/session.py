@@ -69,16 +69,16 @@ class Bundle:
             raise OnicError(f"threads must be 0 (every core) to {MAX_THREADS}, got {threads!r}")
         # Encode with analysis.onnx even where the bundle has an int8 analysis graph.
         self.float_analysis = float_analysis
-        # Threads for the tiles of the synthesis and the bands of the integer path of large images;
-        # 0 = one per core (or per thread of ``threads``) up to 4 (each tile's graph then runs on one
-        # thread: 12 MP decode 3.22 → 2.71 s on 2 cores, benchmarks/speed.py --tile-workers; more
-        # workers hold more tiles in memory at once).
-        self.tile_workers = tile_workers or min(4, threads or cores())
         # onnxruntime's threads per graph; 0 = one per core this process may use (threads.cores). With
         # one, a decode or an encode runs on the calling thread alone: its two chains (codec/api.py)
-        # in turn (kodim23 under `taskset -c 0`: decode 121 ms against 168–188 on two threads).
+        # in turn (README, onic 0.14.0: kodim23 under `taskset -c 0` decodes faster so).
         self.threads = threads or cores()
         self._asked_threads = threads
+        # Threads for the tiles of the synthesis and the bands of the integer path of large images;
+        # 0 = one per thread above, up to 4 (each tile's graph then runs on one thread: 12 MP decode
+        # 3.22 → 2.71 s on 2 cores, benchmarks/speed.py --tile-workers; more workers hold more tiles
+        # in memory at once).
+        self.tile_workers = tile_workers or min(4, self.threads)
         self.optimization = optimization  # onnxruntime graph optimization: disable, basic, extended, all
         try:
             self.manifest = json.loads((self.path / "manifest.json").read_text())
@@ -318,9 +318,9 @@ class Bundle:
 
         opts = ort.SessionOptions()
         # A count of our own: onnxruntime's default, a thread per physical core of the machine, pins
-        # each thread to a core, so it ignores a CPU quota and escapes taskset (kodim23's decode under
-        # `taskset -c 0` used 135% CPU), and in a container whose cpuset lacks the cores it picked, the
-        # pinning fails. Where cores() cannot count physical cores (macOS, Windows), its default stays.
+        # each thread to a core, so it ignores a CPU quota and escapes taskset (README, onic 0.14.0),
+        # and in a container whose cpuset lacks the cores it picked, the pinning fails. Where cores()
+        # cannot count physical cores (macOS, Windows), its default stays.
         if threads == 1 or self._asked_threads or counted():
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -14,8 +14,8 @@ except (AttributeError, OSError, TypeError):
     _malloc_trim = None
 
 
-# The most threads a process codes with: each of a bundle's dozen sessions holds a pool of them, and a
-# 768×512 image took 49 s to compress on 1,000 threads (2 cores). libaom caps its threads at 64 too.
+# The most threads a process codes with: each of a bundle's dozen sessions holds a pool of that many,
+# so thousands of threads asked for would mostly wait on each other. libaom caps its threads at 64 too.
 MAX_THREADS = 64
 
 
