@@ -25,6 +25,7 @@ from PIL import Image, features
 
 import codec
 from codec import profile
+from codec.bench import read_image
 from codec.session import Bundle, bundle_at
 from codec.threads import cores
 
@@ -201,8 +202,7 @@ def run(image_path: str, quality: int = 75, repeat: int = 5, megapixels: float =
     bundle = bundle_at(model, threads)
     if tile_workers:
         bundle = Bundle(bundle.path, threads=threads, tile_workers=tile_workers)
-    with Image.open(image_path) as im:
-        image = im.convert("RGB")
+    image = read_image(image_path)
     cfg = bundle.manifest["config"]
     report: dict = {"machine": machine(), "image": Path(image_path).name, "quality": quality,
                     "model": f"{bundle.model_id} (N={cfg['N']}, M={cfg['M']})", "threads": bundle.threads}

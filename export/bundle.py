@@ -40,9 +40,9 @@ import onnx
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 
 from codec import intscale as codec_intscale
+from codec.api import reference
 from codec.session import GRADIENT_GRAPH
 from export import halo, intscale, phases, refine, tables
 from export.model import GDN, FrozenGDN, Onic
@@ -441,8 +441,7 @@ def calibration_images(folder: str | Path, count: int, seed: int = 0) -> list[np
     picks = np.random.default_rng(seed).choice(len(paths), size=min(count, len(paths)), replace=False)
     out = []
     for i in sorted(picks):
-        with Image.open(paths[i]) as im:
-            out.append(np.asarray(im.convert("RGB")))
+        out.append(np.asarray(reference(paths[i]).convert("RGB")))  # 16-bit PNGs scaled, not clipped
     return out
 
 

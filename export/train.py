@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 
+from codec.api import reference
 from export.model import DEFAULT_LAMBDAS, ModelConfig, Onic, rd_loss
 
 
@@ -87,8 +87,7 @@ def load_images(folder: str, max_images: int, min_side: int, rank: int = 0, worl
     paths = paths[rank::world]
     images = []
     for p in paths:
-        with Image.open(p) as im:
-            a = np.asarray(im.convert("RGB"))
+        a = np.asarray(reference(p).convert("RGB"))  # 16-bit PNGs scaled; Pillow's RGB conversion clips them
         if min(a.shape[:2]) >= min_side:
             images.append(a)
     if not images:

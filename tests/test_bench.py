@@ -145,3 +145,22 @@ def test_qualities_out_of_range_are_usage_errors(folder, tmp_path, qualities):
     r = run_onic("bench", str(folder), "--codecs", "jpeg,webp", f"--qualities={qualities}", "--out", str(tmp_path))
     assert r.returncode == 2 and b"--qualities" in r.stderr and b"Traceback" not in r.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_images_are_measured_as_onic_codes_them(tmp_path):
+    """Pillow's RGB conversion clips 16-bit samples: a 16-bit PNG was benchmarked as a white image.
+    The folder takes what `onic compress FOLDER` takes (.jfif, .gif were left out)."""
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path / "kinds"
+    d.mkdir()
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(d / "deep.png")
+    random_image(40, 30, seed=1).save(d / "browser.jfif", format="JPEG")
+    random_image(40, 30, seed=2).convert("P").save(d / "palette.gif")
+    names = [name for name, _ in bench.load_images(d)]
+    assert names == ["browser.jfif", "deep.png", "palette.gif"]
+    deep = np.asarray(dict(bench.load_images(d))["deep.png"])
+    assert deep.shape == (48, 64, 3) and np.array_equal(deep[..., 0], (ramp >> 8).astype(np.uint8))
+    assert bench.first_image([d / "deep.png"], warn=print) == str(d / "deep.png")
