@@ -23,7 +23,8 @@
 #   run(command="MINUTES=8 bash export/gpu_run.sh", carry=["data/train/b"], timeout_s=600)
 # The CPU test (tests/test_export.py) runs this same script with DEVICE=cpu at tiny scale.
 # Other knobs (environment): SLICES=16,16,32,64,64 adds the channel-conditional entropy model
-# (measured behind on the CPU: README), BF16=0 trains in fp32, LR, BATCH, CROP, RESUME, FP32_HYPER.
+# (measured behind on the CPU: README), BF16=0 trains in fp32, LR, BATCH, CROP, RESUME, FP32_HYPER,
+# BALANCE=0 (the plain loss: --balance_rungs gives every rung an equal share; DRAWS.md).
 # SLIM=128,80,32 (the repo student's widths) then distils a narrower synthesis from the new
 # weights in the same call, for SLIM_MINUTES (export/slim.py, bf16 student; issue 14: the
 # synthesis is most of a full-size decode; SLIM_LOSS=log by default, the loss that brought the
@@ -44,7 +45,7 @@ python3 -m export.train --device "$DEVICE" --data "${DATA:-data/train}" --kodak 
     --resume "${RESUME-export/checkpoints/full.pt}" --N "${N:-128}" --M "${M:-192}" --lambdas "${LAMBDAS:-$LADDER}" \
     --hyper_gains "${HYPER_GAINS:-1}" --slices "${SLICES-}" --gain_lr_mult "${GAIN_LR_MULT:-10}" --snapshots 1 \
     --crop "${CROP:-256}" --batch_size "${BATCH:-64}" --lr "${LR:-1e-4}" --warmup_steps "${WARMUP:-500}" \
-    --bf16 "${BF16:-1}" --fp32_hyper "${FP32_HYPER:-1}" --channels_last 1 --compile "${COMPILE:-1}" --max_minutes "${MINUTES:-8}" --max_steps "${STEPS:-1000000}" \
+    --bf16 "${BF16:-1}" --fp32_hyper "${FP32_HYPER:-1}" --balance_rungs "${BALANCE:-1}" --channels_last 1 --compile "${COMPILE:-1}" --max_minutes "${MINUTES:-8}" --max_steps "${STEPS:-1000000}" \
     --eval_every "${EVAL_EVERY:-10000}" --log_every "${LOG_EVERY:-500}" --out "$OUT/run" 2>&1 | tee "$OUT/train.log"
 # Only what comes back: the log, the evaluations, the fp16 weights of the end and of the last
 # three (two with SLIM) evaluated steps (longer training has made the low rungs worse before: pick the best

@@ -469,7 +469,7 @@ def quality_to_position(quality: float, rungs: int) -> float:
 
 
 def rd_loss(out: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """bpp + λ·255²·MSE per example, averaged over the batch."""
+    """bpp + λ·255²·MSE per example ("per_example"), averaged over the batch ("loss")."""
     b, _, h, w = x.shape
     pixels = h * w
     bits_y = -torch.log2(out["y_likelihood"]).sum(dim=(1, 2, 3))
@@ -477,4 +477,4 @@ def rd_loss(out: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Te
     bpp = (bits_y + bits_z) / pixels
     mse = F.mse_loss(out["x_hat"], x, reduction="none").mean(dim=(1, 2, 3))
     loss = bpp + out["lambda"] * 255**2 * mse
-    return {"loss": loss.mean(), "bpp": bpp.mean(), "mse": mse.mean()}
+    return {"loss": loss.mean(), "per_example": loss, "bpp": bpp.mean(), "mse": mse.mean()}

@@ -6,7 +6,9 @@
         --supersedes codec/models/default
 
 (That run made onic 0.9.0's synthesis: export/checkpoints/default_synthesis.log.) On a CPU, the
-full-size model's student, kept in the repo so that each session resumes it:
+full-size model's student, kept in the repo so that each session resumes it (its teacher is
+full.pt as of 2885b47: ``git show 2885b47:export/checkpoints/full.pt > runs/teacher.pt``, and
+runs/teacher.pt for export/checkpoints/full.pt below):
 
     python -m export.slim export/checkpoints/full.pt --widths 128,64,32 --out runs/slimfull --pool 4096 \
         --synthesis_out export/checkpoints/full_synthesis.pt [--resume export/checkpoints/full_synthesis.pt]

@@ -54,6 +54,7 @@ class TrainConfig:
     warmup_steps: int = 200  # linear warm-up of the learning rate
     gain_lr_mult: float = 1.0  # learning-rate factor for the gain tables (one scalar per rung and channel)
     clip_grad: float = 1.0  # gradient norm clip
+    balance_rungs: bool = False  # weight each example by 1 / its rung's running mean loss (RungBalance)
     max_steps: int = 1_000_000  # stop after this step (the budget usually ends a run first)
     max_minutes: float = 60.0  # wall-clock budget; the run checkpoints and stops at it
     decay_at: float = 0.85  # fraction of the budget after which lr drops tenfold
@@ -109,6 +110,35 @@ def random_batch(images: list[torch.Tensor], batch: int, crop: int, rng: random.
             c = c.flip(0)
         crops.append(c)
     return torch.stack(crops).permute(0, 3, 1, 2).float().div_(255)
+
+
+class RungBalance:
+    """Per-example loss weights that give every rung of the ladder an equal share of the gradient.
+
+    One batch mixes λ over the whole ladder (0.0009–0.32 for the full-size model), and
+    a top rung's loss (bpp + λ·255²·MSE) is about ten times a bottom rung's, so the
+    shared weights serve the top rungs (DRAWS.md: the low rungs drift upward in rate
+    as training goes on). Each example's loss is divided by a running mean of its
+    nearest rung's loss and multiplied by the mean over rungs, so the total keeps its
+    scale (the gradient clip stays meaningful) while each rung's relative improvement
+    counts the same. The same idea as loss normalisation in multi-task learning
+    (Chen et al., "GradNorm", ICML 2018, balances gradient norms; this balances losses).
+    """
+
+    def __init__(self, rungs: int, decay: float = 0.99):
+        self.mean = torch.full((rungs,), float("nan"))
+        self.decay = decay
+
+    def weights(self, t: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """Update the running means with this batch (positions t, per-example losses) and weigh it."""
+        rung = t.detach().round().long().cpu()
+        value = loss.detach().float().cpu()
+        for r in rung.unique().tolist():
+            seen = value[rung == r].mean()
+            old = self.mean[r]
+            self.mean[r] = seen if torch.isnan(old) else self.decay * old + (1 - self.decay) * seen
+        known = self.mean[~torch.isnan(self.mean)]
+        return (known.mean() / self.mean[rung]).to(loss.device)
 
 
 def pad_to_stride(x: torch.Tensor) -> torch.Tensor:
@@ -234,7 +264,7 @@ def load_model(path: str | Path) -> tuple[Onic, dict]:
 
 
 def restore_run_settings(cfg: TrainConfig, ckpt: dict, log=print) -> None:
-    """A resumed run keeps the crop and batch of the run it continues, unless given again."""
+    """A resumed run keeps the crop, batch and loss weighting of the run it continues, unless given again."""
     saved = ckpt.get("config", {})
     given = getattr(cfg, "given", frozenset(RESUMED))  # called from Python: cfg is as meant
     for key in RESUMED:
@@ -339,6 +369,7 @@ def train(cfg: TrainConfig) -> Path:
     forward = torch.compile(forward) if cfg.compile else forward
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     rungs = len(model.cfg.lambdas)
+    balance = RungBalance(rungs) if cfg.balance_rungs else None
 
     t0 = time.time()
     images = [torch.from_numpy(a.copy()).to(device)
@@ -384,8 +415,11 @@ def train(cfg: TrainConfig) -> Path:
         with autocast:
             result = forward(x, t)
         losses = rd_loss(result, x)
+        loss = losses["loss"]
+        if balance is not None:
+            loss = (balance.weights(t, losses["per_example"]) * losses["per_example"]).mean()
         opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         if not torch.isfinite(norm):
             # One bad batch (a bf16 overflow, say) must not poison Adam's state and lose the run.
@@ -447,7 +481,7 @@ def field_help(config: type) -> dict[str, str]:
     return helps
 
 
-RESUMED = ("crop", "batch_size")  # run settings a resumed run keeps unless given again
+RESUMED = ("crop", "batch_size", "balance_rungs")  # run settings a resumed run keeps unless given again
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

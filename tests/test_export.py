@@ -320,6 +320,26 @@ def test_train_runs_and_resumes(tmp_path, data):
     assert state["step"] == 5 and state["model_config"]["M"] == 12
 
 
+def test_rung_balance_gives_every_rung_the_same_share():
+    """A rung whose loss is ten times another's weighs a tenth as much, and the mean weight stays near 1."""
+    from export.train import RungBalance
+
+    balance = RungBalance(rungs=3, decay=0.5)
+    t = torch.tensor([0.2, 0.9, 1.6, 2.0])  # nearest rungs 0, 1, 2, 2
+    loss = torch.tensor([1.0, 4.0, 10.0, 10.0])
+    for _ in range(5):
+        w = balance.weights(t, loss)
+    assert torch.allclose(w * loss, torch.full((4,), 5.0))  # 5 = the mean of the rungs' losses (1, 4, 10)
+    # a new loss of 3 moves rung 0's mean halfway (decay 0.5), to 2; the rungs' mean is (2 + 4 + 10) / 3
+    assert torch.allclose(balance.weights(torch.tensor([0.0]), torch.tensor([3.0])), torch.tensor([16 / 3 / 2]))
+
+
+def test_train_with_balanced_rungs_runs(tmp_path, data):
+    cfg = TrainConfig(data=str(data), crop=64, batch_size=4, N=8, M=12, max_steps=2, out=str(tmp_path / "run"),
+                      warmup_steps=1, balance_rungs=True)
+    assert torch.load(train(cfg), weights_only=True)["step"] == 2
+
+
 @pytest.mark.parametrize("fp32_hyper", [False, True])
 def test_train_bf16_channels_last_and_real_coder_eval(tmp_path, data, fp32_hyper):
     """The GPU settings run on the CPU too (slowly); the evaluation codes with the real range coder."""
