@@ -133,8 +133,9 @@ class RungBalance:
         """Update the running means with this batch (positions t, per-example losses) and weigh it."""
         rung = t.detach().round().long().cpu()
         value = loss.detach().float().cpu()
-        for r in rung.unique().tolist():
-            seen = value[rung == r].mean()
+        finite = torch.isfinite(value)  # a bf16 overflow skips its step; it must not poison the means for good
+        for r in rung[finite].unique().tolist():
+            seen = value[finite & (rung == r)].mean()
             old = self.mean[r]
             self.mean[r] = seen if torch.isnan(old) else self.decay * old + (1 - self.decay) * seen
         known = self.mean[~torch.isnan(self.mean)]

@@ -332,6 +332,8 @@ def test_rung_balance_gives_every_rung_the_same_share():
     assert torch.allclose(w * loss, torch.full((4,), 5.0))  # 5 = the mean of the rungs' losses (1, 4, 10)
     # a new loss of 3 moves rung 0's mean halfway (decay 0.5), to 2; the rungs' mean is (2 + 4 + 10) / 3
     assert torch.allclose(balance.weights(torch.tensor([0.0]), torch.tensor([3.0])), torch.tensor([16 / 3 / 2]))
+    balance.weights(torch.tensor([1.0, 2.0]), torch.tensor([float("inf"), float("nan")]))  # a bf16 overflow
+    assert torch.isfinite(balance.mean).all()  # its step is skipped; the running means stay as they were
 
 
 def test_train_with_balanced_rungs_runs(tmp_path, data):
