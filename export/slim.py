@@ -7,14 +7,14 @@
 
 (That run made onic 0.9.0's synthesis: export/checkpoints/default_synthesis.log.) On a CPU, the
 full-size model's student, kept in the repo so that each session resumes it (its teacher is
-full.pt as of 2885b47: ``git show 2885b47:export/checkpoints/full.pt > runs/teacher.pt``, and
-runs/teacher.pt for export/checkpoints/full.pt below):
+full.pt as of 2885b47; full.pt has moved on since):
 
-    python -m export.slim export/checkpoints/full.pt --widths 128,64,32 --out runs/slimfull --pool 4096 \
+    git show 2885b47:export/checkpoints/full.pt > runs/teacher.pt
+    python -m export.slim runs/teacher.pt --widths 128,64,32 --out runs/slimfull --pool 4096 \
         --synthesis_out export/checkpoints/full_synthesis.pt [--resume export/checkpoints/full_synthesis.pt]
-    python -m export.slim export/checkpoints/full.pt --resume export/checkpoints/full_synthesis.pt \
+    python -m export.slim runs/teacher.pt --resume export/checkpoints/full_synthesis.pt \
         --max_steps 0 --out runs/slimfull   # the whole model again, for export.bundle
-    python -m export.slim export/checkpoints/full.pt --resume export/checkpoints/full_synthesis.pt \
+    python -m export.slim runs/teacher.pt --resume export/checkpoints/full_synthesis.pt \
         --grow 128,80,32 --out runs/grow   # a wider student that starts from the narrower one's output
 
 An asymmetric model (Johnston et al., "Computationally efficient neural image
