@@ -200,8 +200,10 @@ class EntropyBottleneck(nn.Module):
         v = z.permute(1, 0, 2, 3).reshape(c, 1, -1)
         lower = self._logits_cumulative(v - 0.5)
         upper = self._logits_cumulative(v + 0.5)
-        # Flip to the side of the median so that differences of sigmoids stay precise.
-        sign = -torch.sign(lower + upper).detach()
+        # Flip to the side of the median so that differences of sigmoids stay precise. At the
+        # median itself (lower + upper = 0, a cumulative symmetric about a symbol) either side
+        # will do, where -torch.sign (CompressAI's) gives 0 and with it p = 0.
+        sign = torch.where(lower + upper > 0, -1.0, 1.0).to(lower.dtype).detach()
         p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
         return p.reshape(c, b, h, w).permute(1, 0, 2, 3)
 

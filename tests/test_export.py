@@ -289,6 +289,28 @@ def test_tables_are_positive_and_bounded():
     assert values.min() == 1 and values.sum() <= 2**16
 
 
+def test_table_ends_hold_only_the_tails():
+    """The runtime escape-codes a symbol that lands on a table's end entry (about 4.6 bits more,
+    codec/entropy.py), so no table may end on a likely symbol: not a z channel whose prior has
+    collapsed onto 0 (training makes such channels), not the narrowest Gaussian."""
+    from codec import entropy
+
+    model = Onic(ModelConfig(N=8, M=12))
+    eb = model.entropy_bottleneck
+    with torch.no_grad():  # channel 0: a cumulative that steps at 0, so p(0) ≈ 1
+        for b in eb.biases:
+            b[0] = 0
+        for m in eb.matrices:
+            m[0] = 5.0
+    assert eb.pmf_table(1)[0, 1] > 0.999999
+    offsets, pmfs = tables.z_tables(model)
+    for q in [*pmfs, *tables.gaussian_tables()]:
+        assert 0 < np.argmax(q) < len(q) - 1
+    z_tables = entropy.TableSet(*tables.pack_tables(pmfs), offsets)
+    zeros = np.zeros((1, 64, 64), dtype=np.int64)
+    assert len(entropy.encode(zeros, np.zeros_like(zeros), z_tables)) <= 8  # 4,096 zeros: a word or two
+
+
 def test_bundle_detects_damage(tiny, tmp_path):
     import shutil
 
