@@ -63,6 +63,8 @@ def test_update_reruns_only_the_named_codecs(folder, tmp_path):
     assert list(report["codecs"]) == ["onic", "jpeg", "webp"]
     assert report["codecs"]["jpeg"] == before["codecs"]["jpeg"]
     assert set(report["bd_rate"]) == {"jpeg", "webp"}
+    again = bench.run(folder, ["jpeg"], [30, 70], tmp_path, update=True)  # a rerun keeps its place
+    assert list(again["codecs"]) == ["onic", "jpeg", "webp"]
 
 
 @pytest.mark.skipif(not ANCHORS.exists(), reason="CompressAI anchors not present")
