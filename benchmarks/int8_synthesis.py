@@ -1,6 +1,7 @@
 """Would an int8 synthesis pay? Speed and Kodak PSNR of a statically quantized decoder graph against fp32.
 
     python benchmarks/int8_synthesis.py ../shared/data/kodak --calibration ../shared/data/train
+    python benchmarks/int8_synthesis.py ../shared/data/kodak --bundle runs/int8/bundle --base runs/bundle
 
 The decoder graph is quantized with onnxruntime's static quantizer (QDQ, int8
 per-channel weights, uint8 activations, every Conv), calibrated on ŷ of
@@ -79,9 +80,11 @@ def main() -> None:
     p.add_argument("--qualities", type=int, nargs="+", default=[0, 50, 100])
     p.add_argument("--keep_fp32", nargs="*", default=[], help="Conv node names to leave in fp32")
     p.add_argument("--bundle", help="instead of quantizing statically: an int8 bundle (python -m export.qat)")
+    p.add_argument("--base", default=str(DEFAULT_BUNDLE),
+                   help="the fp32 bundle whose files are decoded (with --bundle: the --base given to export.qat)")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     a = p.parse_args()
-    fp32 = Bundle(DEFAULT_BUNDLE)
+    fp32 = Bundle(a.base)
     with tempfile.TemporaryDirectory() as tmp:
         if a.bundle:
             int8 = Bundle(a.bundle)
