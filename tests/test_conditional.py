@@ -290,17 +290,19 @@ def test_float_chain_beside_the_integer_chain_is_the_serial_decode(sliced, image
 
 
 def test_a_failing_integer_chain_stops_the_float_chain(sliced, image):
-    """A y section cut short fails in one error while the float chain waits for a later slice.
-    The call returning at all is the check that the waiting thread is told (the decoder's pool
-    joins it); the thread count says nothing is left behind."""
+    """A y section cut to nothing fails in one error while the float chain waits for the slice's
+    symbols. The call returning at all is the check that the waiting thread is told (the
+    decoder's pool joins it); the thread count says nothing is left behind. (Cut to half, this
+    untrained model's y, nearly all zeros at the smallest σ, decodes from the zeros the range
+    decoder reads past the end at no more bits than the half holds, so nothing fails; trained
+    models' cut sections are refused: tests/test_hostile.py.)"""
     import threading
 
     _, b = sliced
     good = codec.compress(image, 90, bundle=b)
     z_len, y_len = struct.unpack_from("<II", good, 24)
-    z, y = good[32 : 32 + z_len], good[32 + z_len : 32 + z_len + y_len]
-    body = good[:24] + struct.pack("<II", z_len, y_len // 2 // 4 * 4) + z + y[: y_len // 2 // 4 * 4] \
-        + good[32 + z_len + y_len : -4]
+    z = good[32 : 32 + z_len]
+    body = good[:24] + struct.pack("<II", z_len, 0) + z + good[32 + z_len + y_len : -4]
     before = threading.active_count()
     with pytest.raises(OnicError, match="stream ends early|corrupt"):
         codec.decompress(body + struct.pack("<I", zlib.crc32(body)), bundle=b)
