@@ -214,7 +214,8 @@ def log_evaluation(model: Onic, kodak: list[np.ndarray], step: int, minutes: flo
             f.write(json.dumps({"step": step, "minutes": minutes, **row}) + "\n")
 
 
-def save_checkpoint(path: Path, model: Onic, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
+def save_checkpoint(path: Path, model: Onic, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig,
+                    extra: dict | None = None) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -223,6 +224,7 @@ def save_checkpoint(path: Path, model: Onic, opt: torch.optim.Optimizer, step: i
             "optimizer": opt.state_dict(),
             "step": step,
             "config": dataclasses.asdict(cfg),
+            **(extra or {}),
         },
         tmp,
     )
@@ -381,6 +383,13 @@ def train(cfg: TrainConfig) -> Path:
             "(2 such cores: 2.4 s against 1.1 s a full-size step at 256², batch 4)")
     rungs = len(model.cfg.lambdas)
     balance = RungBalance(rungs) if cfg.balance_rungs else None
+    if balance is not None and len(ckpt.get("rung_means", ())) == rungs:
+        # A resumed run weighs its first steps as the last run ended, not by one batch's losses.
+        balance.mean = torch.tensor(ckpt["rung_means"], dtype=torch.float32)
+        log("rung means from the checkpoint: " + " ".join(f"{v:.3f}" for v in ckpt["rung_means"]))
+
+    def kept() -> dict:  # what a checkpoint keeps of the run beyond weights and optimizer
+        return {"rung_means": balance.mean.tolist()} if balance is not None else {}
 
     t0 = time.time()
     images = [torch.from_numpy(a.copy()).to(device)
@@ -406,10 +415,10 @@ def train(cfg: TrainConfig) -> Path:
     while step < cfg.max_steps:
         if cfg.kodak and main_rank and step % cfg.eval_every == 0 and step > first_step:
             log_evaluation(model, kodak, step, (time.time() - start) / 60, eval_log)
-            save_checkpoint(ckpt_path, model, opt, step, cfg)
-            save_weights(out / "weights.pt", model, step, half=True, cfg=cfg)
+            save_checkpoint(ckpt_path, model, opt, step, cfg, kept())
+            save_weights(out / "weights.pt", model, step, half=True, cfg=cfg, extra=kept())
             if cfg.snapshots:
-                save_weights(out / f"weights_{step}.pt", model, step, half=True, cfg=cfg)
+                save_weights(out / f"weights_{step}.pt", model, step, half=True, cfg=cfg, extra=kept())
 
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps)
         elapsed = time.time() - start
@@ -459,8 +468,8 @@ def train(cfg: TrainConfig) -> Path:
     if main_rank:
         if kodak and step % cfg.eval_every:  # the final state too, so that a run's last numbers are logged
             log_evaluation(model, kodak, step, (time.time() - start) / 60, eval_log)
-        save_checkpoint(ckpt_path, model, opt, step, cfg)
-        save_weights(out / "weights.pt", model, step, half=True, cfg=cfg)
+        save_checkpoint(ckpt_path, model, opt, step, cfg, kept())
+        save_weights(out / "weights.pt", model, step, half=True, cfg=cfg, extra=kept())
     minutes = (time.time() - start) / 60
     log(f"saved {ckpt_path} at step {step}: {step - first_step} steps in {minutes:.1f} min, "
         f"{(step - first_step) * world * cfg.batch_size / max(minutes * 60, 1e-9):.0f} img/s overall")

@@ -358,10 +358,20 @@ def test_rung_balance_gives_every_rung_the_same_share():
     assert torch.isfinite(balance.mean).all()  # its step is skipped; the running means stay as they were
 
 
-def test_train_with_balanced_rungs_runs(tmp_path, data):
+def test_train_with_balanced_rungs_runs_and_resumes_its_means(tmp_path, data, capsys):
+    """The rungs' running means travel in the checkpoint and the weights, so a resumed run weighs
+    its first steps as the last one ended."""
     cfg = TrainConfig(data=str(data), crop=64, batch_size=4, N=8, M=12, max_steps=2, out=str(tmp_path / "run"),
                       warmup_steps=1, balance_rungs=True)
-    assert torch.load(train(cfg), weights_only=True)["step"] == 2
+    ck = torch.load(train(cfg), weights_only=True)
+    weights = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
+    means = np.array(ck["rung_means"])
+    assert ck["step"] == 2 and len(means) == len(load_model(tmp_path / "run" / "weights.pt")[0].cfg.lambdas)
+    assert np.isfinite(means).any() and np.array_equal(means, np.array(weights["rung_means"]), equal_nan=True)
+    capsys.readouterr()
+    train(TrainConfig(data=str(data), crop=64, batch_size=4, balance_rungs=True, max_steps=3, warmup_steps=1,
+                      out=str(tmp_path / "again"), resume=str(tmp_path / "run" / "weights.pt")))
+    assert "rung means from the checkpoint" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("fp32_hyper", [False, True])
