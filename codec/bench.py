@@ -361,10 +361,10 @@ def run(folder: str | os.PathLike, codecs: list[str], qualities: list[int] | Non
             warn(f"skipping {name}: {e}")
             continue
         report["codecs"][name] = run_codec(c, images, qualities)
-        # CODECS' order, whichever were rerun: an update keeps the table's and the plot's order.
-        order = list(CODECS)
-        report["codecs"] = dict(sorted(report["codecs"].items(),
-                                       key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    # CODECS' order, whichever were rerun: an update keeps the table's and the plot's order.
+    order = list(CODECS)
+    report["codecs"] = dict(sorted(report["codecs"].items(),
+                                   key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     anchor_curves = {}
     for a in anchors:
         anchor_curves.update(load_curves(a))
