@@ -36,8 +36,15 @@ from tests.conftest import SAMPLE, random_image
 # third convolution's input and output to 8-bit grids, so where the two runtimes' floats fall on
 # either side of a grid boundary a whole step moves: measured once, 84 of the sample's values
 # (0.03%), 45 of 23,668 of the grey 97×61 image (0.19%), 3,005 of 7.7 million of the large one,
-# at most 2 levels.
-MAX_LEVELS, MAX_DIFFERING = 2, 0.005
+# at most 2 levels. A step that moves is local, so small images get one patch besides the share:
+# a step of the input grid reaches 8×8 half-resolution positions through the two 3×3 convolutions
+# after it, 8·8·4·3 = 768 values (0.16.0's model, a random 90×70 image at quality 60: 227 of 25,200).
+MAX_LEVELS, MAX_DIFFERING, ONE_STEP_PATCH = 2, 0.005, 768
+
+
+def _within(r: dict, ref: np.ndarray) -> bool:
+    """The browser's pixels are Python's within MAX_LEVELS, in MAX_DIFFERING of the values and one patch."""
+    return r["maxDiff"] <= MAX_LEVELS and r["differing"] <= MAX_DIFFERING * ref.size + ONE_STEP_PATCH
 
 
 def _chromium() -> str | None:
@@ -149,8 +156,7 @@ def test_browser_decodes_what_python_encodes(browser_run, tmp_path):
         assert (r["z"], r["y"]) == (_digest(z), _digest(y)), f"{name}: symbols differ from Python's"
         h = bitstream.parse_header(files[name])
         assert (r["width"], r["height"]) == (h.width, h.height)
-        assert r["maxDiff"] <= MAX_LEVELS, (name, r["maxDiff"])
-        assert r["differing"] <= MAX_DIFFERING * refs[name].size, (name, r["differing"])
+        assert _within(r, refs[name]), (name, r["maxDiff"], r["differing"])
     meta = next(r for r in result["results"] if r["name"] == "metadata")
     c = bitstream.unpack(files["metadata"])
     assert (meta["icc"], meta["exif"], meta["xmp"]) == tuple(len(c.chunks[k]) for k in (b"iccp", b"exif", b"xmpp"))
@@ -171,7 +177,7 @@ def test_browser_decodes_a_channel_conditional_model_with_z_gains(browser_run, t
         assert "error" not in r, (r["name"], r.get("error"))
         _, z, y = api.decode_latents(files[r["name"]], bundle=b)
         assert (r["z"], r["y"]) == (_digest(z), _digest(y)), f"{r['name']}: symbols differ from Python's"
-        assert r["maxDiff"] <= MAX_LEVELS and r["differing"] <= MAX_DIFFERING * refs[r["name"]].size, r
+        assert _within(r, refs[r["name"]]), r
 
 
 def test_browser_decodes_a_bundle_without_slice_prior(browser_run, tmp_path):
@@ -186,7 +192,7 @@ def test_browser_decodes_a_bundle_without_slice_prior(browser_run, tmp_path):
     result = browser_run(files, refs, bundle=tmp_path / "old")
     (r,) = result["results"]
     assert "error" not in r, r.get("error")
-    assert r["maxDiff"] <= MAX_LEVELS and r["differing"] <= MAX_DIFFERING * refs["tall"].size, r
+    assert _within(r, refs["tall"]), r
 
 
 def _repack(data: bytes, **fields) -> bytes:
