@@ -94,14 +94,17 @@ def _cost(bundle, image, data, quality) -> float:
 @pytest.mark.parametrize("quality", [0, 75, 100])
 def test_refined_files_cost_less_and_decode_anywhere(bundle, sample, quality):
     """The real cost (bits per pixel + λ·MSE, what the model was trained on) of a refined file never
-    exceeds the plain one's, and on the sample it is lower; the file is an ordinary .onic file."""
+    exceeds the plain one's, and on the sample it is lower; the file is an ordinary .onic file.
+
+    20 steps, bench's default: with 0.16.0's model 10 steps at quality 0 found nothing better than
+    the plain file on the sample (its first refreshes cost more), 20 did."""
     plain = api.compress(sample, quality, bundle)
-    refined = api.compress(sample, quality, bundle, refine=10)
+    refined = api.compress(sample, quality, bundle, refine=20)
     assert refined != plain
     assert _cost(bundle, sample, refined, quality) < _cost(bundle, sample, plain, quality)
     assert api.read_header(refined).model_id == bundle.model_id
     assert api.decompress(refined, bundle).size == sample.size
-    assert api.compress(sample, quality, bundle, refine=10) == refined  # deterministic
+    assert api.compress(sample, quality, bundle, refine=20) == refined  # deterministic
 
 
 @pytest.fixture(scope="module", params=[(), (4, 8)], ids=["hyperprior", "slices"])
