@@ -145,7 +145,7 @@ def test_reading_past_a_sections_end_is_an_error():
 
     The check counts information against the section's bits plus 96 of slack (docs/FORMAT.md), so
     the last cut takes 32 bytes: a cut of 12 bytes or less (within the slack) can decode unnoticed,
-    and 16 is borderline (caught or not by the model's last symbols). Only the CRC catches those."""
+    and 16 is borderline (measured once: caught or not by the model's last symbols). Only the CRC catches those."""
     image = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     good = codec.compress(image, 50)
     h = codec.read_header(good)

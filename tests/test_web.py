@@ -38,7 +38,7 @@ from tests.conftest import SAMPLE, random_image
 # (0.03%), 45 of 23,668 of the grey 97×61 image (0.19%), 3,005 of 7.7 million of the large one,
 # at most 2 levels. A step that moves is local, so small images get one patch besides the share:
 # a step of the input grid reaches 8×8 half-resolution positions through the two 3×3 convolutions
-# after it, 8·8·4·3 = 768 values (0.16.0's model, a random 90×70 image at quality 60: 227 of 25,200).
+# after it, 8·8·4·3 = 768 values (0.16.0's model, measured once: a random 90×70 image at quality 60, 227 of 25,200).
 MAX_LEVELS, MAX_DIFFERING, ONE_STEP_PATCH = 2, 0.005, 768
 
 
