@@ -10,7 +10,7 @@ Importing the package also registers the Pillow plugin (``Image.open`` and
 
 from __future__ import annotations
 
-__version__ = "0.17.0"
+__version__ = "0.18.0"
 
 from codec import plugin  # noqa: E402,F401  (registers the Pillow plugin)
 from codec.api import DEFAULT_QUALITY, OnicWarning, compress, decompress, read_header  # noqa: E402

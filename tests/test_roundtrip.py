@@ -114,9 +114,9 @@ def test_bad_quality(quality, sample):
 
 
 @pytest.mark.parametrize(("release", "model_id"), [("0.7.0", "4a3671d07ed71d8b"), ("0.15.0", "31341257384d06f6"),
-                                                ("0.16.0", "89d8131d6e1d7e99")])
+                                                ("0.16.0", "89d8131d6e1d7e99"), ("0.17.0", "7895250cf0f9464f")])
 def test_an_earlier_releases_file_is_refused_naming_that_release(release, model_id):
-    """Each retrained model has new symbols (0.15.0's to 0.17.0's), unlike the re-exports of one
+    """Each retrained model has new symbols (0.15.0's to 0.18.0's), unlike the re-exports of one
     encoder and entropy model that 0.7.0 to 0.14.0 shipped. A file of an earlier release
     (tests/data: the sample's top-left 160×112 at quality 60) is refused in one line that names
     the release to decode it with."""

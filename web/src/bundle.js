@@ -11,7 +11,7 @@ import { parseNpz } from "./npz.js";
 
 // Default models of earlier releases (codec/session.py RELEASED_MODELS), so that a file of one
 // of them names the onic that decodes it.
-export const RELEASED_MODELS = { "89d8131d6e1d7e99": "0.16.0", "31341257384d06f6": "0.15.0", "655db73d43788480": "0.14.0", d9f1c4fad79f3113: "0.10.0", "818c8985caca739a": "0.9.3", f4e0675b7619d90d: "0.8.0", "4a3671d07ed71d8b": "0.7.0", c764899c3e2f711d: "0.6.0", "67f86249e7217281": "0.5.0", f6f2a403243faf67: "0.4.0", "437f2d1a68bffa42": "0.3.0", e3793b0615dd771e: "0.2.0", "8f88facf8bfd2f24": "0.1.0" };
+export const RELEASED_MODELS = { "7895250cf0f9464f": "0.17.0", "89d8131d6e1d7e99": "0.16.0", "31341257384d06f6": "0.15.0", "655db73d43788480": "0.14.0", d9f1c4fad79f3113: "0.10.0", "818c8985caca739a": "0.9.3", f4e0675b7619d90d: "0.8.0", "4a3671d07ed71d8b": "0.7.0", c764899c3e2f711d: "0.6.0", "67f86249e7217281": "0.5.0", f6f2a403243faf67: "0.4.0", "437f2d1a68bffa42": "0.3.0", e3793b0615dd771e: "0.2.0", "8f88facf8bfd2f24": "0.1.0" };
 
 async function sha256(bytes) {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
