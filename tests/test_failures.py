@@ -173,6 +173,10 @@ def _big_inputs(folder: Path, n: int = 6) -> list[str]:
     return sorted(str(p) for p in folder.iterdir())
 
 
+def _as_a_foreground_job():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM),
                                        (signal.SIGHUP, 128 + signal.SIGHUP)])
@@ -180,8 +184,10 @@ def test_signals_exit_with_their_code_and_leave_no_temporary(tmp_path, sig, code
     inputs = _big_inputs(tmp_path / "in")
     out = tmp_path / "out"
     # Its own process group, as a shell job: the signal reaches the workers too, as Ctrl-C would.
+    # A foreground job's SIGINT is at its default even where pytest's is ignored (started with `&`).
     p = subprocess.Popen([sys.executable, "-m", "codec.cli", "compress", *inputs, "--out-dir", str(out), "-j", jobs],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                         preexec_fn=_as_a_foreground_job)
     deadline = time.monotonic() + 120
     while not (out.exists() and any(out.iterdir())) and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.01)  # wait until the first output is in place: the command is past its start-up
@@ -233,6 +239,8 @@ def test_a_signal_inside_the_temporary_files_steps_waits_for_their_end(sig, tmp_
     def stop(signum, frame):
         raise Stop
 
+    # Python's own SIGINT handler, even where pytest started with SIGINT ignored (a job started with `&`)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     previous, interrupt = signal.signal(signal.SIGTERM, stop), signal.getsignal(signal.SIGINT)
     steps = []
     try:
@@ -241,9 +249,10 @@ def test_a_signal_inside_the_temporary_files_steps_waits_for_their_end(sig, tmp_
                 os.kill(os.getpid(), sig)
                 time.sleep(0.05)  # the handler would run here, between the steps
                 steps.append("after")
+        assert steps == ["after"] and signal.getsignal(signal.SIGINT) is interrupt  # handlers restored
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert steps == ["after"] and signal.getsignal(signal.SIGINT) is interrupt  # handlers restored
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_closed_stdout_ends_quietly(small_onic):
