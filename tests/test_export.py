@@ -374,6 +374,31 @@ def test_train_with_balanced_rungs_runs_and_resumes_its_means(tmp_path, data, ca
     assert "rung means from the checkpoint" in capsys.readouterr().out
 
 
+def test_release_keeps_a_run_without_adams_state(tmp_path, data, capsys):
+    """export/release.py writes what the repo keeps of a run (export/checkpoints/default.pt): the
+    fp32 weights, step, settings and rung means, no optimizer; a run resumes from it as from the run."""
+    from export import release
+
+    run = tmp_path / "run"
+    ckpt = train(TrainConfig(data=str(data), crop=64, batch_size=4, N=8, M=12, max_steps=2, out=str(run),
+                             warmup_steps=1, balance_rungs=True))
+    assert release.main([str(ckpt), str(tmp_path / "kept.pt")]) == 0
+    full, kept = torch.load(ckpt, weights_only=True), torch.load(tmp_path / "kept.pt", weights_only=True)
+    assert "optimizer" in full and sorted(kept) == sorted(k for k in full if k != "optimizer")
+    assert all(torch.equal(v, full["model"][k]) and v.dtype == full["model"][k].dtype for k, v in kept["model"].items())
+    assert np.array_equal(kept["rung_means"], full["rung_means"], equal_nan=True) and kept["step"] == 2
+    capsys.readouterr()
+    train(TrainConfig(data=str(data), crop=64, batch_size=4, balance_rungs=True, max_steps=3, warmup_steps=1,
+                      out=str(tmp_path / "on"), resume=str(tmp_path / "kept.pt")))
+    assert "rung means from the checkpoint" in capsys.readouterr().out
+    assert torch.load(tmp_path / "on" / "ckpt.pt", weights_only=True)["step"] == 3
+
+    (tmp_path / "not.pt").write_bytes(b"not a checkpoint")
+    assert release.main([str(tmp_path / "not.pt"), str(tmp_path / "out.pt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("export.release: ") and err.count("\n") == 1 and not (tmp_path / "out.pt").exists()
+
+
 @pytest.mark.parametrize("fp32_hyper", [False, True])
 def test_train_bf16_channels_last_and_real_coder_eval(tmp_path, data, fp32_hyper):
     """The GPU settings run on the CPU too (slowly); the evaluation codes with the real range coder."""
